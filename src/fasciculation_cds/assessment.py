@@ -1,0 +1,88 @@
+"""The public output contract: one Assessment per patient (DESIGN.md), as pydantic models."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+Severity = Literal["info", "warning", "critical"]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PatientSummary(_Out):
+    reference: str
+    age: int | None = None
+    sex: str | None = None
+
+
+class Evidence(_Out):
+    reference: str
+    concept: str
+    label: str | None = None
+    value: float | None = None
+    unit: str | None = None
+    reported: str | None = Field(default=None, description="Value and unit as the record sent it.")
+    effective: str | None = None
+    status: str | None = None
+    display: str | None = None
+    matched_by: str | None = None
+    note: str | None = None
+    reference_range: str | None = None
+
+
+class Citation(_Out):
+    citation: str
+    url: str | None = None
+
+
+class Suggestion(_Out):
+    kind: str
+    label: str
+    concepts: list[str] = Field(default_factory=list)
+
+
+class RuleFinding(_Out):
+    rule_id: str
+    category: str
+    severity: Severity
+    title: str
+    summary: str = Field(max_length=140)
+    detail: str
+    evidence: list[Evidence]
+    recommendations: list[str]
+    suggestions: list[Suggestion] = Field(default_factory=list)
+    references: list[Citation]
+
+
+class Notice(_Out):
+    code: str
+    reference: str
+    message: str
+
+
+class Assessment(_Out):
+    patient: PatientSummary
+    as_of: str
+    presentation: list[str]
+    findings: list[RuleFinding]
+    notices: list[Notice]
+    rules_version: str
+
+    @property
+    def highest_severity(self) -> Severity | None:
+        order = {"info": 1, "warning": 2, "critical": 3}
+        return max((f.severity for f in self.findings), key=order.__getitem__, default=None)
+
+    def to_json_dict(self) -> dict[str, object]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def dumps_assessments(assessments: list[Assessment], *, indent: bool = True) -> bytes:
+    """Byte-stable JSON: fixed key order from the models, sorted findings, no timestamps."""
+    option = orjson.OPT_INDENT_2 if indent else 0
+    return orjson.dumps([a.to_json_dict() for a in assessments], option=option)

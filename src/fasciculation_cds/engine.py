@@ -1,0 +1,90 @@
+"""The one module that speaks to durable-rules.
+
+durable-rules facts of life handled here: the host is not thread-safe (one lock serialises all
+access), it keeps at most 1024 live sessions (each patient's session is deleted after use), and
+posting facts that match nothing raises MessageNotHandledException (that simply means "no match").
+The stock host starts background dispatch threads that would race with callers; this host runs
+actions synchronously inside each assert and starts none.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from durable import engine as durable_engine  # type: ignore[import-untyped]
+
+JsonDict = dict[str, Any]
+RuleMatch = tuple[str, dict[str, JsonDict]]
+
+
+class EngineError(RuntimeError):
+    """The rule engine failed inside an action or rejected a ruleset."""
+
+
+class _SyncHost(durable_engine.Host):  # type: ignore[misc]
+    """A durable-rules host with no timer threads, whose single action records matches."""
+
+    def __init__(self) -> None:
+        self.collected: dict[str, list[RuleMatch]] = {}
+        self.failures: list[str] = []
+        super().__init__()
+
+    def _run(self) -> None:  # no background dispatch: actions run inside assert_facts
+        return None
+
+    def get_action(self, action_name: str) -> Any:
+        _, _, rule_name = action_name.partition(":")
+
+        def emit(closure: Any) -> None:
+            try:
+                sid = str(closure.s["sid"])
+                matched = {k: dict(v) for k, v in closure._m.items()}
+                self.collected.setdefault(sid, []).append((rule_name, matched))
+            except Exception as exc:  # durable-rules would swallow it silently
+                self.failures.append(f"{rule_name}: {exc!r}")
+
+        return emit
+
+
+class RuleEngine:
+    """Compiled rulesets, registered once, evaluated in one isolated session per patient."""
+
+    def __init__(self, rulesets: Mapping[str, JsonDict]) -> None:
+        self._lock = threading.Lock()
+        self._host = _SyncHost()
+        self._sessions = itertools.count(1)
+        try:
+            self._host.set_rulesets({name: dict(rules) for name, rules in rulesets.items()})
+        except Exception as exc:
+            raise EngineError(f"durable-rules rejected the compiled rules: {exc}") from exc
+
+    def run(self, ruleset: str, facts: Sequence[JsonDict]) -> list[RuleMatch]:
+        """Assert `facts` in a fresh session and return every (rule name, bound facts) match."""
+        if not facts:
+            return []
+        with self._lock:
+            sid = str(next(self._sessions))
+            try:
+                # One fact at a time: in a batch, one fact that matches no rule makes durable-rules
+                # reject the whole batch (and leaves the session unsafe to delete).
+                for fact in facts:
+                    try:
+                        self._host.assert_fact(ruleset, {**fact, "sid": sid})
+                    except durable_engine.MessageNotHandledException:
+                        pass  # this fact takes part in no rule: a normal outcome
+            finally:
+                try:
+                    self._host.delete_state(ruleset, sid)
+                except Exception:  # noqa: S110 - a session that never opened has nothing to free
+                    pass
+            matches = self._host.collected.pop(sid, [])
+            if self._host.failures:
+                failures, self._host.failures = self._host.failures, []
+                raise EngineError("; ".join(failures))
+        for _, bound in matches:
+            for fact in bound.values():
+                fact.pop("sid", None)
+        return matches

@@ -1,0 +1,243 @@
+"""The one evaluation path every entry point uses: source -> ingest -> normalize -> engine -> findings."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from .assessment import Assessment, Notice, PatientSummary, RuleFinding
+from .compiler import CompiledStage, compile_stage, encode_context, encode_fact, encode_result
+from .engine import RuleEngine
+from .errors import InputError
+from .facts import ClinicalFact
+from .fhir_time import iso_day, iso_instant, latest_recorded_time, parse_as_of
+from .findings import RuleHit, build_finding, sort_findings
+from .ingest import Grouper, IngestResult, PatientRecord
+from .normalize import Normalizer
+from .ruleset import RuleSet, load_rules
+from .sources import RawResource, expand_paths, read_file, resources_of
+
+AsOf = str | date | datetime | None
+Source = str | Path | Mapping[str, Any] | Iterable[Any]
+
+
+@dataclass(frozen=True)
+class PatientError:
+    """A patient (or input file) that could not be evaluated, and why."""
+
+    patient: str | None
+    message: str
+    kind: Literal["input", "internal"] = "input"
+
+    def to_json_dict(self) -> dict[str, object]:
+        return {"patient": self.patient, "error": self.kind, "message": self.message}
+
+
+Outcome = Assessment | PatientError
+
+
+class Evaluator:
+    """A rule set compiled into the engine once; evaluates any number of patients."""
+
+    def __init__(self, ruleset: RuleSet) -> None:
+        self.ruleset = ruleset
+        tag = ruleset.version.removeprefix("sha256:")[:16]
+        self._stages: list[CompiledStage] = [
+            compile_stage(ruleset, stage, f"stage{stage}_{tag}") for stage in (1, 2)
+        ]
+        self._engine = RuleEngine({s.name: s.definition for s in self._stages if s.rules})
+        self._all_need_presentation = all(r.requires_presentation
+                                          for r in ruleset.active_rules())
+
+    def assess(
+        self,
+        record: PatientRecord,
+        medications: Mapping[str, Mapping[str, Any]],
+        as_of: AsOf | Literal["auto"],
+        *,
+        assume_presentation: bool = False,
+    ) -> Outcome:
+        if record.errors:
+            return PatientError(record.reference, "; ".join(e.describe() for e in record.errors))
+        try:
+            instant, label = _instant_for(record, as_of)
+        except ValueError as exc:
+            return PatientError(record.reference, str(exc))
+        normalized = Normalizer(self.ruleset, medications).run(
+            record, instant, assume_presentation=assume_presentation)
+        findings: list[RuleFinding] = []
+        if normalized.context.presenting or not self._all_need_presentation:
+            findings = self._run_stages(normalized.facts, normalized.context)
+        patient = normalized.patient
+        return Assessment(
+            patient=PatientSummary(reference=record.reference, age=patient.age, sex=patient.sex),
+            as_of=label,
+            presentation=list(normalized.context.presentation),
+            findings=sort_findings(findings),
+            notices=[Notice(code=n.code, reference=n.reference, message=n.message)
+                     for n in sorted(normalized.notices, key=lambda n: (n.reference, n.code))],
+            rules_version=self.ruleset.version,
+        )
+
+    def _run_stages(self, facts: list[ClinicalFact], context: Any) -> list[RuleFinding]:
+        by_key: dict[str, ClinicalFact] = {f"f{i}": fact for i, fact in enumerate(facts)}
+        messages = [encode_fact(fact, key, self.ruleset) for key, fact in by_key.items()]
+        stage_one, stage_two = self._stages
+        found = self._findings(stage_one, [encode_context(context, self.ruleset), *messages],
+                               by_key, facts, context)
+        if stage_two.rules:
+            results: dict[str, RuleFinding | ClinicalFact] = dict(by_key)
+            extra = []
+            for index, finding in enumerate(found):
+                key = f"r{index}"
+                results[key] = finding
+                extra.append(encode_result(finding.rule_id, finding.severity, key))
+            severities = {f.rule_id: f.severity for f in found}
+            found += self._findings(
+                stage_two,
+                [encode_context(context, self.ruleset, severities), *messages, *extra],
+                results, facts, context)
+        return found
+
+    def _findings(
+        self,
+        stage: CompiledStage,
+        messages: list[dict[str, Any]],
+        by_key: Mapping[str, ClinicalFact | RuleFinding],
+        facts: list[ClinicalFact],
+        context: Any,
+    ) -> list[RuleFinding]:
+        if not stage.rules:
+            return []
+        hits_by_rule: dict[str, list[RuleHit]] = {}
+        for engine_rule, bound in self._engine.run(stage.name, messages):
+            compiled = stage.rules[engine_rule]
+            named = {name: by_key[str(message["id"])] for name, message in bound.items()
+                     if name != "context"}
+            hits_by_rule.setdefault(compiled.rule_id, []).append(RuleHit(compiled, named))
+        return [build_finding(self.ruleset.rule(rule_id), hits, facts, context)
+                for rule_id, hits in sorted(hits_by_rule.items())]
+
+
+@functools.lru_cache(maxsize=4)
+def evaluator_for(ruleset: RuleSet) -> Evaluator:
+    """One compiled evaluator per rule set per process (durable-rules registers by name once)."""
+    return Evaluator(ruleset)
+
+
+def _instant_for(record: PatientRecord, as_of: AsOf | Literal["auto"]) -> tuple[datetime, str]:
+    if as_of == "auto":
+        times = [t for t in (latest_recorded_time(r.resource) for r in record.resources) if t]
+        if record.latest_time is not None:
+            times.append(record.latest_time)
+        if not times:
+            raise ValueError("as_of=auto: the record has no dated resource to take a time from")
+        instant = max(times)
+        return instant, iso_instant(instant)
+    instant = parse_as_of(as_of)
+    is_day = isinstance(as_of, date) and not isinstance(as_of, datetime) or (
+        isinstance(as_of, str) and len(as_of) == 10)
+    return instant, iso_day(instant) if is_day else iso_instant(instant)
+
+
+def ingest(
+    source: Source,
+    ruleset: RuleSet,
+    *,
+    strict: bool = False,
+    track_times: bool = False,
+) -> IngestResult:
+    """Read and group a source: path(s), a Bundle or resource dict, or an iterable of resources."""
+    grouper = Grouper(ruleset.terminology, strict=strict, track_times=track_times)
+    for item in _raw_items(source):
+        if isinstance(item, InputError):
+            grouper.errors.append(item)
+        else:
+            grouper.add(item)
+    return grouper.finish()
+
+
+def _raw_items(source: Source) -> Iterator[RawResource | InputError]:
+    if isinstance(source, (str, Path)):
+        paths: list[Path] = expand_paths([source])
+    elif isinstance(source, Mapping):
+        yield from _guarded(lambda: resources_of(dict(source), "<input>"))
+        return
+    else:
+        items = list(source)
+        if all(isinstance(i, (str, Path)) for i in items):
+            paths = expand_paths(items)
+        else:
+            for index, item in enumerate(items):
+                document = item.model_dump(mode="json", exclude_none=True) if hasattr(
+                    item, "model_dump") else item
+                if isinstance(document, Mapping) and document.get("resourceType") == "Bundle":
+                    yield from _guarded(lambda d=document: resources_of(dict(d), f"<input {index}>"))
+                elif isinstance(document, Mapping) and isinstance(document.get("resourceType"), str):
+                    yield RawResource(dict(document), "<input>", f"item {index}")
+                else:
+                    yield InputError("not a FHIR resource (no resourceType)", source="<input>",
+                                     entry=f"item {index}")
+            return
+    for path in paths:
+        yield from _guarded(lambda p=path: read_file(p))
+
+
+def _guarded(produce: Any) -> Iterator[RawResource | InputError]:
+    """Turn a whole-file error into an error item, so one bad file never stops the others."""
+    try:
+        yield from produce()
+    except InputError as exc:
+        yield exc
+
+
+def evaluate_each(
+    source: Source,
+    *,
+    as_of: AsOf | Literal["auto"] = None,
+    assume_presentation: bool = False,
+    rules: RuleSet | str | Path | None = None,
+    strict: bool = False,
+) -> Iterator[Outcome]:
+    """Assess every patient in `source`; bad input yields PatientError items, never an exception."""
+    ruleset = rules if isinstance(rules, RuleSet) else load_rules(rules)
+    evaluator = evaluator_for(ruleset)
+    if as_of is None:
+        as_of = parse_as_of(None)  # one "now" for the whole run
+    result = ingest(source, ruleset, strict=strict, track_times=as_of == "auto")
+    for error in result.errors:
+        yield PatientError(None, error.describe())
+    for record in result.patients:
+        try:
+            yield evaluator.assess(record, result.medications, as_of,
+                                   assume_presentation=assume_presentation)
+        except Exception as exc:  # one failing patient never stops the batch
+            yield PatientError(record.reference, f"internal error: {exc!r}", kind="internal")
+
+
+def evaluate(
+    source: Source,
+    *,
+    as_of: AsOf | Literal["auto"] = None,
+    assume_presentation: bool = False,
+    rules: RuleSet | str | Path | None = None,
+    strict: bool = False,
+) -> list[Assessment]:
+    """Assess every patient in `source`, most useful entry point for Python callers.
+
+    Raises InputError if any part of the input is bad (use `evaluate_each` to keep the good
+    patients and receive the errors as items).
+    """
+    assessments: list[Assessment] = []
+    errors: list[PatientError] = []
+    for outcome in evaluate_each(source, as_of=as_of, assume_presentation=assume_presentation,
+                                 rules=rules, strict=strict):
+        (errors if isinstance(outcome, PatientError) else assessments).append(outcome)  # type: ignore[arg-type]
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise InputError(errors[0].message + more)
+    return assessments

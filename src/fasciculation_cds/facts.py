@@ -1,0 +1,104 @@
+"""Facts: the smallest clinical statements a rule can test (frozen pydantic models).
+
+Each fact keeps the FHIR reference it came from, so every finding can cite its evidence.
+Values are in the concept's canonical unit; the original value and unit are kept for display.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+
+class FactBase(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    reference: str
+
+
+class PatientFact(FactBase):
+    kind: Literal["patient"] = "patient"
+    age: int | None = None
+    sex: str | None = None
+    birth_date: date | None = None
+
+
+class LabResult(FactBase):
+    kind: Literal["lab"] = "lab"
+    concept: str
+    label: str
+    value: float
+    unit: str
+    original_value: str
+    original_unit: str | None
+    comparator: str | None = None
+    effective: datetime
+    age_days: float
+    is_latest: bool
+    reference_low: float | None = None
+    reference_high: float | None = None
+    interpretation: str | None = None
+    above_upper_limit: bool | None = None
+    derived_from: tuple[str, ...] = ()
+    note: str | None = None
+
+
+class Medication(FactBase):
+    kind: Literal["medication"] = "medication"
+    concept: str
+    label: str
+    classes: tuple[str, ...]
+    status: str
+    active: bool
+    display: str | None = None
+    matched_by: str
+    authored: datetime | None = None
+
+
+class Problem(FactBase):
+    """A coded condition (disorder) from a Condition or an Observation."""
+
+    kind: Literal["problem"] = "problem"
+    concept: str
+    label: str
+    groups: tuple[str, ...] = ()
+    clinical_status: str | None = None
+    verification_status: str | None = None
+    onset: datetime | None = None
+    matched_by: str
+
+
+class Finding(FactBase):
+    """A symptom or sign (fasciculation, weakness, paresthesia...) from a Condition or Observation."""
+
+    kind: Literal["finding"] = "finding"
+    concept: str
+    label: str
+    groups: tuple[str, ...] = ()
+    body_site: str | None = None
+    effective: datetime | None = None
+    matched_by: str
+
+
+ClinicalFact = PatientFact | LabResult | Medication | Problem | Finding
+
+
+class PatientContext(BaseModel):
+    """Closed-world statements over the whole record, computed before the engine runs.
+
+    durable-rules cannot test absence reliably (negation is checked once, in assertion order), so
+    "no red-flag sign", "magnesium measured in 90 days" and the like are computed here.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["context"] = "context"
+    reference: str
+    presenting: bool
+    presentation: tuple[str, ...]
+    concepts_present: tuple[str, ...]
+    days_since: dict[str, float]
+    group_counts: dict[str, int]
+    group_set_counts: dict[str, int]

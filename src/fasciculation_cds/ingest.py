@@ -1,0 +1,241 @@
+"""From parsed resources to one record per patient: cheap relevance filter, validation, grouping.
+
+Only resources the rules can use are validated with fhir.resources (R4 through the R4B models):
+Patient, and Observation / Condition / MedicationRequest / MedicationStatement / Medication whose
+codes are in the value sets. Everything else is counted and skipped without validation, unless
+`strict` asks for every resource to be validated.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from fhir.resources.R4B import get_fhir_model_class
+from pydantic import ValidationError
+
+from .errors import InputError
+from .fhir_time import latest_recorded_time
+from .sources import RawResource
+from .terminology import Terminology
+
+CODED_TYPES: Mapping[str, str] = {"Observation": "code", "Condition": "code"}
+MEDICATION_USE_TYPES = frozenset({"MedicationRequest", "MedicationStatement"})
+_ABSOLUTE_REF = re.compile(r"(?:^|/)(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
+
+
+@dataclass(frozen=True)
+class SourcedResource:
+    resource: dict[str, Any]
+    source: str
+    entry: str
+
+
+@dataclass
+class PatientRecord:
+    """Everything known of one patient after ingest."""
+
+    reference: str
+    patient: SourcedResource | None = None
+    resources: list[SourcedResource] = field(default_factory=list)
+    errors: list[InputError] = field(default_factory=list)
+    skipped: int = 0
+    latest_time: datetime | None = None
+
+
+@dataclass
+class IngestResult:
+    patients: list[PatientRecord]
+    medications: dict[str, dict[str, Any]]
+    errors: list[InputError]
+    counts: dict[str, int]
+
+
+def canonical_reference(reference: str) -> str:
+    """`Patient/123` for relative, absolute and versioned forms; other forms as given."""
+    match = _ABSOLUTE_REF.search(reference)
+    return f"{match['type']}/{match['id']}" if match else reference
+
+
+def patient_reference_of(resource: Mapping[str, Any]) -> str | None:
+    for key in ("subject", "patient"):
+        ref = resource.get(key)
+        if isinstance(ref, dict) and isinstance(ref.get("reference"), str):
+            return str(ref["reference"])
+    return None
+
+
+def is_relevant(resource: Mapping[str, Any], terminology: Terminology) -> bool:
+    """Decided on raw JSON without validation: could any rule use this resource?"""
+    resource_type = resource.get("resourceType")
+    if resource_type in ("Patient", "Medication"):
+        return True
+    if resource_type in CODED_TYPES:
+        code = resource.get(CODED_TYPES[str(resource_type)])
+        return isinstance(code, dict) and terminology.has_relevant_code(code)
+    if resource_type in MEDICATION_USE_TYPES:
+        if isinstance(resource.get("medicationReference"), dict):
+            return True
+        medication = resource.get("medicationCodeableConcept")
+        return isinstance(medication, dict) and terminology.has_relevant_code(medication)
+    return False
+
+
+def validate(raw: SourcedResource) -> InputError | None:
+    """fhir.resources validation; the error names file, entry, FHIR path and what is wrong."""
+    resource_type = str(raw.resource.get("resourceType"))
+    try:
+        model = get_fhir_model_class(resource_type)
+    except ValueError:
+        return InputError(f"unknown resourceType {resource_type!r} (is this FHIR R4?)",
+                          source=raw.source, entry=raw.entry)
+    try:
+        model.model_validate(raw.resource)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        path = ".".join([resource_type, *(str(p) for p in first["loc"] if p != "__root__")])
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        return InputError(f"{first['msg']}{more}", source=raw.source, entry=raw.entry, path=path)
+    except (TypeError, ValueError) as exc:
+        return InputError(str(exc), source=raw.source, entry=raw.entry)
+    return None
+
+
+class Grouper:
+    """Collects resources by patient across any number of files, then resolves references."""
+
+    def __init__(
+        self, terminology: Terminology, *, strict: bool = False, track_times: bool = False
+    ) -> None:
+        self._terminology = terminology
+        self._strict = strict
+        self._track_times = track_times
+        self._times_by_ref: dict[str, datetime] = {}
+        self._patients: dict[str, SourcedResource] = {}
+        self._aliases: dict[str, str] = {}
+        self._by_ref: dict[str, list[SourcedResource]] = {}
+        self._errors_by_ref: dict[str, list[InputError]] = {}
+        self._skipped_by_ref: dict[str, int] = {}
+        self.medications: dict[str, dict[str, Any]] = {}
+        self.errors: list[InputError] = []
+        self.counts: dict[str, int] = {"resources": 0, "validated": 0, "skipped": 0}
+
+    def add_all(self, items: Iterable[RawResource | InputError]) -> None:
+        for item in items:
+            if isinstance(item, InputError):
+                self.errors.append(item)
+            else:
+                self.add(item)
+
+    def add(self, raw: RawResource) -> None:
+        resource = raw.resource
+        self.counts["resources"] += 1
+        resource_type = resource["resourceType"]
+        sourced = SourcedResource(resource, raw.source, raw.entry)
+        relevant = is_relevant(resource, self._terminology)
+        subject = patient_reference_of(resource)
+        if relevant or self._strict:
+            self.counts["validated"] += 1
+            error = validate(sourced)
+            if error is not None:
+                owner = self._owner_of(resource, raw, subject)
+                if owner is None:
+                    self.errors.append(error)
+                else:
+                    self._errors_by_ref.setdefault(owner, []).append(error)
+                return
+        if resource_type == "Patient":
+            self._add_patient(sourced, raw.full_url)
+        elif resource_type == "Medication" and relevant:
+            for key in self._keys_of(resource, raw.full_url):
+                self.medications[key] = resource
+        elif subject is not None:
+            if self._track_times and not relevant:
+                when = latest_recorded_time(resource)
+                if when is not None and (subject not in self._times_by_ref
+                                         or when > self._times_by_ref[subject]):
+                    self._times_by_ref[subject] = when
+            if relevant:
+                self._by_ref.setdefault(subject, []).append(sourced)
+            else:
+                self.counts["skipped"] += 1
+                self._skipped_by_ref[subject] = self._skipped_by_ref.get(subject, 0) + 1
+        else:
+            self.counts["skipped"] += 1
+
+    def _owner_of(
+        self, resource: Mapping[str, Any], raw: RawResource, subject: str | None
+    ) -> str | None:
+        if resource.get("resourceType") == "Patient":
+            keys = self._keys_of(resource, raw.full_url)
+            return keys[0] if keys else None
+        return subject
+
+    @staticmethod
+    def _keys_of(resource: Mapping[str, Any], full_url: str | None) -> list[str]:
+        keys = []
+        if isinstance(resource.get("id"), str):
+            keys.append(f"{resource['resourceType']}/{resource['id']}")
+        if full_url:
+            keys.append(full_url)
+            keys.append(canonical_reference(full_url))
+        return list(dict.fromkeys(keys))
+
+    def _add_patient(self, sourced: SourcedResource, full_url: str | None) -> None:
+        keys = self._keys_of(sourced.resource, full_url)
+        if not keys:
+            self.errors.append(InputError("Patient has neither id nor fullUrl",
+                                          source=sourced.source, entry=sourced.entry))
+            return
+        key = keys[0]
+        if key in self._patients:
+            first = self._patients[key]
+            if first.resource != sourced.resource:
+                self._errors_by_ref.setdefault(key, []).append(InputError(
+                    f"{key} appears twice with different content (first in {first.source} "
+                    f"{first.entry})", source=sourced.source, entry=sourced.entry))
+            return
+        self._patients[key] = sourced
+        for alias in keys:
+            self._aliases.setdefault(alias, key)
+
+    def _resolve(self, reference: str) -> str:
+        if reference in self._aliases:
+            return self._aliases[reference]
+        canonical = canonical_reference(reference)
+        return self._aliases.get(canonical, canonical)
+
+    def finish(self) -> IngestResult:
+        records: dict[str, PatientRecord] = {
+            key: PatientRecord(reference=key, patient=sourced)
+            for key, sourced in self._patients.items()
+        }
+
+        def record(reference: str) -> PatientRecord:
+            key = self._resolve(reference)
+            if key not in records:
+                records[key] = PatientRecord(reference=key)
+            return records[key]
+
+        for reference, resources in self._by_ref.items():
+            record(reference).resources.extend(resources)
+        for reference, errors in self._errors_by_ref.items():
+            record(reference).errors.extend(errors)
+        for reference, skipped in self._skipped_by_ref.items():
+            record(reference).skipped += skipped
+        for reference, when in self._times_by_ref.items():
+            rec = record(reference)
+            if rec.latest_time is None or when > rec.latest_time:
+                rec.latest_time = when
+        for rec in records.values():
+            if rec.patient is None and not rec.errors:
+                count = len(rec.resources) + rec.skipped
+                rec.errors.append(InputError(
+                    f"{count} resource(s) refer to {rec.reference}, but no Patient resource for it "
+                    "was found in the input"))
+        patients = sorted(records.values(), key=lambda r: r.reference)
+        return IngestResult(patients, self.medications, self.errors, dict(self.counts))
+

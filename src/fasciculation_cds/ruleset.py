@@ -1,0 +1,232 @@
+"""Loading rules/: rule files, value sets, units and derived-fact constants, checked together.
+
+A RuleSet is immutable and loaded once per folder per process; its `version` is a hash of every
+content file, reported in each assessment so an output can be traced to the rules that made it.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from .errors import RuleFileError
+from .rule_schema import ContextPattern, FactPattern, Rule
+from .terminology import Terminology
+from .units import UnitTable
+
+CONTENT_FILES = ("valuesets/codes.yaml", "valuesets/systems.yaml", "units.yaml", "derived.yaml",
+                 "text-matches.yaml")
+RULE_CATEGORIES = ("electrolyte", "workup", "medication", "neuropathy", "mnd", "context")
+
+
+def default_rules_dir() -> Path:
+    """The rules shipped in the wheel, or the source tree's rules/ in a development checkout."""
+    packaged = Path(__file__).parent / "_rules"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "rules"
+
+
+@dataclass(frozen=True, eq=False)  # identity hash: one compiled engine per loaded set
+class RuleSet:
+    directory: Path
+    rules: tuple[Rule, ...]
+    rule_files: Mapping[str, Path]
+    terminology: Terminology
+    units: UnitTable
+    derived: Mapping[str, Any]
+    version: str
+    lab_families: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def rule(self, rule_id: str) -> Rule:
+        for rule in self.rules:
+            if rule.id == rule_id:
+                return rule
+        raise KeyError(rule_id)
+
+    def active_rules(self) -> tuple[Rule, ...]:
+        """Rules that run: every status but deprecated."""
+        return tuple(r for r in self.rules if r.status != "deprecated")
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        with path.open("rb") as handle:
+            return yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise RuleFileError("file is missing", file=str(path)) from None
+    except yaml.YAMLError as exc:
+        raise RuleFileError(f"not valid YAML: {exc}", file=str(path)) from None
+
+
+def iter_rule_files(directory: Path) -> Iterator[Path]:
+    for category in RULE_CATEGORIES:
+        folder = directory / category
+        if folder.is_dir():
+            yield from sorted(folder.glob("*.yaml"))
+    deprecated = directory / "deprecated"
+    if deprecated.is_dir():
+        yield from sorted(deprecated.glob("*.yaml"))
+
+
+def _hash_content(directory: Path, files: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(files, key=lambda p: p.relative_to(directory).as_posix()):
+        digest.update(path.relative_to(directory).as_posix().encode())
+        digest.update(b"\0")
+        digest.update(path.read_bytes())
+        digest.update(b"\0")
+    return "sha256:" + digest.hexdigest()
+
+
+def load_rules(directory: str | Path | None = None) -> RuleSet:
+    """Load and check every rule file and content file under `directory` (default: packaged)."""
+    path = Path(directory) if directory is not None else default_rules_dir()
+    return _load_rules_cached(path.resolve())
+
+
+@functools.lru_cache(maxsize=8)
+def _load_rules_cached(directory: Path) -> RuleSet:
+    if not directory.is_dir():
+        raise RuleFileError("rules folder does not exist", file=str(directory))
+    codes = _read_yaml(directory / "valuesets/codes.yaml")
+    systems = _read_yaml(directory / "valuesets/systems.yaml")
+    text_matches = _read_yaml(directory / "text-matches.yaml")
+    try:
+        terminology = Terminology.build(codes, systems, text_matches)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RuleFileError(f"value sets are malformed: {exc}", file=str(directory / "valuesets"))
+    try:
+        units = UnitTable(_read_yaml(directory / "units.yaml"))
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+        raise RuleFileError(f"malformed: {exc}", file=str(directory / "units.yaml")) from None
+    derived = _read_yaml(directory / "derived.yaml")
+    families = {k: tuple(v) for k, v in (derived.get("lab_families") or {}).items()}
+
+    rules: list[Rule] = []
+    rule_files: dict[str, Path] = {}
+    files = list(iter_rule_files(directory))
+    for file in files:
+        rule = parse_rule_file(file)
+        if file.parent.name != "deprecated":
+            expected = f"{file.parent.name}.{file.stem}"
+            if rule.id != expected:
+                raise RuleFileError(
+                    f"rule id {rule.id!r} does not match its path (expected {expected!r})",
+                    file=str(file), field="id")
+        if rule.id in rule_files:
+            raise RuleFileError(f"duplicate rule id {rule.id!r} (also in {rule_files[rule.id]})",
+                                file=str(file), field="id")
+        rule_files[rule.id] = file
+        rules.append(rule)
+    rules.sort(key=lambda r: r.id)
+    ruleset = RuleSet(
+        directory=directory,
+        rules=tuple(rules),
+        rule_files=rule_files,
+        terminology=terminology,
+        units=units,
+        derived=derived,
+        version=_hash_content(directory, [directory / f for f in CONTENT_FILES] + files),
+        lab_families=families,
+    )
+    for rule in rules:
+        check_references(rule, ruleset, rule_files[rule.id])
+    return ruleset
+
+
+def parse_rule_file(file: Path) -> Rule:
+    data = _read_yaml(file)
+    if not isinstance(data, dict):
+        raise RuleFileError("a rule file must be a YAML mapping", file=str(file))
+    try:
+        return Rule.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise RuleFileError(f"{first['msg']}{more}", file=str(file), field=where) from None
+
+
+def check_references(rule: Rule, ruleset: RuleSet, file: Path) -> None:
+    """Every concept, class, group, unit and rule a rule names must exist and fit."""
+    term = ruleset.terminology
+    known_rules = {r.id for r in ruleset.rules}
+
+    def fail(message: str, where: str) -> None:
+        raise RuleFileError(message, file=str(file), field=where)
+
+    def check_concept(concept: str, where: str, kinds: tuple[str, ...] | None = None) -> None:
+        if concept in ruleset.lab_families:
+            return
+        found = term.concepts.get(concept)
+        if found is None:
+            fail(f"unknown concept {concept!r}", where)
+        elif kinds and found.kind not in kinds:
+            fail(f"concept {concept!r} is a {found.kind}, not a {'/'.join(kinds)}", where)
+
+    kind_of_fact = {"lab": ("lab",), "medication": ("medication",), "problem": ("condition",),
+                    "finding": ("finding",)}
+
+    def check_pattern(pattern: FactPattern, where: str) -> None:
+        facts = pattern.fact if isinstance(pattern.fact, list) else [pattern.fact]
+        kinds: tuple[str, ...] = tuple(k for f in facts for k in kind_of_fact.get(f, ()))
+        for concept in [*(pattern.concepts or []), *([pattern.concept] if pattern.concept else []),
+                        *pattern.exclude_concepts]:
+            check_concept(concept, where, kinds or None)
+        if pattern.in_class and pattern.in_class not in term.classes:
+            fail(f"unknown medication class {pattern.in_class!r}", where)
+        for group in pattern.in_groups or []:
+            if group not in term.groups:
+                fail(f"unknown concept group {group!r}", where)
+        if pattern.value is not None:
+            concepts = [*(pattern.concepts or []), *([pattern.concept] if pattern.concept else [])]
+            if not concepts:
+                fail("a value test needs the lab concept it applies to", where)
+            for concept in concepts:
+                if ruleset.units.canonical_unit(concept) is None:
+                    fail(f"no canonical unit for {concept!r} in units.yaml", where)
+                unit = pattern.value.unit
+                if unit and ruleset.units.from_canonical(concept, Fraction(1), unit) is None:
+                    fail(f"unit {unit!r} does not convert for {concept!r}", where)
+        if pattern.rule and pattern.rule not in known_rules:
+            fail(f"unknown rule {pattern.rule!r}", where)
+
+    def check_context(context: ContextPattern | None, where: str) -> None:
+        if context is None:
+            return
+        for concept in [*context.presents, *context.presents_any, *context.absent]:
+            check_concept(concept, where)
+        for spec in (context.measured_within, context.not_measured_within):
+            for concept in (spec.all_of or []) + (spec.any_of or []) if spec else []:
+                check_concept(concept, where, ("lab",))
+        for name in context.group_sets:
+            if name not in (ruleset.derived.get("counted_group_sets") or {}):
+                fail(f"unknown group set {name!r} (derived.yaml counted_group_sets)", where)
+
+    for i, match in enumerate(rule.match):
+        check_context(match.context, f"match.{i}.context")
+        for name, pattern in match.facts.items():
+            check_pattern(pattern, f"match.{i}.facts.{name}")
+        for j, escalation in enumerate(match.escalate):
+            check_context(escalation.context, f"match.{i}.escalate.{j}.context")
+            for name, pattern in escalation.facts.items():
+                if name not in match.facts:
+                    fail(f"escalation names binding {name!r} the match does not have",
+                         f"match.{i}.escalate.{j}.facts")
+                check_pattern(pattern, f"match.{i}.escalate.{j}.facts.{name}")
+    for i, suggestion in enumerate(rule.suggestions):
+        for concept in suggestion.concepts:
+            check_concept(concept, f"suggestions.{i}")
+    for i, collect in enumerate(rule.evidence_also):
+        for concept in collect.concepts:
+            check_concept(concept, f"evidence_also.{i}")
+

@@ -1,0 +1,157 @@
+"""Reading FHIR JSON from disk: Bundles, single resources, Bulk Data NDJSON (.gz) and folders.
+
+Yields each resource with where it came from (file, Bundle entry index or NDJSON line), so that
+any later error can name the exact entry. Parsing is orjson; nothing here validates FHIR.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from .errors import InputError
+
+# Bulk Data exports write an event log beside the resources; it holds no FHIR resources.
+BULK_LOG_NAMES = frozenset({"log.ndjson", "log.ndjson.gz"})
+_BUNDLE_SKIP_TYPES = frozenset({"OperationOutcome"})
+
+
+@dataclass(frozen=True)
+class RawResource:
+    """One resource as parsed JSON, and where it was found."""
+
+    resource: dict[str, Any]
+    source: str
+    entry: str
+    full_url: str | None = None
+
+
+def is_ndjson(path: Path) -> bool:
+    name = path.name.lower()
+    return name.endswith((".ndjson", ".ndjson.gz", ".jsonl"))
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Files to read, in a stable order: folders are walked, Bulk Data logs skipped."""
+    files: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for child in sorted(path.rglob("*")):
+                if not child.is_file() or child.name.lower() in BULK_LOG_NAMES:
+                    continue
+                if child.name.lower().endswith((".json", ".json.gz")) or is_ndjson(child):
+                    files.append(child)
+        elif path.exists():
+            files.append(path)
+        else:
+            raise InputError("no such file or folder", source=str(path))
+    return files
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        if path.name.lower().endswith(".gz"):
+            with gzip.open(path, "rb") as handle:
+                return handle.read()
+        return path.read_bytes()
+    except (OSError, EOFError) as exc:
+        raise InputError(f"cannot read: {exc}", source=str(path)) from None
+
+
+def read_file(path: Path) -> Iterator[RawResource | InputError]:
+    """Resources of one file; a broken NDJSON line is yielded as an error, the rest go on."""
+    if is_ndjson(path):
+        yield from _read_ndjson(path)
+        return
+    data = _read_bytes(path)
+    if not data.strip():
+        raise InputError("file is empty", source=str(path))
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON: {exc}", source=str(path)) from None
+    yield from resources_of(document, str(path), base_dir=path.parent)
+
+
+def _read_ndjson(path: Path) -> Iterator[RawResource | InputError]:
+    data = _read_bytes(path)
+    for number, line in enumerate(data.splitlines(), start=1):
+        if not line.strip():
+            continue
+        entry = f"line {number}"
+        try:
+            resource = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            yield InputError(f"not valid JSON: {exc}", source=str(path), entry=entry)
+            continue
+        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+            yield InputError("not a FHIR resource (no resourceType)", source=str(path), entry=entry)
+            continue
+        yield RawResource(resource, str(path), entry)
+
+
+def resources_of(
+    document: Any, source: str, *, base_dir: Path | None = None
+) -> Iterator[RawResource | InputError]:
+    """Resources in a parsed JSON document: a Bundle's entries, or the resource itself."""
+    if isinstance(document, list):
+        raise InputError("a JSON array is not a FHIR resource (use NDJSON for many)", source=source)
+    if not isinstance(document, dict):
+        raise InputError("not a FHIR resource (expected a JSON object)", source=source)
+    resource_type = document.get("resourceType")
+    if resource_type is None and base_dir is not None and _is_bulk_manifest(document):
+        yield from _read_manifest(document, source, base_dir)
+        return
+    if not isinstance(resource_type, str):
+        raise InputError("not a FHIR resource (no resourceType)", source=source)
+    if resource_type != "Bundle":
+        yield RawResource(document, source, "resource")
+        return
+    entries = document.get("entry") or []
+    if not isinstance(entries, list):
+        raise InputError("Bundle.entry must be an array", source=source, path="Bundle.entry")
+    for index, entry in enumerate(entries):
+        where = f"entry[{index}]"
+        if not isinstance(entry, dict):
+            yield InputError("Bundle entry must be an object", source=source, entry=where)
+            continue
+        resource = entry.get("resource")
+        if resource is None:  # e.g. a transaction DELETE: nothing to read
+            continue
+        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+            yield InputError("entry.resource is not a FHIR resource (no resourceType)",
+                             source=source, entry=where)
+            continue
+        if resource["resourceType"] in _BUNDLE_SKIP_TYPES:
+            continue
+        full_url = entry.get("fullUrl")
+        yield RawResource(resource, source, where, full_url if isinstance(full_url, str) else None)
+
+
+def _is_bulk_manifest(document: Mapping[str, Any]) -> bool:
+    return isinstance(document.get("output"), list) and "transactionTime" in document
+
+
+def _read_manifest(
+    document: Mapping[str, Any], source: str, base_dir: Path
+) -> Iterator[RawResource | InputError]:
+    for index, item in enumerate(document["output"]):
+        url = item.get("url") if isinstance(item, dict) else None
+        if not isinstance(url, str):
+            yield InputError("manifest output has no url", source=source, entry=f"output[{index}]")
+            continue
+        local = Path(url.removeprefix("file://"))
+        path = local if local.is_absolute() else base_dir / local
+        if not path.exists():
+            path = base_dir / Path(url).name
+        if not path.exists():
+            yield InputError(f"manifest file not found locally: {url}", source=source,
+                             entry=f"output[{index}]")
+            continue
+        yield from read_file(path)
