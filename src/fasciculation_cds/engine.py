@@ -1,15 +1,15 @@
 """The one module that speaks to durable-rules.
 
 durable-rules facts of life handled here: the host is not thread-safe (one lock serialises all
-access), it keeps at most 1024 live sessions (each patient's session is deleted after use), and
+access), it keeps at most 1024 live sessions, and
 posting facts that match nothing raises MessageNotHandledException (that simply means "no match").
 The stock host starts background dispatch threads that would race with callers; this host runs
-actions synchronously inside each assert and starts none.
+actions synchronously inside each assert and starts none. Each evaluation uses the same session,
+emptied afterwards, so the 1024-live-session limit is never approached.
 """
 
 from __future__ import annotations
 
-import itertools
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 from durable import engine as durable_engine  # type: ignore[import-untyped]
 
 JsonDict = dict[str, Any]
+PATIENT_SESSION = "patient"
 RuleMatch = tuple[str, dict[str, JsonDict]]
 
 
@@ -55,31 +56,36 @@ class RuleEngine:
     def __init__(self, rulesets: Mapping[str, JsonDict]) -> None:
         self._lock = threading.Lock()
         self._host = _SyncHost()
-        self._sessions = itertools.count(1)
         try:
             self._host.set_rulesets({name: dict(rules) for name, rules in rulesets.items()})
         except Exception as exc:
             raise EngineError(f"durable-rules rejected the compiled rules: {exc}") from exc
 
     def run(self, ruleset: str, facts: Sequence[JsonDict]) -> list[RuleMatch]:
-        """Assert `facts` in a fresh session and return every (rule name, bound facts) match."""
+        """Assert `facts` into an empty session, collect every match, then empty the session."""
         if not facts:
             return []
         with self._lock:
-            sid = str(next(self._sessions))
+            sid = PATIENT_SESSION
+            stored: list[JsonDict] = []
             try:
                 # One fact at a time: in a batch, one fact that matches no rule makes durable-rules
-                # reject the whole batch (and leaves the session unsafe to delete).
+                # reject the whole batch.
                 for fact in facts:
+                    message = {**fact, "sid": sid}
                     try:
-                        self._host.assert_fact(ruleset, {**fact, "sid": sid})
+                        self._host.assert_fact(ruleset, message)
                     except durable_engine.MessageNotHandledException:
-                        pass  # this fact takes part in no rule: a normal outcome
+                        continue  # this fact takes part in no rule: a normal outcome
+                    stored.append(message)
             finally:
-                try:
-                    self._host.delete_state(ruleset, sid)
-                except Exception:  # noqa: S110 - a session that never opened has nothing to free
-                    pass
+                # Retracting, not delete_state: deleting a session that holds partial matches
+                # crashes durable-rules 2.0.28 (seen here); an emptied session is as good as new.
+                for message in stored:
+                    try:
+                        self._host.retract_fact(ruleset, message)
+                    except durable_engine.MessageNotHandledException:
+                        continue
             matches = self._host.collected.pop(sid, [])
             if self._host.failures:
                 failures, self._host.failures = self._host.failures, []

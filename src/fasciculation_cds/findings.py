@@ -132,7 +132,8 @@ def build_finding(
             if item is not None:
                 evidence.setdefault((item.reference, item.concept), item)
     variables: dict[str, Any] = {name: _view(fact) for name, fact in primary.facts.items()}
-    variables["all"] = {name: list(views.values()) for name, views in sorted(every.items())}
+    variables["all"] = {name: [] for match in rule.match for name in match.facts}
+    variables["all"].update({name: list(views.values()) for name, views in sorted(every.items())})
     variables["severity"] = primary.compiled.severity
     variables["presentation"] = list(context.presentation)
     variables["alternative"] = rule.match[primary.compiled.match_index].label or ""
