@@ -1,0 +1,44 @@
+# fasciculation-cds — the commands a newcomer needs.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+AS_OF ?= 2026-11-26
+
+.PHONY: demo test lint typecheck bench docs clean venv
+
+$(VENV)/bin/activate:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python 3.10-3.12)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+venv: $(VENV)/bin/activate
+
+## demo: install the package and show the clinician summary for fhir_examples/
+demo: venv
+	$(PY) -m pip install --quiet .
+	$(VENV)/bin/fasciculation-cds evaluate fhir_examples --as-of $(AS_OF) --format text
+
+## test: install with dev extras, lint, type-check, run the whole suite
+test: venv
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(MAKE) lint typecheck
+	$(PY) -m pytest
+
+lint: venv
+	$(VENV)/bin/ruff check src tests
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+## bench: throughput and memory report in bench/results.md and bench/results.json
+bench: venv
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) bench/run_bench.py --patients 2000 --out bench
+
+## docs: regenerate docs/rules/ from the rule files
+docs: venv
+	$(PY) -m pip install --quiet -e .
+	$(VENV)/bin/fasciculation-cds rules docs --out docs/rules
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

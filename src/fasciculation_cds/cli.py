@@ -1,0 +1,168 @@
+"""The `fasciculation-cds` command: evaluate FHIR data, and inspect or document the rules.
+
+Exit codes: 0 evaluated (findings or not), 2 bad input (each message names file, entry and what
+is wrong), 1 internal error. Bad input never shows a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .assessment import Assessment
+from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, InputError, RuleFileError
+from .evaluate import PatientError, evaluate_each
+from .render_text import print_summary
+from .rule_docs import write_rule_docs
+from .rule_schema import Rule
+from .ruleset import RuleSet, load_rules
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Clinical decision support for muscle twitching, cramps and spasms.")
+rules_app = typer.Typer(no_args_is_help=True, help="List, check, document the rule files.")
+app.add_typer(rules_app, name="rules")
+err = Console(stderr=True)
+
+
+class OutputFormat(str, Enum):
+    json = "json"
+    ndjson = "ndjson"
+    text = "text"
+
+
+def _load(rules_dir: Optional[Path]) -> RuleSet:
+    try:
+        return load_rules(rules_dir)
+    except RuleFileError as exc:
+        err.print(f"[red]error:[/] {exc}", markup=True, highlight=False)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+@app.command()
+def evaluate(
+    paths: Annotated[list[Path], typer.Argument(help="Bundles, resources, NDJSON(.gz) or folders.")],
+    as_of: Annotated[Optional[str], typer.Option(
+        "--as-of", help="Evaluation instant: YYYY-MM-DD, ISO date-time, or 'auto' "
+        "(each patient's newest recorded time). Default: now (UTC).")] = None,
+    assume_presentation: Annotated[bool, typer.Option(
+        "--assume-presentation", help="Screening: treat every patient as presenting.")] = False,
+    output_format: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.json,
+    rules_dir: Annotated[Optional[Path], typer.Option("--rules", help="Rules folder.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o")] = None,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Validate every resource, not only those the rules use.")] = False,
+) -> None:
+    """Evaluate the patients in PATHS and print one assessment per patient."""
+    ruleset = _load(rules_dir)
+    if as_of not in (None, "auto"):
+        from .fhir_time import parse_as_of
+
+        try:
+            parse_as_of(as_of)
+        except ValueError as exc:
+            err.print(f"error: --as-of: {exc}", highlight=False)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+    assessments: list[Assessment] = []
+    errors: list[PatientError] = []
+    try:
+        for outcome in evaluate_each(paths, as_of=as_of, assume_presentation=assume_presentation,
+                                     rules=ruleset, strict=strict):
+            if isinstance(outcome, PatientError):
+                errors.append(outcome)
+                who = f"{outcome.patient}: " if outcome.patient else ""
+                err.print(f"error: {who}{outcome.message}", highlight=False, soft_wrap=True)
+            else:
+                assessments.append(outcome)
+    except InputError as exc:
+        err.print(f"error: {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    if not assessments and not errors:
+        err.print("error: no FHIR patients found in the input", highlight=False)
+        raise typer.Exit(EXIT_BAD_INPUT)
+    _write(assessments, errors, output_format, output)
+    if any(e.kind == "internal" for e in errors):
+        raise typer.Exit(EXIT_INTERNAL)
+    raise typer.Exit(EXIT_BAD_INPUT if errors else EXIT_OK)
+
+
+def _write(assessments: list[Assessment], errors: list[PatientError], fmt: OutputFormat,
+           output: Optional[Path]) -> None:
+    records: list[dict[str, object]] = [a.to_json_dict() for a in assessments]
+    records += [e.to_json_dict() for e in errors]
+    if fmt is OutputFormat.text:
+        console = Console(file=output.open("w", encoding="utf-8") if output else None,
+                          width=110 if output else None)
+        print_summary(assessments, console)
+        return
+    if fmt is OutputFormat.json:
+        data = orjson.dumps(records, option=orjson.OPT_INDENT_2) + b"\n"
+    else:
+        data = b"".join(orjson.dumps(r) + b"\n" for r in records)
+    if output:
+        output.write_bytes(data)
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+
+
+@rules_app.command("list")
+def rules_list(rules_dir: Annotated[Optional[Path], typer.Option("--rules")] = None) -> None:
+    """The rules: id, category, severity, status, title."""
+    ruleset = _load(rules_dir)
+    table = Table("id", "category", "severity", "status", "title")
+    for rule in ruleset.rules:
+        severities = sorted({m.severity for m in rule.match}
+                            | {e.severity for m in rule.match for e in m.escalate},
+                            key=("info", "warning", "critical").index)
+        table.add_row(rule.id, rule.category, "/".join(severities), rule.status, rule.title)
+    Console().print(table)
+    Console().print(f"rules_version {ruleset.version}", style="dim")
+
+
+@rules_app.command("check")
+def rules_check(directory: Annotated[Optional[Path], typer.Argument()] = None) -> None:
+    """Validate every rule file (schema, names, units) and compile the rule set."""
+    ruleset = _load(directory)
+    try:
+        from .evaluate import Evaluator
+
+        Evaluator(ruleset)
+    except Exception as exc:
+        err.print(f"error: the rules do not compile: {exc}", highlight=False)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    Console().print(f"{len(ruleset.rules)} rules OK ({ruleset.version})")
+
+
+@rules_app.command("docs")
+def rules_docs(
+    out: Annotated[Path, typer.Option("--out")] = Path("docs/rules"),
+    rules_dir: Annotated[Optional[Path], typer.Option("--rules")] = None,
+) -> None:
+    """Write one Markdown page per rule, generated from the rule files."""
+    written = write_rule_docs(_load(rules_dir), out)
+    Console().print(f"wrote {len(written)} files to {out}")
+
+
+@rules_app.command("schema")
+def rules_schema() -> None:
+    """Print the JSON Schema of a rule file (for editors)."""
+    sys.stdout.write(json.dumps(Rule.model_json_schema(), indent=2) + "\n")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""Clinician-facing terminal summary (rich): one block per patient, most severe first."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.text import Text
+
+from .assessment import Assessment
+
+STYLE = {"critical": "bold white on red", "warning": "bold black on yellow", "info": "bold cyan"}
+BORDER = {"critical": "red", "warning": "yellow", "info": "cyan", None: "green"}
+RANK = {"critical": 3, "warning": 2, "info": 1, None: 0}
+
+
+def most_severe_first(assessments: Sequence[Assessment]) -> list[Assessment]:
+    return sorted(assessments, key=lambda a: (-RANK[a.highest_severity], a.patient.reference))
+
+
+def render_assessment(assessment: Assessment) -> Panel:
+    patient = assessment.patient
+    who = [patient.reference]
+    if patient.age is not None:
+        who.append(f"{patient.age} y")
+    if patient.sex:
+        who.append(patient.sex)
+    presenting = ", ".join(assessment.presentation) or "no recorded presentation"
+    parts: list[Text] = [Text(f"Presents with: {presenting}   (as of {assessment.as_of})",
+                              style="dim")]
+    if not assessment.findings:
+        parts.append(Text("No findings.", style="green"))
+    for finding in assessment.findings:
+        line = Text()
+        line.append(f" {finding.severity.upper()} ", style=STYLE[finding.severity])
+        line.append(f" {finding.summary}")
+        line.append(f"  [{finding.rule_id}]", style="dim")
+        parts.append(line)
+        if finding.severity != "info":
+            for recommendation in finding.recommendations:
+                parts.append(Text(f"     • {recommendation}"))
+        cited = ", ".join(e.reference for e in finding.evidence)
+        if cited:
+            parts.append(Text(f"     evidence: {cited}", style="dim"))
+    for notice in assessment.notices:
+        parts.append(Text(f"note: {notice.message}", style="italic dim"))
+    return Panel(Group(*parts), title=" · ".join(who), title_align="left",
+                 border_style=BORDER[assessment.highest_severity])
+
+
+def print_summary(assessments: Sequence[Assessment], console: Console) -> None:
+    for assessment in most_severe_first(assessments):
+        console.print(render_assessment(assessment))
