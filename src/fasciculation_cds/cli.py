@@ -42,7 +42,7 @@ def _load(rules_dir: Optional[Path]) -> RuleSet:
     try:
         return load_rules(rules_dir)
     except RuleFileError as exc:
-        err.print(f"[red]error:[/] {exc}", markup=True, highlight=False)
+        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
@@ -68,7 +68,7 @@ def evaluate(
         try:
             parse_as_of(as_of)
         except ValueError as exc:
-            err.print(f"error: --as-of: {exc}", highlight=False)
+            err.print(f"error: --as-of: {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_BAD_INPUT) from None
     assessments: list[Assessment] = []
     errors: list[PatientError] = []
@@ -85,7 +85,9 @@ def evaluate(
         err.print(f"error: {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     if not assessments and not errors:
-        err.print("error: no FHIR patients found in the input", highlight=False)
+        names = ", ".join(str(p) for p in paths)
+        err.print(f"error: {names}: no FHIR Patient (or resource referring to one) found",
+                  highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT)
     _write(assessments, errors, output_format, output)
     if any(e.kind == "internal" for e in errors):
@@ -136,7 +138,7 @@ def rules_check(directory: Annotated[Optional[Path], typer.Argument()] = None) -
 
         Evaluator(ruleset)
     except Exception as exc:
-        err.print(f"error: the rules do not compile: {exc}", highlight=False)
+        err.print(f"error: the rules do not compile: {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     Console().print(f"{len(ruleset.rules)} rules OK ({ruleset.version})")
 

@@ -153,7 +153,7 @@ def ingest(
 ) -> IngestResult:
     """Read and group a source: path(s), a Bundle or resource dict, or an iterable of resources."""
     grouper = Grouper(ruleset.terminology, strict=strict, track_times=track_times)
-    for item in _raw_items(source):
+    for item in _raw_items(source, strict):
         if isinstance(item, InputError):
             grouper.errors.append(item)
         else:
@@ -161,11 +161,11 @@ def ingest(
     return grouper.finish()
 
 
-def _raw_items(source: Source) -> Iterator[RawResource | InputError]:
+def _raw_items(source: Source, strict: bool = False) -> Iterator[RawResource | InputError]:
     if isinstance(source, (str, Path)):
         paths: list[Path] = expand_paths([source])
     elif isinstance(source, Mapping):
-        yield from _guarded(lambda: resources_of(dict(source), "<input>"))
+        yield from _guarded(lambda: resources_of(dict(source), "<input>", strict=strict))
         return
     else:
         items = list(source)
@@ -184,7 +184,7 @@ def _raw_items(source: Source) -> Iterator[RawResource | InputError]:
                                      entry=f"item {index}")
             return
     for path in paths:
-        yield from _guarded(lambda p=path: read_file(p))
+        yield from _guarded(lambda p=path: read_file(p, strict=strict))
 
 
 def _guarded(produce: Any) -> Iterator[RawResource | InputError]:

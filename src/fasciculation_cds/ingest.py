@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from .errors import InputError
 from .fhir_time import latest_recorded_time
 from .sources import RawResource
+from .strict_checks import strict_problems
 from .terminology import Terminology
 
 CODED_TYPES: Mapping[str, str] = {"Observation": "code", "Condition": "code"}
@@ -104,6 +105,15 @@ def validate(raw: SourcedResource) -> InputError | None:
     return None
 
 
+def _strict_error(raw: RawResource) -> InputError | None:
+    if raw.full_url and ":" not in raw.full_url:
+        return InputError(f"fullUrl must be an absolute URL (not {raw.full_url!r})",
+                          source=raw.source, entry=raw.entry, path="Bundle.entry.fullUrl")
+    for path, message in strict_problems(raw.resource):
+        return InputError(message, source=raw.source, entry=raw.entry, path=path)
+    return None
+
+
 class Grouper:
     """Collects resources by patient across any number of files, then resolves references."""
 
@@ -119,6 +129,7 @@ class Grouper:
         self._by_ref: dict[str, list[SourcedResource]] = {}
         self._errors_by_ref: dict[str, list[InputError]] = {}
         self._skipped_by_ref: dict[str, int] = {}
+        self._first_seen: dict[str, SourcedResource] = {}
         self.medications: dict[str, dict[str, Any]] = {}
         self.errors: list[InputError] = []
         self.counts: dict[str, int] = {"resources": 0, "validated": 0, "skipped": 0}
@@ -140,6 +151,8 @@ class Grouper:
         if relevant or self._strict:
             self.counts["validated"] += 1
             error = validate(sourced)
+            if error is None and self._strict:
+                error = _strict_error(raw)
             if error is not None:
                 owner = self._owner_of(resource, raw, subject)
                 if owner is None:
@@ -153,6 +166,7 @@ class Grouper:
             for key in self._keys_of(resource, raw.full_url):
                 self.medications[key] = resource
         elif subject is not None:
+            self._first_seen.setdefault(canonical_reference(subject), sourced)
             if self._track_times and not relevant:
                 when = latest_recorded_time(resource)
                 if when is not None and (subject not in self._times_by_ref
@@ -233,9 +247,11 @@ class Grouper:
         for rec in records.values():
             if rec.patient is None and not rec.errors:
                 count = len(rec.resources) + rec.skipped
+                first = self._first_seen.get(rec.reference)
                 rec.errors.append(InputError(
                     f"{count} resource(s) refer to {rec.reference}, but no Patient resource for it "
-                    "was found in the input"))
+                    "was found in the input",
+                    source=first.source if first else None, entry=first.entry if first else None))
         patients = sorted(records.values(), key=lambda r: r.reference)
         return IngestResult(patients, self.medications, self.errors, dict(self.counts))
 

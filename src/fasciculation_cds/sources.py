@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from .errors import InputError
+from .strict_checks import bundle_problems
 
 # Bulk Data exports write an event log beside the resources; it holds no FHIR resources.
 BULK_LOG_NAMES = frozenset({"log.ndjson", "log.ndjson.gz"})
@@ -64,7 +65,7 @@ def _read_bytes(path: Path) -> bytes:
         raise InputError(f"cannot read: {exc}", source=str(path)) from None
 
 
-def read_file(path: Path) -> Iterator[RawResource | InputError]:
+def read_file(path: Path, *, strict: bool = False) -> Iterator[RawResource | InputError]:
     """Resources of one file; a broken NDJSON line is yielded as an error, the rest go on."""
     if is_ndjson(path):
         yield from _read_ndjson(path)
@@ -76,7 +77,7 @@ def read_file(path: Path) -> Iterator[RawResource | InputError]:
         document = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise InputError(f"not valid JSON: {exc}", source=str(path)) from None
-    yield from resources_of(document, str(path), base_dir=path.parent)
+    yield from resources_of(document, str(path), base_dir=path.parent, strict=strict)
 
 
 def _read_ndjson(path: Path) -> Iterator[RawResource | InputError]:
@@ -97,7 +98,7 @@ def _read_ndjson(path: Path) -> Iterator[RawResource | InputError]:
 
 
 def resources_of(
-    document: Any, source: str, *, base_dir: Path | None = None
+    document: Any, source: str, *, base_dir: Path | None = None, strict: bool = False
 ) -> Iterator[RawResource | InputError]:
     """Resources in a parsed JSON document: a Bundle's entries, or the resource itself."""
     if isinstance(document, list):
@@ -113,6 +114,9 @@ def resources_of(
     if resource_type != "Bundle":
         yield RawResource(document, source, "resource")
         return
+    if strict:
+        for path, message in bundle_problems(document):
+            yield InputError(message, source=source, entry="Bundle", path=path)
     entries = document.get("entry") or []
     if not isinstance(entries, list):
         raise InputError("Bundle.entry must be an array", source=source, path="Bundle.entry")

@@ -1,0 +1,65 @@
+"""The whole rule set over real data made by other projects (../shared/data)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from fasciculation_cds import Assessment, PatientError, evaluate_each
+from fasciculation_cds.ruleset import RuleSet
+
+from .conftest import REPO, shared_data
+
+pytestmark = pytest.mark.realdata
+
+# Alert-fatigue guard (Sigma-style regression over a benign population): under screening, the
+# share of Synthea patients alerted at warning or above must stay below this bound.
+MAX_ALERTED_SHARE = 0.35
+
+
+def _outcomes(path: Path, ruleset: RuleSet, **kwargs: object) -> list[Assessment | PatientError]:
+    return list(evaluate_each(path, rules=ruleset, **kwargs))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("folder", ["synthea", "ndjson/pathling-9-patients",
+                                    "ndjson/sample-bulk-10-patients", "ndjson/cumulus-etl-simple"])
+@pytest.mark.parametrize("options", [{"as_of": "2026-11-26"},
+                                     {"as_of": "auto", "assume_presentation": True}])
+def test_real_patients_evaluate_without_internal_error(
+    folder: str, options: dict[str, object], ruleset: RuleSet
+) -> None:
+    outcomes = _outcomes(shared_data(folder), ruleset, **options)
+    internal = [o for o in outcomes if isinstance(o, PatientError) and o.kind == "internal"]
+    assert not internal, internal[:3]
+    assert any(isinstance(o, Assessment) for o in outcomes)
+
+
+def test_synthea_alert_rate_under_screening(ruleset: RuleSet) -> None:
+    outcomes = _outcomes(shared_data("synthea"), ruleset, as_of="auto", assume_presentation=True)
+    assessments = [o for o in outcomes if isinstance(o, Assessment)]
+    assert len(assessments) == 43
+    alerted = [a for a in assessments if a.highest_severity in ("warning", "critical")]
+    share = len(alerted) / len(assessments)
+    rules = Counter(f.rule_id for a in assessments for f in a.findings)
+    print(f"\nSynthea under --assume-presentation --as-of auto: {len(alerted)}/{len(assessments)} "
+          f"alerted at warning or above ({share:.0%}); findings by rule: {dict(sorted(rules.items()))}")
+    assert share <= MAX_ALERTED_SHARE
+
+
+def test_bundle_folder_and_ndjson_give_the_same_patients(ruleset: RuleSet) -> None:
+    outcomes = _outcomes(shared_data("ndjson/pathling-9-patients"), ruleset, as_of="2026-11-26")
+    references = [o.patient.reference for o in outcomes if isinstance(o, Assessment)]
+    assert len(references) == len(set(references)) == 9
+
+
+def test_hl7_examples_evaluate_or_fail_cleanly(ruleset: RuleSet) -> None:
+    outcomes = _outcomes(shared_data("hl7-examples"), ruleset, as_of="2026-11-26")
+    assert not [o for o in outcomes if isinstance(o, PatientError) and o.kind == "internal"]
+
+
+def test_fhir_examples_all_evaluate(ruleset: RuleSet) -> None:
+    outcomes = _outcomes(REPO / "fhir_examples", ruleset, as_of="2026-11-26")
+    assert outcomes and all(isinstance(o, Assessment) for o in outcomes)
+    assert all(o.findings for o in outcomes if isinstance(o, Assessment))
