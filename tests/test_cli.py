@@ -47,7 +47,10 @@ def test_ndjson_output_one_line_per_patient(tmp_path: Path) -> None:
     assert len(lines) == len(list((REPO / "fhir_examples").glob("*.json")))
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (REPO.parent / "shared/data/invalid").glob("*.json")))
+INVALID = sorted(p.name for p in (REPO.parent / "shared/data/invalid").glob("*.json"))
+
+
+@pytest.mark.parametrize("name", INVALID)
 def test_invalid_inputs_exit_2_naming_the_file(name: str) -> None:
     path = shared_data("invalid", name)
     result = run("evaluate", str(path), "--as-of", "2026-11-26", "--strict")
@@ -85,12 +88,14 @@ def test_not_fhir_and_empty_inputs(tmp_path: Path) -> None:
     for path in (empty, array):
         result = run("evaluate", str(path))
         assert result.returncode == 2
-        assert path.name in result.stderr and "Traceback" not in result.stderr
+        assert path.name in result.stderr
+        assert "Traceback" not in result.stderr
 
 
 def test_rules_commands(tmp_path: Path) -> None:
     listed = run("rules", "list")
-    assert listed.returncode == 0 and "mnd.red-flags" in listed.stdout
+    assert listed.returncode == 0
+    assert "mnd.red-flags" in listed.stdout
     checked = run("rules", "check")
     assert checked.returncode == 0, checked.stderr
     schema = json.loads(run("rules", "schema").stdout)
@@ -107,4 +112,5 @@ def test_rules_check_reports_file_and_field(tmp_path: Path) -> None:
     target.write_text(target.read_text().replace("severity: warning", "severity: severe", 1))
     result = run("rules", "check", str(rules))
     assert result.returncode == 2
-    assert "hypokalemia.yaml" in result.stderr and "severity" in result.stderr
+    assert "hypokalemia.yaml" in result.stderr
+    assert "severity" in result.stderr

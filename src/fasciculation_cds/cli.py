@@ -10,7 +10,7 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import orjson
 import typer
@@ -38,7 +38,7 @@ class OutputFormat(str, Enum):
     text = "text"
 
 
-def _load(rules_dir: Optional[Path]) -> RuleSet:
+def _load(rules_dir: Path | None) -> RuleSet:
     try:
         return load_rules(rules_dir)
     except RuleFileError as exc:
@@ -48,15 +48,16 @@ def _load(rules_dir: Optional[Path]) -> RuleSet:
 
 @app.command()
 def evaluate(
-    paths: Annotated[list[Path], typer.Argument(help="Bundles, resources, NDJSON(.gz) or folders.")],
-    as_of: Annotated[Optional[str], typer.Option(
+    paths: Annotated[list[Path], typer.Argument(
+        help="Bundles, resources, NDJSON(.gz) or folders.")],
+    as_of: Annotated[str | None, typer.Option(
         "--as-of", help="Evaluation instant: YYYY-MM-DD, ISO date-time, or 'auto' "
         "(each patient's newest recorded time). Default: now (UTC).")] = None,
     assume_presentation: Annotated[bool, typer.Option(
         "--assume-presentation", help="Screening: treat every patient as presenting.")] = False,
     output_format: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.json,
-    rules_dir: Annotated[Optional[Path], typer.Option("--rules", help="Rules folder.")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o")] = None,
+    rules_dir: Annotated[Path | None, typer.Option("--rules", help="Rules folder.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o")] = None,
     strict: Annotated[bool, typer.Option(
         "--strict", help="Validate every resource, not only those the rules use.")] = False,
 ) -> None:
@@ -96,7 +97,7 @@ def evaluate(
 
 
 def _write(assessments: list[Assessment], errors: list[PatientError], fmt: OutputFormat,
-           output: Optional[Path]) -> None:
+           output: Path | None) -> None:
     records: list[dict[str, object]] = [a.to_json_dict() for a in assessments]
     records += [e.to_json_dict() for e in errors]
     if fmt is OutputFormat.text:
@@ -116,7 +117,7 @@ def _write(assessments: list[Assessment], errors: list[PatientError], fmt: Outpu
 
 
 @rules_app.command("list")
-def rules_list(rules_dir: Annotated[Optional[Path], typer.Option("--rules")] = None) -> None:
+def rules_list(rules_dir: Annotated[Path | None, typer.Option("--rules")] = None) -> None:
     """The rules: id, category, severity, status, title."""
     ruleset = _load(rules_dir)
     table = Table("id", "category", "severity", "status", "title")
@@ -130,7 +131,7 @@ def rules_list(rules_dir: Annotated[Optional[Path], typer.Option("--rules")] = N
 
 
 @rules_app.command("check")
-def rules_check(directory: Annotated[Optional[Path], typer.Argument()] = None) -> None:
+def rules_check(directory: Annotated[Path | None, typer.Argument()] = None) -> None:
     """Validate every rule file (schema, names, units) and compile the rule set."""
     ruleset = _load(directory)
     try:
@@ -146,7 +147,7 @@ def rules_check(directory: Annotated[Optional[Path], typer.Argument()] = None) -
 @rules_app.command("docs")
 def rules_docs(
     out: Annotated[Path, typer.Option("--out")] = Path("docs/rules"),
-    rules_dir: Annotated[Optional[Path], typer.Option("--rules")] = None,
+    rules_dir: Annotated[Path | None, typer.Option("--rules")] = None,
 ) -> None:
     """Write one Markdown page per rule, generated from the rule files."""
     written = write_rule_docs(_load(rules_dir), out)

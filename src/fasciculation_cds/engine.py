@@ -14,7 +14,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from durable import engine as durable_engine  # type: ignore[import-untyped]
+from durable import engine as durable_engine
 
 JsonDict = dict[str, Any]
 PATIENT_SESSION = "patient"

@@ -12,7 +12,7 @@ class FasciculationCdsError(Exception):
 
 
 class InputError(FasciculationCdsError):
-    """Bad input: names the file, the entry (Bundle entry index or NDJSON line) and what is wrong."""
+    """Bad input: names the file, the entry (Bundle entry or NDJSON line) and what is wrong."""
 
     def __init__(
         self,

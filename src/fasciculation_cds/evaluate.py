@@ -1,4 +1,7 @@
-"""The one evaluation path every entry point uses: source -> ingest -> normalize -> engine -> findings."""
+"""The one evaluation path every entry point uses.
+
+source -> ingest -> normalize -> engine -> findings -> Assessment
+"""
 
 from __future__ import annotations
 
@@ -139,7 +142,7 @@ def _instant_for(record: PatientRecord, as_of: AsOf | Literal["auto"]) -> tuple[
         instant = max(times)
         return instant, iso_instant(instant)
     instant = parse_as_of(as_of)
-    is_day = isinstance(as_of, date) and not isinstance(as_of, datetime) or (
+    is_day = (isinstance(as_of, date) and not isinstance(as_of, datetime)) or (
         isinstance(as_of, str) and len(as_of) == 10)
     return instant, iso_day(instant) if is_day else iso_instant(instant)
 
@@ -175,9 +178,12 @@ def _raw_items(source: Source, strict: bool = False) -> Iterator[RawResource | I
             for index, item in enumerate(items):
                 document = item.model_dump(mode="json", exclude_none=True) if hasattr(
                     item, "model_dump") else item
-                if isinstance(document, Mapping) and document.get("resourceType") == "Bundle":
-                    yield from _guarded(lambda d=document: resources_of(dict(d), f"<input {index}>"))
-                elif isinstance(document, Mapping) and isinstance(document.get("resourceType"), str):
+                kind = document.get("resourceType") if isinstance(document, Mapping) else None
+                if kind == "Bundle":
+                    label = f"<input {index}>"
+                    yield from _guarded(
+                        lambda d=document, s=label: resources_of(dict(d), s, strict=strict))
+                elif isinstance(kind, str):
                     yield RawResource(dict(document), "<input>", f"item {index}")
                 else:
                     yield InputError("not a FHIR resource (no resourceType)", source="<input>",

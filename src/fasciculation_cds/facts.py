@@ -71,7 +71,7 @@ class Problem(FactBase):
 
 
 class Finding(FactBase):
-    """A symptom or sign (fasciculation, weakness, paresthesia...) from a Condition or Observation."""
+    """A symptom or sign (fasciculation, weakness...) from a Condition or an Observation."""
 
     kind: Literal["finding"] = "finding"
     concept: str

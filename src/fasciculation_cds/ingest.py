@@ -25,7 +25,8 @@ from .terminology import Terminology
 
 CODED_TYPES: Mapping[str, str] = {"Observation": "code", "Condition": "code"}
 MEDICATION_USE_TYPES = frozenset({"MedicationRequest", "MedicationStatement"})
-_ABSOLUTE_REF = re.compile(r"(?:^|/)(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
+_ABSOLUTE_REF = re.compile(
+    r"(?:^|/)(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
 
 
 @dataclass(frozen=True)

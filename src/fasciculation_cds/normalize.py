@@ -251,8 +251,10 @@ class Normalizer:
             spec["plausible_albumin_at_least"]["unit"])
         if None in (ca_per_albumin, albumin_unit, reference_albumin, plausible):
             raise ValueError("derived.yaml albumin_corrected_calcium units do not convert")
-        assert ca_per_albumin is not None and albumin_unit is not None
-        assert reference_albumin is not None and plausible is not None
+        assert ca_per_albumin is not None
+        assert albumin_unit is not None
+        assert reference_albumin is not None
+        assert plausible is not None
         window = float(spec["max_days_apart"]) * SECONDS_PER_DAY
         albumins = []
         for lab in labs:
@@ -262,7 +264,8 @@ class Normalizer:
                 notices.append(Notice(
                     "albumin-implausible", lab.reference,
                     f"albumin {lab.original_value} {lab.original_unit} ({lab.reference}) is "
-                    "implausibly low for its unit (g/dL sent as g/L?); not used to correct calcium"))
+                    "implausibly low for its unit (g/dL sent as g/L?); not used to correct "
+                    "calcium"))
                 continue
             albumins.append(lab)
         corrected = []
@@ -275,7 +278,8 @@ class Normalizer:
                                      -a.effective.timestamp(), a.reference))
             if near:
                 albumin = near[0]
-                value = lab.value + ca_per_albumin / albumin_unit * (reference_albumin - albumin.value)
+                slope = ca_per_albumin / albumin_unit
+                value = lab.value + slope * (reference_albumin - albumin.value)
                 note = (f"corrected for albumin {albumin.original_value} {albumin.original_unit} "
                         f"({albumin.reference}, {iso_day(albumin.effective)})")
                 derived_from: tuple[str, ...] = (lab.reference, albumin.reference)

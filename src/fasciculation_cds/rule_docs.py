@@ -7,6 +7,8 @@ from pathlib import Path
 from .rule_schema import ContextPattern, FactPattern, Rule
 from .ruleset import RuleSet
 
+SYMBOL = {"lt": "<", "lte": "≤", "gt": ">", "gte": "≥", "eq": "="}
+
 
 def _pattern_text(name: str, pattern: FactPattern) -> str:
     kinds = pattern.fact if isinstance(pattern.fact, list) else [pattern.fact]
@@ -27,8 +29,7 @@ def _pattern_text(name: str, pattern: FactPattern) -> str:
     if pattern.max_age_days is not None:
         parts.append(f"within {pattern.max_age_days} days")
     if pattern.value is not None:
-        tests = [f"{op.replace('lte', '≤').replace('lt', '<').replace('gte', '≥').replace('gt', '>').replace('eq', '=')} {value:g}"
-                 for op in ("lt", "lte", "gt", "gte", "eq")
+        tests = [f"{SYMBOL[op]} {value:g}" for op in SYMBOL
                  if (value := getattr(pattern.value, op)) is not None]
         parts.append(f"with value {' and '.join(tests)} {pattern.value.unit or ''}".rstrip())
     if pattern.rule:
@@ -86,7 +87,8 @@ def rule_page(rule: Rule) -> str:
 def write_rule_docs(ruleset: RuleSet, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    index = ["# Rules", "", "| id | category | severity | status | title |", "| --- | --- | --- | --- | --- |"]
+    index = ["# Rules", "", "| id | category | severity | status | title |",
+             "| --- | --- | --- | --- | --- |"]
     for rule in ruleset.rules:
         path = out_dir / f"{rule.id}.md"
         path.write_text(rule_page(rule), encoding="utf-8")

@@ -103,7 +103,8 @@ def _load_rules_cached(directory: Path) -> RuleSet:
     try:
         terminology = Terminology.build(codes, systems, text_matches)
     except (KeyError, TypeError, ValueError) as exc:
-        raise RuleFileError(f"value sets are malformed: {exc}", file=str(directory / "valuesets"))
+        raise RuleFileError(f"value sets are malformed: {exc}",
+                            file=str(directory / "valuesets")) from None
     try:
         units = UnitTable(_read_yaml(directory / "units.yaml"))
     except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:

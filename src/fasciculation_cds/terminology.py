@@ -80,9 +80,9 @@ class Terminology:
                 groups=tuple(sorted(n for n, m in group_members.items() if cid in m)),
             )
         term = cls(concepts=concepts, classes=class_members, groups=group_members)
-        for key, spec in systems.items():
+        for sys_name, spec in systems.items():
             system = _System(
-                key=key,
+                key=sys_name,
                 uri=spec["uri"],
                 dotless=bool(spec.get("dotless")),
                 ingredient_fallback=bool(spec.get("ingredient_fallback")),
@@ -92,21 +92,20 @@ class Terminology:
         codes_index: dict[tuple[str, str], list[str]] = {}
         for cid, spec in codes["concepts"].items():
             for coding in spec.get("codings") or []:
-                system = term._systems_by_uri.get(str(coding["system"]).rstrip("/"))
-                if system is None:
+                found = term._systems_by_uri.get(str(coding["system"]).rstrip("/"))
+                if found is None:
                     continue
-                key = (system.key, term._norm(system, str(coding["code"])))
-                codes_index.setdefault(key, [])
-                if cid not in codes_index[key]:
-                    codes_index[key].append(cid)
+                members = codes_index.setdefault(
+                    (found.key, term._norm(found, str(coding["code"]))), [])
+                if cid not in members:
+                    members.append(cid)
             for sys_key, prefixes in (spec.get("match_prefixes") or {}).items():
-                system = next((s for s in term._systems_by_uri.values() if s.key == sys_key), None)
-                if system is None:
+                by_key = next((s for s in term._systems_by_uri.values() if s.key == sys_key), None)
+                if by_key is None:
                     continue
                 for prefix in prefixes:
                     term._prefixes.setdefault(sys_key, []).append(
-                        (term._norm(system, str(prefix)), cid)
-                    )
+                        (term._norm(by_key, str(prefix)), cid))
             if spec["kind"] == "medication":
                 term._ingredients.append((tuple(_WORD.findall(cid.replace("-", " "))), cid))
         term._codes = {k: tuple(v) for k, v in codes_index.items()}
