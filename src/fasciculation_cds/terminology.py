@@ -6,6 +6,7 @@ that knows about code systems, ICD dots, prefixes, text matches and the RxNorm i
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -195,10 +196,44 @@ class Terminology:
         return sorted(found.values(), key=lambda m: m.concept)
 
     def has_relevant_code(self, codeable: Mapping[str, Any] | None) -> bool:
-        """Cheap test on raw JSON: could this CodeableConcept map to any concept?"""
+        """Cheap test on raw JSON: could this CodeableConcept map to any concept?
+
+        Runs on every resource of the input, so it only does dictionary look-ups and, for the
+        text and ingredient fallbacks, a substring pre-check before any word matching.
+        """
         if not codeable:
             return False
-        return bool(self.match_codeable(codeable) or self.match_ingredient_name(codeable))
+        for coding in codeable.get("coding") or []:
+            if not isinstance(coding, Mapping):
+                continue
+            system = self._systems_by_uri.get(str(coding.get("system") or "").rstrip("/"))
+            code = coding.get("code")
+            if system is None or not isinstance(code, str):
+                continue
+            norm = self._norm(system, code)
+            if (system.key, norm) in self._codes:
+                return True
+            if any(norm.startswith(p) for p, _ in self._prefixes.get(system.key, ())):
+                return True
+            if system.ingredient_fallback and self._mentions(
+                    str(coding.get("display") or ""), self._ingredient_words):
+                return bool(self.match_ingredient_name(codeable))
+        if self._mentions(_texts_of(codeable), self._text_words):
+            return bool(self.match_codeable(codeable))
+        return False
+
+    @staticmethod
+    def _mentions(text: str, words: frozenset[str]) -> bool:
+        lowered = text.lower()
+        return any(word in lowered for word in words)
+
+    @functools.cached_property
+    def _text_words(self) -> frozenset[str]:
+        return frozenset(phrase[0] for phrase, _ in self._text if phrase)
+
+    @functools.cached_property
+    def _ingredient_words(self) -> frozenset[str]:
+        return frozenset(words[0] for words, _ in self._ingredients if words)
 
 
 def _texts_of(codeable: Mapping[str, Any]) -> str:
