@@ -62,9 +62,10 @@ def measure(mode: str, folder: str) -> dict[str, object]:
         as_of = parse_as_of("2020-01-01")
         strict = mode == "evaluate-strict"
         stages = {"ingest": 0.0, "evaluate": 0.0}
+        since = as_of - __import__("datetime").timedelta(days=ruleset.max_lookback_days)
         for file in files:  # streamed: one Bundle (one patient) in memory at a time
             t0 = time.perf_counter()
-            result = ingest(file, ruleset, strict=strict)
+            result = ingest(file, ruleset, strict=strict, observations_since=since)
             t1 = time.perf_counter()
             for record in result.patients:
                 evaluator.assess(record, result.medications, as_of, assume_presentation=True)

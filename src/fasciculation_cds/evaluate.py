@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -153,9 +153,11 @@ def ingest(
     *,
     strict: bool = False,
     track_times: bool = False,
+    observations_since: datetime | None = None,
 ) -> IngestResult:
     """Read and group a source: path(s), a Bundle or resource dict, or an iterable of resources."""
-    grouper = Grouper(ruleset.terminology, strict=strict, track_times=track_times)
+    grouper = Grouper(ruleset.terminology, strict=strict, track_times=track_times,
+                      observations_since=observations_since)
     for item in _raw_items(source, strict):
         if isinstance(item, InputError):
             grouper.errors.append(item)
@@ -214,7 +216,11 @@ def evaluate_each(
     evaluator = evaluator_for(ruleset)
     if as_of is None:
         as_of = parse_as_of(None)  # one "now" for the whole run
-    result = ingest(source, ruleset, strict=strict, track_times=as_of == "auto")
+    since = None
+    if as_of != "auto":
+        since = parse_as_of(as_of) - timedelta(days=ruleset.max_lookback_days)
+    result = ingest(source, ruleset, strict=strict, track_times=as_of == "auto",
+                    observations_since=since)
     for error in result.errors:
         yield PatientError(None, error.describe())
     for record in result.patients:

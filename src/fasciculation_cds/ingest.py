@@ -119,9 +119,15 @@ class Grouper:
     """Collects resources by patient across any number of files, then resolves references."""
 
     def __init__(
-        self, terminology: Terminology, *, strict: bool = False, track_times: bool = False
+        self,
+        terminology: Terminology,
+        *,
+        strict: bool = False,
+        track_times: bool = False,
+        observations_since: datetime | None = None,
     ) -> None:
         self._terminology = terminology
+        self._observations_since = observations_since
         self._strict = strict
         self._track_times = track_times
         self._times_by_ref: dict[str, datetime] = {}
@@ -148,6 +154,10 @@ class Grouper:
         resource_type = resource["resourceType"]
         sourced = SourcedResource(resource, raw.source, raw.entry)
         relevant = is_relevant(resource, self._terminology)
+        if relevant and self._observations_since is not None and resource_type == "Observation":
+            # older than every look-back: no rule can use it, so it is not worth validating
+            when = latest_recorded_time(resource)
+            relevant = when is None or when >= self._observations_since
         subject = patient_reference_of(resource)
         if relevant or self._strict:
             self.counts["validated"] += 1

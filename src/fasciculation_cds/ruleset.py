@@ -52,6 +52,27 @@ class RuleSet:
                 return rule
         raise KeyError(rule_id)
 
+    @property
+    def max_lookback_days(self) -> float:
+        """No rule can see an Observation older than this (for cheap filtering before validation).
+
+        The largest rule look-back, plus the albumin pairing window (a calcium inside the look-back
+        may be corrected with an albumin up to that many days older).
+        """
+        days = [float(self.derived["sign_lookback_days"]),
+                float(self.derived["diabetes_by_hba1c"]["lookback_days"])]
+        for rule in self.rules:
+            for match in rule.match:
+                patterns = [*match.facts.values(), *(p for e in match.escalate
+                                                     for p in e.facts.values())]
+                days += [float(p.max_age_days) for p in patterns if p.max_age_days is not None]
+                for context in (match.context, *(e.context for e in match.escalate)):
+                    for spec in (context.measured_within, context.not_measured_within) if context \
+                            else ():
+                        if spec:
+                            days.append(float(spec.days))
+        return max(days) + float(self.derived["albumin_corrected_calcium"]["max_days_apart"])
+
     def active_rules(self) -> tuple[Rule, ...]:
         """Rules that run: every status but deprecated."""
         return tuple(r for r in self.rules if r.status != "deprecated")
