@@ -10,12 +10,13 @@ Settings: derandomize=True (the same examples on every run, for CI) and no examp
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -136,6 +137,19 @@ ANALYTES: Mapping[str, tuple[str, ...]] = {
     "vitamin-b12": ("vitamin-b12",),
 }
 
+# Every LOINC code a test sends for an analyte (to drop the background's results of it).
+ANALYTE_LOINCS: Mapping[str, frozenset[str]] = {
+    "magnesium": frozenset({"19123-9", "2601-3"}),
+    "potassium": frozenset({"2823-3"}),
+    "sodium": frozenset({"2951-2"}),
+    "calcium-total": frozenset({"17861-6", "2000-8"}),
+    "albumin": frozenset({"1751-7"}),
+    "calcium-ionized": frozenset({"1994-3", "17863-2"}),
+    "phosphate": frozenset({"2777-1", "14879-1"}),
+    "vitamin-d": frozenset({"62292-8", "14635-7"}),
+    "vitamin-b12": frozenset({"2132-9", "14685-2"}),
+}
+
 # --- resource builders -------------------------------------------------------------------------
 
 
@@ -219,12 +233,14 @@ def decimals(low: str, high: str, places: int) -> st.SearchStrategy[Decimal]:
         lambda n: Decimal(n).scaleb(-places))
 
 
-def lab_values(lab: Lab) -> st.SearchStrategy[Decimal]:
+def lab_values(lab: Lab, *, mostly_normal: bool = False) -> st.SearchStrategy[Decimal]:
     """Anywhere in the plausible range, often normal, sometimes exactly at a threshold."""
-    options = [decimals(lab.low, lab.high, lab.places),
-               decimals(lab.normal_low, lab.normal_high, lab.places)]
+    normal = decimals(lab.normal_low, lab.normal_high, lab.places)
+    options = [normal, decimals(lab.low, lab.high, lab.places)]
     if lab.edges:
         options.append(st.sampled_from([Decimal(e) for e in lab.edges]))
+    if mostly_normal:
+        options += [normal] * 4
     return st.one_of(options)
 
 
@@ -253,27 +269,15 @@ class Ids:
 
 
 @st.composite
-def lab_results(draw: st.DrawFn, ids: Ids, patient: str, analyte: str, *,
-                at_least_one_recent_final: bool = False) -> list[Resource]:
-    out = []
-    count = draw(st.integers(0, 2))
-    for index in range(count + (1 if at_least_one_recent_final else 0))
-        if False else []:
-        pass
-    return out
-
-
-@st.composite
 def patients(draw: st.DrawFn, patient: str = "pat-1", *,
              lean_benign: bool = False) -> list[Resource]:
     """One random patient: a Patient, then Conditions, Observations and MedicationRequests.
 
     With `lean_benign`, the patient always has an active fasciculation and at least one recent
-    final calcium, magnesium and potassium (values still random), so that the benign pattern and
-    its near misses come up often.
+    final calcium, magnesium and potassium, values are mostly normal and signs rarer (all still
+    random), so that the benign pattern and its near misses come up often.
     """
-    ids = Ids(patient, draw(st.lists(st.integers(0, 99_999), min_size=60, max_size=60,
-                                     unique=True)))
+    ids = Ids(patient, draw(st.permutations(range(100))))
     birth = draw(st.dates(date(1935, 1, 1), date(2008, 12, 31)))
     resources: list[Resource] = [{
         "resourceType": "Patient", "id": patient,
@@ -292,16 +296,17 @@ def patients(draw: st.DrawFn, patient: str = "pat-1", *,
                 st.sampled_from(["confirmed", "confirmed", "provisional", "refuted"]))
             resources.append(condition(ids("cond"), patient, coding, clinical=clinical,
                                        verification=verification, onset=draw(onsets)))
+    rarely = st.integers(0, 4 if lean_benign else 1).map(lambda n: n == 1)
     # MND signs (LMN, bulbar, UMN)
     for coding in RED_FLAG_SIGNS.values():
-        if draw(st.booleans()):
+        if draw(rarely):
             resources.append(condition(
                 ids("cond"), patient, coding,
                 clinical=draw(st.sampled_from(["active", "resolved"])),
                 verification=draw(st.sampled_from(["confirmed", "refuted"])),
                 onset=draw(onsets)))
     # established ALS
-    if draw(st.integers(0, 3)) == 0:
+    if draw(rarely) and draw(st.booleans()):
         resources.append(condition(
             ids("cond"), patient, ALS,
             clinical=draw(st.sampled_from(["active", "resolved"])),
@@ -310,12 +315,12 @@ def patients(draw: st.DrawFn, patient: str = "pat-1", *,
     # labs
     anchored = {"magnesium", "potassium", "calcium-total"} if lean_benign else set()
     for analyte, variants in ANALYTES.items():
-        count = draw(st.integers(0, 2))
+        count = draw(st.integers(0, 1 if lean_benign else 2))
         for index in range(count + (1 if analyte in anchored else 0)):
             lab = LABS[draw(st.sampled_from(variants))]
             anchor = analyte in anchored and index == 0
             resources.append(observation(
-                ids("obs"), patient, lab, draw(lab_values(lab)),
+                ids("obs"), patient, lab, draw(lab_values(lab, mostly_normal=lean_benign)),
                 status="final" if anchor else draw(lab_statuses),
                 effective=before_as_of(draw(recent_ages_in_minutes if anchor
                                             else ages_in_minutes))))
@@ -349,16 +354,285 @@ def rule_severities(assessment: Assessment) -> list[tuple[str, str]]:
     return [(f.rule_id, f.severity) for f in assessment.findings]
 
 
-def without(resources: Sequence[Resource], drop: Callable[[Resource], bool]) -> list[Resource]:
-    return [r for r in resources if not drop(r)]
+def without_labs(resources: Sequence[Resource], analytes: Sequence[str]) -> list[Resource]:
+    """The record without any Observation of these analytes (in any of their LOINC codes)."""
+    codes = set().union(*(ANALYTE_LOINCS[a] for a in analytes))
+    return [r for r in resources
+            if r["resourceType"] != "Observation"
+            or not codes & {c["code"] for c in r["code"]["coding"]}]
 
 
-def is_lab(resource: Resource, labs: Sequence[Lab]) -> bool:
-    if resource["resourceType"] != "Observation":
-        return False
-    codes = {c["code"] for c in resource["code"]["coding"]}
-    return bool(codes & {lab.loinc for lab in labs} | codes & set(_EXTRA_LOINC(labs)))
 
 
-def _EXTRA_LOINC(labs: Sequence[Lab]) -> list[str]:  # noqa: N802
-    return []
+def presenting(resources: Sequence[Resource], coding: Coding,
+               rid: str = "pat-1-presents") -> list[Resource]:
+    """The record plus an active, confirmed presentation Condition."""
+    return [*resources, condition(rid, "pat-1", coding, onset=AS_OF_TIME - timedelta(days=20))]
+
+
+any_patient = st.one_of(patients(), patients(lean_benign=True))
+
+
+# --- 1. benign pattern never with red flags, critical findings or electrolyte deficits ----------
+
+
+@settings(PROPERTY, max_examples=100)
+@given(resources=st.one_of(patients(lean_benign=True), patients()),
+       assume_presentation=st.booleans())
+def test_benign_pattern_never_with_red_flags_critical_or_deficit(
+    resources: list[Resource], assume_presentation: bool, ruleset: RuleSet
+) -> None:
+    assessment = run_one(resources, ruleset, assume_presentation=assume_presentation)
+    found = rule_severities(assessment)
+    rule_ids = {rule_id for rule_id, _ in found}
+    if "mnd.benign-pattern" not in rule_ids:
+        event("benign pattern: absent")
+        return
+    event("benign pattern: present")
+    assert "mnd.red-flags" not in rule_ids, found
+    assert not [f for f in found if f[1] == "critical"], found
+    assert not [r for r in rule_ids if r.startswith("electrolyte.hypo")], found
+
+
+# --- 2. adding a red-flag sign never lowers the highest severity --------------------------------
+
+
+@PROPERTY
+@given(resources=any_patient, sign=st.sampled_from(sorted(RED_FLAG_SIGNS)),
+       onset_days=st.integers(0, 800), assume_presentation=st.booleans())
+def test_adding_a_red_flag_sign_never_lowers_the_highest_severity(
+    resources: list[Resource], sign: str, onset_days: int, assume_presentation: bool,
+    ruleset: RuleSet,
+) -> None:
+    sign_condition = condition("pat-1-added-sign", "pat-1", RED_FLAG_SIGNS[sign],
+                               onset=AS_OF_TIME - timedelta(days=onset_days))
+    before = run_one(resources, ruleset, assume_presentation=assume_presentation)
+    after = run_one([*resources, sign_condition], ruleset,
+                    assume_presentation=assume_presentation)
+    event(f"highest severity: {before.highest_severity} -> {after.highest_severity}")
+    assert RANK[after.highest_severity] >= RANK[before.highest_severity], (
+        rule_severities(before), rule_severities(after))
+
+
+# --- 3. monotone severity: a lower value never gives a lower severity ---------------------------
+
+# (rule id, LABS keys the probe result may be sent as, analytes dropped from the background)
+MONOTONE_CASES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
+    ("electrolyte.hypomagnesemia", ("magnesium-mmol", "magnesium-mass"), ("magnesium",)),
+    ("electrolyte.hypokalemia", ("potassium",), ("potassium",)),
+    ("electrolyte.hyponatremia", ("sodium",), ("sodium",)),
+    ("electrolyte.hypophosphatemia", ("phosphate",), ("phosphate",)),
+    ("electrolyte.hypocalcemia", ("calcium-ionized",), ("calcium-ionized",)),
+    ("electrolyte.hypocalcemia", ("calcium-total",), ("calcium-total", "calcium-ionized")),
+    ("electrolyte.vitamin-d-deficiency", ("vitamin-d",), ("vitamin-d",)),
+)
+
+
+@pytest.mark.parametrize(("rule_id", "lab_keys", "dropped"), MONOTONE_CASES,
+                         ids=[f"{c[0]}:{c[1][0]}" for c in MONOTONE_CASES])
+@settings(PROPERTY, max_examples=20)
+@given(data=st.data())
+def test_lower_value_never_gives_lower_severity(
+    rule_id: str, lab_keys: tuple[str, ...], dropped: tuple[str, ...], data: st.DataObject,
+    ruleset: RuleSet,
+) -> None:
+    background = without_labs(data.draw(patients(), label="background"), dropped)
+    background = presenting(background, data.draw(st.sampled_from(list(PRESENTATION.values()))))
+    lab = LABS[data.draw(st.sampled_from(lab_keys), label="lab")]
+    first = data.draw(lab_values(lab), label="first value")
+    second = data.draw(lab_values(lab), label="second value")
+    effective = before_as_of(data.draw(ages_in_minutes, label="age in minutes"))
+
+    def severity(value: Decimal) -> str | None:
+        probe = observation("pat-1-probe", "pat-1", lab, value, effective=effective)
+        return severity_of(run_one([*background, probe], ruleset), rule_id)
+
+    low, high = sorted((first, second))
+    at_low, at_high = severity(low), severity(high)
+    event(f"severity {at_low} at the lower, {at_high} at the higher value")
+    assert RANK[at_low] >= RANK[at_high], (
+        f"{rule_id}: {low} {lab.unit} gives {at_low}, but {high} {lab.unit} gives {at_high}")
+
+
+# --- 4. unit invariance ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UnitCase:
+    """A result drawn as a decimal in `unit`, sent in every form (LOINC, display, unit, factor)."""
+
+    analyte: str
+    low: str
+    high: str
+    places: int
+    edges: tuple[str, ...]
+    forms: tuple[tuple[str, str, str, str], ...]
+    dropped: tuple[str, ...]
+
+
+_MG = "Magnesium [Moles/volume] in Serum or Plasma"
+_CA = "Calcium [Moles/volume] in Serum or Plasma"
+_ICA = "Calcium.ionized [Moles/volume] in Blood"
+UNIT_CASES: tuple[UnitCase, ...] = (
+    UnitCase("magnesium", "0.20", "1.50", 2, ("0.50", "0.70"), (
+        ("2601-3", _MG, "mmol/L", "1"),
+        ("19123-9", "Magnesium [Mass/volume] in Serum or Plasma", "mg/dL", "2.431"),
+        ("2601-3", _MG, "mEq/L", "2"),
+    ), ("magnesium",)),
+    UnitCase("calcium-total", "1.500", "2.900", 3, ("1.870", "2.120"), (
+        ("2000-8", _CA, "mmol/L", "1"),
+        ("17861-6", "Calcium [Mass/volume] in Serum or Plasma", "mg/dL", "4.008"),
+        ("2000-8", _CA, "mEq/L", "2"),
+    ), ("calcium-total", "calcium-ionized")),
+    UnitCase("calcium-ionized", "0.700", "1.450", 3, ("0.900", "1.120"), (
+        ("1994-3", _ICA, "mmol/L", "1"),
+        ("17863-2", "Calcium.ionized [Mass/volume] in Serum or Plasma", "mg/dL", "4.008"),
+        ("1994-3", _ICA, "mEq/L", "2"),
+    ), ("calcium-ionized",)),
+    UnitCase("phosphate", "0.150", "1.800", 3, ("0.320", "0.807", "0.810"), (
+        ("14879-1", "Phosphate [Moles/volume] in Serum or Plasma", "mmol/L", "1"),
+        ("2777-1", "Phosphate [Mass/volume] in Serum or Plasma", "mg/dL", "3.097"),
+    ), ("phosphate",)),
+    UnitCase("potassium", "2.0", "6.0", 1, ("2.5", "3.5"), (
+        ("2823-3", "Potassium [Moles/volume] in Serum or Plasma", "mmol/L", "1"),
+        ("2823-3", "Potassium [Moles/volume] in Serum or Plasma", "mEq/L", "1"),
+    ), ("potassium",)),
+    UnitCase("vitamin-d", "4.0", "90.0", 1, ("12.0", "20.0"), (
+        ("62292-8",
+         "25-Hydroxyvitamin D2+25-Hydroxyvitamin D3 [Mass/volume] in Serum or Plasma",
+         "ng/mL", "1"),
+        ("14635-7", "25-hydroxyvitamin D3 [Moles/volume] in Serum or Plasma", "nmol/L",
+         "2.496"),
+    ), ("vitamin-d",)),
+    UnitCase("vitamin-b12", "100", "1200", 0, ("200",), (
+        ("2132-9", "Cobalamin (Vitamin B12) [Mass/volume] in Serum or Plasma", "pg/mL", "1"),
+        ("14685-2", "Cobalamin (Vitamin B12) [Moles/volume] in Serum or Plasma", "pmol/L",
+         "0.7378"),
+    ), ("vitamin-b12",)),
+)
+
+
+@pytest.mark.parametrize("case", UNIT_CASES, ids=[c.analyte for c in UNIT_CASES])
+@settings(PROPERTY, max_examples=20)
+@given(data=st.data())
+def test_same_quantity_in_another_unit_gives_the_same_findings(
+    case: UnitCase, data: st.DataObject, ruleset: RuleSet
+) -> None:
+    background = without_labs(data.draw(patients(), label="background"), case.dropped)
+    background = presenting(background, PRESENTATION["fasciculation"])
+    value = data.draw(st.one_of(decimals(case.low, case.high, case.places),
+                                st.sampled_from([Decimal(e) for e in case.edges])),
+                      label=f"value in {case.forms[0][2]}")
+    effective = before_as_of(data.draw(ages_in_minutes, label="age in minutes"))
+    lab = LABS[ANALYTES[case.analyte][0]]
+    results = {}
+    for loinc, display, unit, factor in case.forms:
+        sent = value * Decimal(factor)  # exact: both are short decimals
+        probe = observation("pat-1-probe", "pat-1", lab, sent, effective=effective, unit=unit,
+                            loinc=loinc, display=display)
+        assessment = run_one([*background, probe], ruleset)
+        assert not [n for n in assessment.notices
+                    if n.reference == "Observation/pat-1-probe"], assessment.notices
+        results[f"{sent} {unit}"] = rule_severities(assessment)
+    first = next(iter(results.values()))
+    event(f"{case.analyte}: {'no finding' if not first else 'findings'}")
+    assert all(found == first for found in results.values()), results
+
+
+# --- 5. shuffling Bundle entries, or splitting the Bundle into NDJSON, changes nothing ----------
+
+
+@st.composite
+def several_patients(draw: st.DrawFn) -> list[Resource]:
+    first = draw(any_patient)
+    if not draw(st.booleans()):
+        return first
+    return [*first, *draw(patients("pat-2", lean_benign=draw(st.booleans())))]
+
+
+@PROPERTY
+@given(data=st.data(), assume_presentation=st.booleans())
+def test_entry_order_and_ndjson_split_change_nothing(
+    data: st.DataObject, assume_presentation: bool, ruleset: RuleSet
+) -> None:
+    resources = data.draw(several_patients(), label="resources")
+    shuffled = data.draw(st.permutations(resources), label="shuffled")
+    as_bundle = dumps_assessments(run(bundle(resources), ruleset,
+                                      assume_presentation=assume_presentation))
+    as_shuffled_bundle = dumps_assessments(run(bundle(shuffled), ruleset,
+                                               assume_presentation=assume_presentation))
+    as_ndjson = dumps_assessments(run(copy.deepcopy(shuffled), ruleset,
+                                      assume_presentation=assume_presentation))
+    assert as_shuffled_bundle == as_bundle
+    assert as_ndjson == as_bundle
+
+
+# --- 6. an entered-in-error resource never changes any finding ----------------------------------
+
+
+def _lab_for(resource: Resource) -> Lab:
+    code = resource["code"]["coding"][0]["code"]
+    return next(lab for lab in LABS.values() if lab.loinc == code)
+
+
+@PROPERTY
+@given(data=st.data(), assume_presentation=st.booleans())
+def test_entered_in_error_copy_never_changes_a_finding(
+    data: st.DataObject, assume_presentation: bool, ruleset: RuleSet
+) -> None:
+    resources = data.draw(any_patient, label="resources")
+    candidates = [r for r in resources if r["resourceType"] in ("Observation", "Condition")]
+    if not candidates:
+        resources = presenting(resources, PRESENTATION["fasciculation"])
+        candidates = resources[-1:]
+    original = data.draw(st.sampled_from(candidates), label="copied resource")
+    error = copy.deepcopy(original)
+    error["id"] = "pat-1-entered-in-error"
+    if error["resourceType"] == "Observation":
+        lab = _lab_for(original)
+        old = Decimal(str(original["valueQuantity"]["value"]))
+        new = data.draw(lab_values(lab), label="erroneous value")
+        if new == old:
+            new += Decimal(1).scaleb(-lab.places)
+        error["status"] = "entered-in-error"
+        error["valueQuantity"]["value"] = json_number(new)
+        error["effectiveDateTime"] = fhir_instant(before_as_of(
+            data.draw(ages_in_minutes, label="erroneous age")))
+    else:
+        coding = data.draw(st.sampled_from(CONDITION_CODINGS), label="erroneous code")
+        error.pop("clinicalStatus", None)  # FHIR con-5
+        error["verificationStatus"] = {"coding": [{"system": VERIFICATION,
+                                                   "code": "entered-in-error"}]}
+        error["code"] = codeable(coding)
+    position = data.draw(st.integers(0, len(resources)), label="position")
+    with_error = [*resources[:position], error, *resources[position:]]
+
+    before = run_one(resources, ruleset, assume_presentation=assume_presentation)
+    after = run_one(with_error, ruleset, assume_presentation=assume_presentation)
+    event(f"copied a {error['resourceType']}")
+
+    def key(assessment: Assessment) -> list[tuple[str, str, str]]:
+        return [(f.rule_id, f.severity, f.summary) for f in assessment.findings]
+
+    assert key(after) == key(before)
+    assert [f.model_dump(mode="json") for f in after.findings] == \
+        [f.model_dump(mode="json") for f in before.findings]
+
+
+# --- 7. determinism ----------------------------------------------------------------------------
+
+
+@PROPERTY
+@given(first=any_patient, other=patients("pat-2"), assume_presentation=st.booleans())
+def test_same_input_gives_byte_identical_output(
+    first: list[Resource], other: list[Resource], assume_presentation: bool, ruleset: RuleSet
+) -> None:
+    source = bundle(first)
+    pristine = copy.deepcopy(source)
+    once = dumps_assessments(run(source, ruleset, assume_presentation=assume_presentation))
+    twice = dumps_assessments(run(source, ruleset, assume_presentation=assume_presentation))
+    run(bundle(other), ruleset, assume_presentation=not assume_presentation)  # another patient
+    thrice = dumps_assessments(run(source, ruleset, assume_presentation=assume_presentation))
+    assert twice == once
+    assert thrice == once
+    assert source == pristine, "evaluate must not change its input"
