@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,14 +151,7 @@ class Terminology:
         if not codeable:
             return []
         found: dict[str, ConceptMatch] = {}
-        for coding in codeable.get("coding") or []:
-            if not isinstance(coding, Mapping):
-                continue
-            system = self._systems_by_uri.get(str(coding.get("system") or "").rstrip("/"))
-            code = coding.get("code")
-            if system is None or not isinstance(code, str):
-                continue
-            norm = self._norm(system, code)
+        for system, _, code, norm in self._known_codings(codeable):
             for cid in self._codes.get((system.key, norm), ()):
                 found.setdefault(cid, ConceptMatch(cid, MATCHED_BY_CODE, code, system.uri))
             for prefix, cid in self._prefixes.get(system.key, ()):
@@ -172,6 +165,18 @@ class Terminology:
                     if _contains_phrase(text, phrase):
                         found.setdefault(cid, ConceptMatch(cid, MATCHED_BY_TEXT))
         return sorted(found.values(), key=lambda m: m.concept)
+
+    def _known_codings(
+        self, codeable: Mapping[str, Any]
+    ) -> Iterator[tuple[_System, Mapping[str, Any], str, str]]:
+        """(system, coding, code, normalized code) for each coding in a known code system."""
+        for coding in codeable.get("coding") or []:
+            if not isinstance(coding, Mapping):
+                continue
+            system = self._systems_by_uri.get(str(coding.get("system") or "").rstrip("/"))
+            code = coding.get("code")
+            if system is not None and isinstance(code, str):
+                yield system, coding, code, self._norm(system, code)
 
     def match_ingredient_name(self, codeable: Mapping[str, Any] | None) -> list[ConceptMatch]:
         """Ingredients named in the display of RxNorm codings that no value set lists."""
@@ -203,14 +208,7 @@ class Terminology:
         """
         if not codeable:
             return False
-        for coding in codeable.get("coding") or []:
-            if not isinstance(coding, Mapping):
-                continue
-            system = self._systems_by_uri.get(str(coding.get("system") or "").rstrip("/"))
-            code = coding.get("code")
-            if system is None or not isinstance(code, str):
-                continue
-            norm = self._norm(system, code)
+        for system, coding, _, norm in self._known_codings(codeable):
             if (system.key, norm) in self._codes:
                 return True
             if any(norm.startswith(p) for p, _ in self._prefixes.get(system.key, ())):
