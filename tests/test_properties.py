@@ -140,7 +140,7 @@ ANALYTES: Mapping[str, tuple[str, ...]] = {
 # Every LOINC code a test sends for an analyte (to drop the background's results of it).
 ANALYTE_LOINCS: Mapping[str, frozenset[str]] = {
     "magnesium": frozenset({"19123-9", "2601-3"}),
-    "potassium": frozenset({"2823-3"}),
+    "potassium": frozenset({"2823-3", "22760-3"}),
     "sodium": frozenset({"2951-2"}),
     "calcium-total": frozenset({"17861-6", "2000-8"}),
     "albumin": frozenset({"1751-7"}),
@@ -478,6 +478,7 @@ UNIT_CASES: tuple[UnitCase, ...] = (
         ("2601-3", _MG, "mmol/L", "1"),
         ("19123-9", "Magnesium [Mass/volume] in Serum or Plasma", "mg/dL", "2.431"),
         ("2601-3", _MG, "mEq/L", "2"),
+        ("2601-3", _MG, "mmol/l", "1"),  # a spelling variant is the same unit
     ), ("magnesium",)),
     UnitCase("calcium-total", "1.500", "2.900", 3, ("1.870", "2.120"), (
         ("2000-8", _CA, "mmol/L", "1"),
@@ -492,10 +493,12 @@ UNIT_CASES: tuple[UnitCase, ...] = (
     UnitCase("phosphate", "0.150", "1.800", 3, ("0.320", "0.807", "0.810"), (
         ("14879-1", "Phosphate [Moles/volume] in Serum or Plasma", "mmol/L", "1"),
         ("2777-1", "Phosphate [Mass/volume] in Serum or Plasma", "mg/dL", "3.097"),
+        ("2777-1", "Phosphate [Mass/volume] in Serum or Plasma", "mg/dl", "3.097"),
     ), ("phosphate",)),
     UnitCase("potassium", "2.0", "6.0", 1, ("2.5", "3.5"), (
         ("2823-3", "Potassium [Moles/volume] in Serum or Plasma", "mmol/L", "1"),
         ("2823-3", "Potassium [Moles/volume] in Serum or Plasma", "mEq/L", "1"),
+        ("22760-3", "Potassium [Mass/volume] in Serum or Plasma", "mg/dL", "3.9098"),
     ), ("potassium",)),
     UnitCase("vitamin-d", "4.0", "90.0", 1, ("12.0", "20.0"), (
         ("62292-8",

@@ -17,8 +17,10 @@ import orjson
 from .errors import InputError
 from .strict_checks import bundle_problems
 
-# Bulk Data exports write an event log beside the resources; it holds no FHIR resources.
-BULK_LOG_NAMES = frozenset({"log.ndjson", "log.ndjson.gz"})
+# Bulk Data exports write an event log beside the resources; it holds no FHIR resources. A folder
+# is read by its files, so its manifest.json (which lists the same files) is only followed when
+# it is named on its own.
+SKIPPED_IN_FOLDERS = frozenset({"log.ndjson", "log.ndjson.gz", "manifest.json"})
 _BUNDLE_SKIP_TYPES = frozenset({"OperationOutcome"})
 
 
@@ -44,7 +46,7 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
         path = Path(raw)
         if path.is_dir():
             for child in sorted(path.rglob("*")):
-                if not child.is_file() or child.name.lower() in BULK_LOG_NAMES:
+                if not child.is_file() or child.name.lower() in SKIPPED_IN_FOLDERS:
                     continue
                 if child.name.lower().endswith((".json", ".json.gz")) or is_ndjson(child):
                     files.append(child)
