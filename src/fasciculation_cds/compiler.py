@@ -43,6 +43,8 @@ class CompiledStage:
     name: str
     definition: JsonDict
     rules: Mapping[str, CompiledRule]
+    context_fields: frozenset[str]
+    """The context fields the stage's rules test: the only ones worth sending to the engine."""
 
 
 def compile_stage(ruleset: RuleSet, stage: int, name: str) -> CompiledStage:
@@ -66,7 +68,22 @@ def compile_stage(ruleset: RuleSet, stage: int, name: str) -> CompiledStage:
                 compiled[engine_name] = CompiledRule(
                     rule.id, m_index, severity, tuple(match.facts)
                 )
-    return CompiledStage(name, definition, compiled)
+    context_fields = frozenset(
+        key for rule in definition.values() for condition in rule["all"]
+        for key in _field_names(condition.get("context", {})))
+    return CompiledStage(name, definition, compiled, context_fields)
+
+
+def _field_names(node: Any) -> set[str]:
+    """Fact field names a compiled condition reads (keys that are not `$` operators)."""
+    if isinstance(node, list):
+        return set().union(*(_field_names(item) for item in node))
+    if not isinstance(node, dict):
+        return set()
+    names: set[str] = set()
+    for key, value in node.items():
+        names |= _field_names(value) if key.startswith("$") else {key}
+    return names
 
 
 def _compile_match(
@@ -211,22 +228,22 @@ def encode_fact(fact: ClinicalFact, key: str, ruleset: RuleSet) -> JsonDict:
 def encode_context(
     context: PatientContext,
     ruleset: RuleSet,
+    fields: frozenset[str],
     stage_one: Mapping[str, str] | None = None,
 ) -> JsonDict:
-    """The closed-world context fact; with `stage_one` (rule id -> severity) for stage two."""
-    message: JsonDict = {"id": "context", "t": "context", "presenting": context.presenting}
+    """The closed-world context fact, limited to `fields`; `stage_one` (rule id -> severity)
+    adds what second-stage rules test."""
+    values: JsonDict = {"presenting": context.presenting}
     present = set(context.concepts_present)
-    for concept in ruleset.terminology.concepts:
-        message[field_name("has", concept)] = concept in present
-    for concept, days in context.days_since.items():
-        message[field_name("days", concept)] = days
-    for name, count in context.group_set_counts.items():
-        message[field_name("n", name)] = float(count)
+    values.update({field_name("has", c): c in present for c in ruleset.terminology.concepts})
+    values.update({field_name("days", c): days for c, days in context.days_since.items()})
+    values.update({field_name("n", n): float(k) for n, k in context.group_set_counts.items()})
     if stage_one is not None:
-        message["max_rank"] = float(max((SEVERITY_RANK[s] for s in stage_one.values()), default=0))
-        for rule in ruleset.active_rules():
-            if rule.stage == 1:
-                message[field_name("found", rule.id)] = rule.id in stage_one
+        values["max_rank"] = float(max((SEVERITY_RANK[s] for s in stage_one.values()), default=0))
+        values.update({field_name("found", r.id): r.id in stage_one
+                       for r in ruleset.active_rules() if r.stage == 1})
+    message: JsonDict = {"id": "context", "t": "context"}
+    message.update({key: value for key, value in values.items() if key in fields})
     return message
 
 

@@ -90,8 +90,8 @@ class Evaluator:
         by_key: dict[str, ClinicalFact] = {f"f{i}": fact for i, fact in enumerate(facts)}
         messages = [encode_fact(fact, key, self.ruleset) for key, fact in by_key.items()]
         stage_one, stage_two = self._stages
-        found = self._findings(stage_one, [encode_context(context, self.ruleset), *messages],
-                               by_key, facts, context)
+        first = encode_context(context, self.ruleset, stage_one.context_fields)
+        found = self._findings(stage_one, [first, *messages], by_key, facts, context)
         if stage_two.rules:
             results: dict[str, RuleFinding | ClinicalFact] = dict(by_key)
             extra = []
@@ -102,7 +102,8 @@ class Evaluator:
             severities = {f.rule_id: f.severity for f in found}
             found += self._findings(
                 stage_two,
-                [encode_context(context, self.ruleset, severities), *messages, *extra],
+                [encode_context(context, self.ruleset, stage_two.context_fields, severities),
+                 *messages, *extra],
                 results, facts, context)
         return found
 
