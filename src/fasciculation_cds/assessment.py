@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-Severity = Literal["info", "warning", "critical"]
+from .rule_schema import SEVERITY_RANK, Severity
 
 
 class _Out(BaseModel):
@@ -75,8 +73,8 @@ class Assessment(_Out):
 
     @property
     def highest_severity(self) -> Severity | None:
-        order = {"info": 1, "warning": 2, "critical": 3}
-        return max((f.severity for f in self.findings), key=order.__getitem__, default=None)
+        return max((f.severity for f in self.findings), key=SEVERITY_RANK.__getitem__,
+                   default=None)
 
     def to_json_dict(self) -> dict[str, object]:
         return self.model_dump(mode="json", exclude_none=True)

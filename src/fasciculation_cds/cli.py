@@ -19,7 +19,8 @@ from rich.table import Table
 
 from .assessment import Assessment
 from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, InputError, RuleFileError
-from .evaluate import PatientError, evaluate_each
+from .evaluate import Evaluator, PatientError, evaluate_each
+from .fhir_time import parse_as_of
 from .render_text import print_summary
 from .rule_docs import write_rule_docs
 from .rule_schema import Rule
@@ -64,8 +65,6 @@ def evaluate(
     """Evaluate the patients in PATHS and print one assessment per patient."""
     ruleset = _load(rules_dir)
     if as_of not in (None, "auto"):
-        from .fhir_time import parse_as_of
-
         try:
             parse_as_of(as_of)
         except ValueError as exc:
@@ -135,8 +134,6 @@ def rules_check(directory: Annotated[Path | None, typer.Argument()] = None) -> N
     """Validate every rule file (schema, names, units) and compile the rule set."""
     ruleset = _load(directory)
     try:
-        from .evaluate import Evaluator
-
         Evaluator(ruleset)
     except Exception as exc:
         err.print(f"error: the rules do not compile: {exc}", highlight=False, soft_wrap=True)

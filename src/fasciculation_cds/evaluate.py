@@ -53,6 +53,7 @@ class Evaluator:
             compile_stage(ruleset, stage, f"stage{stage}_{tag}") for stage in (1, 2)
         ]
         self._engine = RuleEngine({s.name: s.definition for s in self._stages if s.rules})
+        self._normalizer = Normalizer(ruleset)
         self._all_need_presentation = all(r.requires_presentation
                                           for r in ruleset.active_rules())
 
@@ -70,8 +71,8 @@ class Evaluator:
             instant, label = _instant_for(record, as_of)
         except ValueError as exc:
             return PatientError(record.reference, str(exc))
-        normalized = Normalizer(self.ruleset, medications).run(
-            record, instant, assume_presentation=assume_presentation)
+        normalized = self._normalizer.run(record, instant, medications=medications,
+                                          assume_presentation=assume_presentation)
         findings: list[RuleFinding] = []
         if normalized.context.presenting or not self._all_need_presentation:
             findings = self._run_stages(normalized.facts, normalized.context)

@@ -105,19 +105,48 @@ def _effective(resource: Mapping[str, Any]) -> datetime | None:
 
 
 class Normalizer:
-    """Normalizes one patient's record at one `as_of` instant."""
+    """Normalizes patient records; the derived-fact constants are converted once, here."""
 
-    def __init__(self, ruleset: RuleSet, medications: Mapping[str, Mapping[str, Any]]) -> None:
+    def __init__(self, ruleset: RuleSet) -> None:
         self.ruleset = ruleset
         self.term = ruleset.terminology
         self.units = ruleset.units
-        self.medications = medications
         self.derived = ruleset.derived
         self.sign_lookback = float(self.derived["sign_lookback_days"])
+        correction = self.derived["albumin_corrected_calcium"]
+        self.ca_per_albumin = self._canonical(
+            "calcium-total", correction["slope"]) / self._canonical(
+            "albumin", {"value": 1, "unit": correction["slope"]["per"]})
+        self.reference_albumin = self._canonical("albumin", correction["reference_albumin"])
+        self.plausible_albumin = self._canonical(
+            "albumin", correction["plausible_albumin_at_least"])
+        self.albumin_window = float(correction["max_days_apart"]) * SECONDS_PER_DAY
+        self.albumin_window_days = correction["max_days_apart"]
+        ck = self.derived["creatine_kinase_upper_limit"]
+        self.ck_concept = str(ck["concept"])
+        self.ck_default = self._canonical(self.ck_concept, ck["default"])
+        diabetes = self.derived["diabetes_by_hba1c"]
+        self.hba1c_concept = str(diabetes["concept"])
+        self.hba1c_threshold = float(self._canonical(self.hba1c_concept, diabetes["at_least"]))
+        self.hba1c_lookback = float(diabetes["lookback_days"])
+        self.diabetes_concept = self.term.concepts[diabetes["yields"]]
+
+    def _canonical(self, concept: str, quantity: Mapping[str, Any]) -> Fraction:
+        value = self.units.to_canonical(concept, parse_number(quantity["value"]),
+                                        str(quantity["unit"]))
+        if value is None:
+            raise ValueError(f"derived.yaml: {quantity} does not convert for {concept}")
+        return value
 
     def run(
-        self, record: PatientRecord, as_of: datetime, *, assume_presentation: bool
+        self,
+        record: PatientRecord,
+        as_of: datetime,
+        *,
+        assume_presentation: bool,
+        medications: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> NormalizedPatient:
+        medications = medications or {}
         notices: list[Notice] = []
         labs: list[_Lab] = []
         coded: list[Problem | Finding] = []
@@ -129,7 +158,7 @@ class Normalizer:
             elif resource_type == "Condition":
                 self._condition(sourced, as_of, coded)
             elif resource_type in ("MedicationRequest", "MedicationStatement"):
-                self._medication(sourced, as_of, meds, notices)
+                self._medication(sourced, as_of, meds, medications)
         labs += self._corrected_calcium(labs, notices)
         lab_facts = self._lab_facts(labs, as_of)
         coded += self._derived_problems(lab_facts)
@@ -239,28 +268,12 @@ class Normalizer:
 
     def _corrected_calcium(self, labs: list[_Lab], notices: list[Notice]) -> list[_Lab]:
         """Albumin-corrected total calcium (Payne), or the uncorrected total with a note."""
-        spec = self.derived["albumin_corrected_calcium"]
-        ca_per_albumin = self.units.to_canonical(
-            "calcium-total", parse_number(spec["slope"]["value"]), spec["slope"]["unit"])
-        albumin_unit = self.units.to_canonical("albumin", Fraction(1), spec["slope"]["per"])
-        reference_albumin = self.units.to_canonical(
-            "albumin", parse_number(spec["reference_albumin"]["value"]),
-            spec["reference_albumin"]["unit"])
-        plausible = self.units.to_canonical(
-            "albumin", parse_number(spec["plausible_albumin_at_least"]["value"]),
-            spec["plausible_albumin_at_least"]["unit"])
-        if None in (ca_per_albumin, albumin_unit, reference_albumin, plausible):
-            raise ValueError("derived.yaml albumin_corrected_calcium units do not convert")
-        assert ca_per_albumin is not None
-        assert albumin_unit is not None
-        assert reference_albumin is not None
-        assert plausible is not None
-        window = float(spec["max_days_apart"]) * SECONDS_PER_DAY
+        window = self.albumin_window
         albumins = []
         for lab in labs:
             if lab.concept != "albumin":
                 continue
-            if lab.value < plausible:
+            if lab.value < self.plausible_albumin:
                 notices.append(Notice(
                     "albumin-implausible", lab.reference,
                     f"albumin {lab.original_value} {lab.original_unit} ({lab.reference}) is "
@@ -278,15 +291,14 @@ class Normalizer:
                                      -a.effective.timestamp(), a.reference))
             if near:
                 albumin = near[0]
-                slope = ca_per_albumin / albumin_unit
-                value = lab.value + slope * (reference_albumin - albumin.value)
+                value = lab.value + self.ca_per_albumin * (self.reference_albumin - albumin.value)
                 note = (f"corrected for albumin {albumin.original_value} {albumin.original_unit} "
                         f"({albumin.reference}, {iso_day(albumin.effective)})")
                 derived_from: tuple[str, ...] = (lab.reference, albumin.reference)
             else:
                 value = lab.value
                 note = ("not corrected: no albumin within "
-                        f"{spec['max_days_apart']} days of this calcium")
+                        f"{self.albumin_window_days} days of this calcium")
                 derived_from = (lab.reference,)
             corrected.append(_Lab(
                 concept="calcium-corrected", value=value, original_value=lab.original_value,
@@ -296,9 +308,6 @@ class Normalizer:
         return corrected
 
     def _lab_facts(self, labs: list[_Lab], as_of: datetime) -> list[LabResult]:
-        ck = self.derived["creatine_kinase_upper_limit"]
-        ck_default = self.units.to_canonical(
-            ck["concept"], parse_number(ck["default"]["value"]), ck["default"]["unit"])
         by_concept: dict[str, list[_Lab]] = {}
         for lab in labs:
             by_concept.setdefault(lab.concept, []).append(lab)
@@ -315,9 +324,9 @@ class Normalizer:
                     continue
                 seen.add((lab.reference, str(lab.value)))
                 above = None
-                if concept == ck["concept"]:
-                    limit = lab.high if lab.high is not None else ck_default
-                    above = limit is not None and lab.value > limit
+                if concept == self.ck_concept:
+                    limit = lab.high if lab.high is not None else self.ck_default
+                    above = lab.value > limit
                 facts.append(LabResult(
                     reference=lab.reference, concept=concept, label=label,
                     value=float(lab.value), unit=unit, original_value=lab.original_value,
@@ -332,15 +341,12 @@ class Normalizer:
         return facts
 
     def _derived_problems(self, labs: list[LabResult]) -> list[Problem | Finding]:
-        spec = self.derived["diabetes_by_hba1c"]
-        threshold = self.units.to_canonical(
-            spec["concept"], parse_number(spec["at_least"]["value"]), spec["at_least"]["unit"])
         out: list[Problem | Finding] = []
+        concept = self.diabetes_concept
         for lab in labs:
-            if (lab.concept == spec["concept"] and lab.is_latest and threshold is not None
-                    and lab.age_days <= float(spec["lookback_days"])
-                    and lab.value >= float(threshold)):
-                concept = self.term.concepts[spec["yields"]]
+            if (lab.concept == self.hba1c_concept and lab.is_latest
+                    and lab.age_days <= self.hba1c_lookback
+                    and lab.value >= self.hba1c_threshold):
                 out.append(Problem(
                     reference=lab.reference, concept=concept.id, label=concept.label,
                     groups=concept.groups, matched_by=f"derived from {lab.label}",
@@ -415,7 +421,7 @@ class Normalizer:
         sourced: SourcedResource,
         as_of: datetime,
         meds: list[Medication],
-        notices: list[Notice],
+        medications: Mapping[str, Mapping[str, Any]],
     ) -> None:
         resource = sourced.resource
         status = str(resource.get("status") or "")
@@ -439,7 +445,7 @@ class Normalizer:
             active = False
         if not active:
             return
-        codeable, display = self._medication_code(resource)
+        codeable, display = self._medication_code(resource, medications)
         matches = [m for m in self.term.match_codeable(codeable)
                    if self.term.concepts[m.concept].kind == "medication"]
         if not matches:
@@ -452,7 +458,7 @@ class Normalizer:
                 matched_by=match.matched_by, authored=started))
 
     def _medication_code(
-        self, resource: Mapping[str, Any]
+        self, resource: Mapping[str, Any], medications: Mapping[str, Mapping[str, Any]]
     ) -> tuple[Mapping[str, Any] | None, str | None]:
         codeable = resource.get("medicationCodeableConcept")
         ref = resource.get("medicationReference")
@@ -464,7 +470,7 @@ class Normalizer:
                     if isinstance(contained, Mapping) and contained.get("id") == target[1:]:
                         medication = contained
             else:
-                medication = self.medications.get(target) or self.medications.get(
+                medication = medications.get(target) or medications.get(
                     canonical_reference(target))
             if isinstance(medication, Mapping):
                 codeable = medication.get("code")

@@ -9,14 +9,15 @@ from rich.panel import Panel
 from rich.text import Text
 
 from .assessment import Assessment
+from .rule_schema import SEVERITY_RANK
 
 STYLE = {"critical": "bold white on red", "warning": "bold black on yellow", "info": "bold cyan"}
 BORDER = {"critical": "red", "warning": "yellow", "info": "cyan", None: "green"}
-RANK = {"critical": 3, "warning": 2, "info": 1, None: 0}
 
 
 def most_severe_first(assessments: Sequence[Assessment]) -> list[Assessment]:
-    return sorted(assessments, key=lambda a: (-RANK[a.highest_severity], a.patient.reference))
+    return sorted(assessments, key=lambda a: (-SEVERITY_RANK.get(a.highest_severity or "", 0),
+                                             a.patient.reference))
 
 
 def render_assessment(assessment: Assessment) -> Panel:
