@@ -159,7 +159,7 @@ def ingest(
 ) -> IngestResult:
     """Read and group a source: path(s), a Bundle or resource dict, or an iterable of resources."""
     grouper = Grouper(ruleset.terminology, strict=strict, track_times=track_times,
-                      observations_since=observations_since)
+                      observations_since=observations_since)  # explicit settings (benchmarks)
     for item in _raw_items(source, strict):
         if isinstance(item, InputError):
             grouper.errors.append(item)
@@ -215,14 +215,40 @@ def evaluate_each(
 ) -> Iterator[Outcome]:
     """Assess every patient in `source`; bad input yields PatientError items, never an exception."""
     ruleset = rules if isinstance(rules, RuleSet) else load_rules(rules)
-    evaluator = evaluator_for(ruleset)
-    if as_of is None:
-        as_of = parse_as_of(None)  # one "now" for the whole run
+    as_of = fix_as_of(as_of)
+    grouper = new_grouper(ruleset, as_of, strict=strict)
+    for item in _raw_items(source, strict):
+        if isinstance(item, InputError):
+            grouper.errors.append(item)
+        else:
+            grouper.add(item)
+    yield from assess_all(grouper.finish(), ruleset, as_of,
+                          assume_presentation=assume_presentation)
+
+
+def fix_as_of(as_of: AsOf | Literal["auto"]) -> AsOf | Literal["auto"]:
+    """One "now" for a whole run, so every patient of it is seen at the same instant."""
+    return parse_as_of(None) if as_of is None else as_of
+
+
+def new_grouper(ruleset: RuleSet, as_of: AsOf | Literal["auto"], *, strict: bool) -> Grouper:
+    """A Grouper set up for a run at `as_of` (skips Observations older than every look-back)."""
     since = None
-    if as_of != "auto":
+    if as_of not in (None, "auto"):
         since = parse_as_of(as_of) - timedelta(days=ruleset.max_lookback_days)
-    result = ingest(source, ruleset, strict=strict, track_times=as_of == "auto",
-                    observations_since=since)
+    return Grouper(ruleset.terminology, strict=strict, track_times=as_of == "auto",
+                   observations_since=since)
+
+
+def assess_all(
+    result: IngestResult,
+    ruleset: RuleSet,
+    as_of: AsOf | Literal["auto"],
+    *,
+    assume_presentation: bool,
+) -> Iterator[Outcome]:
+    """One outcome per input patient (and one per unreadable part of the input)."""
+    evaluator = evaluator_for(ruleset)
     for error in result.errors:
         yield PatientError(None, error.describe())
     for record in result.patients:
