@@ -115,6 +115,66 @@ def _write(assessments: list[Assessment], errors: list[PatientError], fmt: Outpu
         sys.stdout.flush()
 
 
+class BatchFormat(str, Enum):
+    parquet = "parquet"
+    ndjson = "ndjson"
+
+
+class BatchEngine(str, Enum):
+    local = "local"
+    spark = "spark"
+
+
+@app.command()
+def batch(
+    inputs: Annotated[list[Path], typer.Argument(
+        help="Bulk Data export folders, folders of Bundles, or a manifest.json.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder.")],
+    output_format: Annotated[BatchFormat, typer.Option("--format")] = BatchFormat.parquet,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=1, help="Worker processes (default: all cores).")] = None,
+    engine: Annotated[BatchEngine, typer.Option("--engine")] = BatchEngine.local,
+    as_of: Annotated[str | None, typer.Option("--as-of")] = None,
+    assume_presentation: Annotated[bool, typer.Option("--assume-presentation")] = False,
+    rules_dir: Annotated[Path | None, typer.Option("--rules")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue an interrupted run in --out.")] = False,
+    strict: Annotated[bool, typer.Option("--strict")] = False,
+) -> None:
+    """Evaluate whole extracts: one assessment row per input patient, plus findings rows."""
+    from .batch import BatchOptions, run_batch  # pyarrow is only needed here
+
+    _load(rules_dir)
+    if as_of not in (None, "auto"):
+        try:
+            parse_as_of(as_of)
+        except ValueError as exc:
+            err.print(f"error: --as-of: {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+    options = BatchOptions(inputs=inputs, out=out, output_format=output_format.value,
+                           workers=workers, engine=engine.value, as_of=as_of,
+                           assume_presentation=assume_presentation, rules_dir=rules_dir,
+                           resume=resume, strict=strict)
+    try:
+        summary = run_batch(options, console=err)
+    except (InputError, ValueError) as exc:
+        err.print(f"error: {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    table = Table("patients", "evaluated", "errors", "problems", *summary.severities,
+                  title="batch summary")
+    table.add_row(str(summary.patients), str(summary.evaluated), str(summary.errors),
+                  str(len(summary.problems)), *(str(v) for v in summary.severities.values()))
+    err.print(table)
+    if summary.top_rules:
+        rules = Table("rule", "patients", title="top rules")
+        for rule_id, count in summary.top_rules:
+            rules.add_row(rule_id, str(count))
+        err.print(rules)
+    err.print(f"wrote {', '.join(summary.outputs.values())} and {out / 'run.json'}",
+              highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_BAD_INPUT if summary.errors or summary.problems else EXIT_OK)
+
+
 @rules_app.command("list")
 def rules_list(rules_dir: Annotated[Path | None, typer.Option("--rules")] = None) -> None:
     """The rules: id, category, severity, status, title."""

@@ -82,21 +82,32 @@ def read_file(path: Path, *, strict: bool = False) -> Iterator[RawResource | Inp
     yield from resources_of(document, str(path), base_dir=path.parent, strict=strict)
 
 
+def _open_lines(path: Path) -> Iterator[bytes]:
+    """Lines of a (possibly gzipped) file, streamed: NDJSON exports are often larger than memory."""
+    try:
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        with opener(path, "rb") as handle:
+            yield from handle
+    except (OSError, EOFError) as exc:
+        raise InputError(f"cannot read: {exc}", source=str(path)) from None
+
+
 def _read_ndjson(path: Path) -> Iterator[RawResource | InputError]:
-    data = _read_bytes(path)
-    for number, line in enumerate(data.splitlines(), start=1):
-        if not line.strip():
-            continue
-        entry = f"line {number}"
-        try:
-            resource = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            yield InputError(f"not valid JSON: {exc}", source=str(path), entry=entry)
-            continue
-        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
-            yield InputError("not a FHIR resource (no resourceType)", source=str(path), entry=entry)
-            continue
-        yield RawResource(resource, str(path), entry)
+    for number, line in enumerate(_open_lines(path), start=1):
+        if line.strip():
+            yield parse_ndjson_line(line, str(path), number)
+
+
+def parse_ndjson_line(line: bytes | str, source: str, number: int) -> RawResource | InputError:
+    """One NDJSON line (1-based `number`), as a resource or an error naming file and line."""
+    entry = f"line {number}"
+    try:
+        resource = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        return InputError(f"not valid JSON: {exc}", source=source, entry=entry)
+    if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+        return InputError("not a FHIR resource (no resourceType)", source=source, entry=entry)
+    return RawResource(resource, source, entry)
 
 
 def resources_of(

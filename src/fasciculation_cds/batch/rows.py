@@ -1,0 +1,67 @@
+"""The rows a batch run writes, and their declared Arrow schemas (docs/batch.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+from ..assessment import Assessment
+from ..evaluate import PatientError
+
+
+def _strings() -> pa.DataType:
+    # "element" is the Parquet list convention Spark writes too, so both engines match exactly
+    return pa.list_(pa.field("element", pa.string()))
+
+
+ASSESSMENTS_SCHEMA = pa.schema([
+    pa.field("patient", pa.string()),
+    pa.field("as_of", pa.string()),
+    pa.field("status", pa.string()),
+    pa.field("error", pa.string()),
+    pa.field("highest_severity", pa.string()),
+    pa.field("rule_ids", _strings()),
+    pa.field("presentation", _strings()),
+    pa.field("notices", pa.int32()),
+    pa.field("rules_version", pa.string()),
+    pa.field("assessment", pa.string()),
+])
+
+FINDINGS_SCHEMA = pa.schema([
+    pa.field("patient", pa.string()),
+    pa.field("rule_id", pa.string()),
+    pa.field("category", pa.string()),
+    pa.field("severity", pa.string()),
+    pa.field("summary", pa.string()),
+    pa.field("evidence", _strings()),
+])
+
+Row = dict[str, Any]
+
+
+def assessment_row(outcome: Assessment | PatientError, as_of: str, rules_version: str) -> Row:
+    if isinstance(outcome, PatientError):
+        return {"patient": outcome.patient, "as_of": as_of, "status": "error",
+                "error": outcome.message, "highest_severity": None, "rule_ids": [],
+                "presentation": [], "notices": 0, "rules_version": rules_version,
+                "assessment": None}
+    return {"patient": outcome.patient.reference, "as_of": outcome.as_of, "status": "ok",
+            "error": None, "highest_severity": outcome.highest_severity,
+            "rule_ids": [f.rule_id for f in outcome.findings],
+            "presentation": list(outcome.presentation), "notices": len(outcome.notices),
+            "rules_version": outcome.rules_version,
+            "assessment": orjson.dumps(outcome.to_json_dict()).decode()}
+
+
+def finding_rows(outcome: Assessment | PatientError) -> list[Row]:
+    if isinstance(outcome, PatientError):
+        return []
+    return [{"patient": outcome.patient.reference, "rule_id": f.rule_id, "category": f.category,
+             "severity": f.severity, "summary": f.summary,
+             "evidence": [e.reference for e in f.evidence]} for f in outcome.findings]
+
+
+def sort_key(row: Row) -> tuple[str, str]:
+    return (str(row.get("patient") or ""), str(row.get("rule_id") or ""))

@@ -1,0 +1,273 @@
+"""A batch run: partition (or resume), evaluate shards on the chosen engine, merge, report."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from importlib import metadata
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from .._version import __version__
+from ..evaluate import fix_as_of
+from ..fhir_time import iso_instant
+from ..ruleset import load_rules
+from ..sources import expand_paths
+from .outputs import merge_parts, read_rows, shard_finished
+from .partition import PartitionResult, partition
+from .worker import Settings, ShardResult, run_shard
+
+Engine = Literal["local", "spark"]
+WORK = "_work"
+SHARD_TARGET_BYTES = 32 << 20  # bounds a worker's memory: one shard is held at a time
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    inputs: list[Path]
+    out: Path
+    output_format: Literal["parquet", "ndjson"] = "parquet"
+    workers: int | None = None
+    engine: Engine = "local"
+    as_of: str | None = None
+    assume_presentation: bool = False
+    rules_dir: Path | None = None
+    resume: bool = False
+    strict: bool = False
+    shards: int | None = None
+
+
+@dataclass
+class BatchSummary:
+    patients: int
+    evaluated: int
+    errors: int
+    severities: dict[str, int]
+    top_rules: list[tuple[str, int]]
+    problems: list[str]
+    outputs: dict[str, str]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _fingerprint(options: BatchOptions, as_of_label: str, rules_version: str) -> str:
+    digest = hashlib.sha256()
+    for path in expand_paths(options.inputs):
+        stat = path.stat()
+        digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    digest.update(f"{as_of_label}|{options.assume_presentation}|{options.strict}|"
+                  f"{options.output_format}|{rules_version}|{options.engine}".encode())
+    return digest.hexdigest()
+
+
+def describe_inputs(paths: list[Path]) -> list[dict[str, object]]:
+    """Each input file with its size and SHA-256, for run.json."""
+    described = []
+    for path in expand_paths(paths):
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        described.append({"path": str(path), "bytes": path.stat().st_size,
+                          "sha256": digest.hexdigest()})
+    return described
+
+
+def _as_of_label(as_of: Any) -> str:
+    if as_of == "auto" or isinstance(as_of, str):
+        return str(as_of)
+    return iso_instant(as_of) if isinstance(as_of, datetime) else str(as_of)
+
+
+def _shard_count(options: BatchOptions, workers: int) -> int:
+    if options.shards:
+        return options.shards
+    size = sum(p.stat().st_size for p in expand_paths(options.inputs))
+    return max(4 * workers, -(-size // SHARD_TARGET_BYTES))
+
+
+def run_batch(options: BatchOptions, console: Console | None = None) -> BatchSummary:
+    console = console or Console(stderr=True)
+    started = time.perf_counter()
+    ruleset = load_rules(options.rules_dir)
+    workers = options.workers or os.cpu_count() or 1
+    out = options.out
+    work = out / WORK
+    state_file = work / "state.json"
+    state: dict[str, Any] = {}
+    if options.resume and state_file.exists():
+        state = json.loads(state_file.read_text())
+    as_of = state.get("as_of") if state else fix_as_of(options.as_of)
+    label = _as_of_label(as_of)
+    fingerprint = _fingerprint(options, label, ruleset.version)
+    if state and state.get("fingerprint") != fingerprint:
+        raise ValueError(f"{out}: --resume refused: the inputs or options differ from the "
+                         "interrupted run (start afresh without --resume)")
+    settings = Settings(str(options.rules_dir) if options.rules_dir else None, as_of, label,
+                        options.assume_presentation, options.strict, options.output_format)
+    timings: dict[str, float] = {}
+    if state.get("partition"):
+        parted = PartitionResult(**{**state["partition"], "shards": [
+            Path(p) for p in state["partition"]["shards"]]})
+        console.log(f"resuming: {len(parted.shards)} shards already partitioned")
+    else:
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        t0 = time.perf_counter()
+        if options.engine == "spark":
+            parted = PartitionResult(shards=[], patients=0, resources=0, skipped_unowned=0)
+        else:
+            parted = partition(options.inputs, work / "shards",
+                               _shard_count(options, workers), strict=options.strict)
+        timings["partition"] = time.perf_counter() - t0
+        state = {"fingerprint": fingerprint, "as_of": label, "partition": _jsonable(parted)}
+        state_file.write_text(json.dumps(state, indent=2))
+    t1 = time.perf_counter()
+    if options.engine == "spark":
+        from .spark import run_spark
+
+        outputs = run_spark(options, settings, work, console)
+    else:
+        _run_local(parted, work, settings, workers, console)
+        outputs = merge_parts(work / "parts", out, options.output_format)
+    timings["evaluate"] = time.perf_counter() - t1
+    summary = _summarize(outputs, options.output_format, parted, work)
+    summary.seconds = {**timings, "total": time.perf_counter() - started}
+    _write_report(options, summary, parted, ruleset.version, label, workers)
+    shutil.rmtree(work)  # finished: the shards (a copy of the input) are no longer needed
+    return summary
+
+
+def _jsonable(parted: PartitionResult) -> dict[str, Any]:
+    data = asdict(parted)
+    data["shards"] = [str(p) for p in parted.shards]
+    return data
+
+
+def _run_local(parted: PartitionResult, work: Path, settings: Settings, workers: int,
+               console: Console) -> None:
+    parts = work / "parts"
+    todo = [s for s in parted.shards if not shard_finished(parts, s.stem, settings.output_format)]
+    total = parted.patients
+    with _Progress(console, total) as report:
+        done_before = total - _patients_in(todo)
+        report(done_before)
+        if workers == 1:
+            for shard in todo:
+                report(run_shard(str(shard), str(work / "shards"), str(parts), settings).patients)
+            return
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+        with pool:
+            futures = [pool.submit(run_shard, str(s), str(work / "shards"), str(parts), settings)
+                       for s in todo]
+            for future in as_completed(futures):
+                finished: ShardResult = future.result()
+                report(finished.patients)
+
+
+def _patients_in(shards: list[Path]) -> int:
+    keys: set[bytes] = set()
+    for shard in shards:
+        with shard.open("rb") as handle:
+            for line in handle:
+                keys.add(line[: line.find(b'","s"')])
+    return len(keys)
+
+
+class _Progress:
+    """A rich progress bar on a terminal; plain periodic log lines otherwise."""
+
+    def __init__(self, console: Console, total: int) -> None:
+        self.console, self.total, self.done = console, total, 0
+        self.started = time.perf_counter()
+        self.last_log = 0.0
+        self.bar: Progress | None = None
+        self.task: Any = None
+
+    def __enter__(self) -> Any:
+        if self.console.is_terminal:
+            self.bar = Progress(TextColumn("patients"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+                                console=self.console)
+            self.bar.__enter__()
+            self.task = self.bar.add_task("evaluate", total=self.total, rate="")
+        return self.advance
+
+    def advance(self, patients: int) -> None:
+        self.done += patients
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        rate = f"{self.done / elapsed:,.0f}/s"
+        if self.bar is not None:
+            self.bar.update(self.task, completed=self.done, rate=rate)
+        elif time.perf_counter() - self.last_log >= 5 or self.done >= self.total:
+            self.last_log = time.perf_counter()
+            self.console.log(f"patients {self.done}/{self.total} ({rate})")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+
+def _summarize(outputs: dict[str, Path], output_format: str, parted: PartitionResult,
+               work: Path) -> BatchSummary:
+    rows = read_rows([outputs["assessments"]], output_format)
+    severities: Counter[str] = Counter()
+    rules: Counter[str] = Counter()
+    errors = 0
+    for row in rows:
+        if row["status"] == "error":
+            errors += 1
+        else:
+            severities[row["highest_severity"] or "none"] += 1
+            rules.update(row["rule_ids"] or [])
+    problems = list(parted.problems)
+    for path in sorted((work / "parts").glob("problems-*.json")):
+        problems += orjson.loads(path.read_bytes())
+    return BatchSummary(patients=len(rows), evaluated=len(rows) - errors, errors=errors,
+                        severities=dict(sorted(severities.items())),
+                        top_rules=rules.most_common(10), problems=problems,
+                        outputs={k: str(v) for k, v in outputs.items()})
+
+
+def _versions() -> dict[str, str]:
+    versions = {"fasciculation-cds": __version__, "python": platform.python_version()}
+    for name in ("durable-rules", "fhir.resources", "pyarrow", "pyspark"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _write_report(options: BatchOptions, summary: BatchSummary, parted: PartitionResult,
+                  rules_version: str, as_of: str, workers: int) -> None:
+    out = options.out
+    (out / "problems.ndjson").write_bytes(b"".join(
+        orjson.dumps({"problem": p}) + b"\n" for p in summary.problems))
+    report = {
+        "inputs": describe_inputs(options.inputs),
+        "counts": {"patients": summary.patients, "evaluated": summary.evaluated,
+                   "errors": summary.errors, "problems": len(summary.problems),
+                   "resources": parted.resources, "skipped_unowned": parted.skipped_unowned,
+                   "by_highest_severity": summary.severities,
+                   "top_rules": dict(summary.top_rules)},
+        "rules_version": rules_version, "as_of": as_of, "engine": options.engine,
+        "workers": workers, "format": options.output_format,
+        "assume_presentation": options.assume_presentation, "strict": options.strict,
+        "timings_seconds": {k: round(v, 3) for k, v in summary.seconds.items()},
+        "outputs": summary.outputs, "versions": _versions(),
+    }
+    (out / "run.json").write_text(json.dumps(report, indent=2) + "\n")
