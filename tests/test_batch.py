@@ -1,0 +1,195 @@
+"""Batch evaluation at scale: every input patient yields exactly one row, on both engines."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pyarrow.parquet as pq
+import pytest
+
+from fasciculation_cds.batch import BatchOptions, run_batch
+from fasciculation_cds.batch import run as batch_run
+from fasciculation_cds.batch.rows import ASSESSMENTS_SCHEMA, FINDINGS_SCHEMA
+
+from .conftest import REPO, shared_data
+
+AS_OF = "2026-11-26"
+MAKE_POPULATION = REPO.parent / "shared" / "tools" / "make_population.py"
+
+
+def _batch(inputs: list[Path], out: Path, **kwargs: object) -> list[dict[str, object]]:
+    options = BatchOptions(inputs=inputs, out=out, as_of=AS_OF, assume_presentation=True,
+                           **kwargs)  # type: ignore[arg-type]
+    run_batch(options)
+    return _rows(out / "assessments.parquet")
+
+
+def _rows(path: Path) -> list[dict[str, object]]:
+    return sorted(pq.read_table(path).to_pylist(), key=lambda r: str(r["patient"]))
+
+
+def _distinct_patients(folder: Path) -> set[str]:
+    found = set()
+    for path in folder.glob("*.ndjson"):
+        for line in path.read_bytes().splitlines():
+            try:
+                resource = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if resource.get("resourceType") == "Patient":
+                found.add(f"Patient/{resource['id']}")
+            for key in ("subject", "patient"):
+                if isinstance(resource.get(key), dict):
+                    found.add(resource[key]["reference"])
+    return found
+
+
+def test_synthea_bundles_one_row_per_patient_with_declared_schema(tmp_path: Path) -> None:
+    rows = _batch([shared_data("synthea")], tmp_path / "out", workers=2)
+    assert len(rows) == 43
+    assert all(r["status"] == "ok" for r in rows)
+    assessments = pq.read_table(tmp_path / "out" / "assessments.parquet")
+    findings = pq.read_table(tmp_path / "out" / "findings.parquet")
+    assert assessments.schema.equals(ASSESSMENTS_SCHEMA, check_metadata=False)
+    assert findings.schema.equals(FINDINGS_SCHEMA, check_metadata=False)
+    assert findings.num_rows == sum(len(r["rule_ids"]) for r in rows)  # type: ignore[arg-type]
+    run = orjson.loads((tmp_path / "out" / "run.json").read_bytes())
+    assert run["counts"]["patients"] == 43
+    assert run["rules_version"].startswith("sha256:")
+    assert len(run["inputs"]) == 45  # 43 patients + 2 support Bundles (practitioners...)
+    assert not (tmp_path / "out" / "_work").exists()
+
+
+def test_bad_lines_and_orphans_become_error_rows_or_problems(tmp_path: Path) -> None:
+    source = shared_data("ndjson", "pathling-9-patients")
+    data = tmp_path / "in"
+    shutil.copytree(source, data)
+    with (data / "Observation.ndjson").open("ab") as handle:
+        handle.write(b'{"resourceType": "Observation", "status": \n')  # malformed line
+        handle.write(orjson.dumps({
+            "resourceType": "Observation", "id": "orphan", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "2823-3"}]},
+            "subject": {"reference": "Patient/nobody"},
+            "valueQuantity": {"value": 3.1, "unit": "mmol/L"}}) + b"\n")
+    rows = _batch([data], tmp_path / "out", workers=2)
+    assert {str(r["patient"]) for r in rows} == _distinct_patients(data)
+    assert len(rows) == 10
+    orphan = next(r for r in rows if r["patient"] == "Patient/nobody")
+    assert orphan["status"] == "error"
+    assert "no Patient resource" in str(orphan["error"])
+    problems = (tmp_path / "out" / "problems.ndjson").read_text()
+    assert "Observation.ndjson: line 1503" in problems
+
+
+def test_gzip_input_gives_the_same_rows(tmp_path: Path) -> None:
+    source = shared_data("ndjson", "pathling-9-patients")
+    zipped = tmp_path / "gz"
+    zipped.mkdir()
+    for path in source.glob("*.ndjson"):
+        (zipped / f"{path.name}.gz").write_bytes(gzip.compress(path.read_bytes()))
+    plain = _batch([source], tmp_path / "plain", workers=1)
+    compressed = _batch([zipped], tmp_path / "zipped", workers=1)
+    assert plain == compressed
+
+
+def test_bundles_and_ndjson_of_the_same_patients_agree(tmp_path: Path) -> None:
+    for fmt in ("bundles", "ndjson"):
+        subprocess.run([sys.executable, str(MAKE_POPULATION), "--patients", "60", "--seed", "7",
+                        "--format", fmt, "--out", str(tmp_path / fmt)], check=True,
+                       capture_output=True)
+    from_bundles = _batch([tmp_path / "bundles"], tmp_path / "a", workers=2)
+    from_ndjson = _batch([tmp_path / "ndjson"], tmp_path / "b", workers=2)
+    assert len(from_bundles) == 60
+    assert from_bundles == from_ndjson
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = [shared_data("synthea")]
+    whole = _batch(source, tmp_path / "whole", workers=1, shards=8)
+    real = batch_run.run_shard
+    calls = {"n": 0}
+
+    def interrupted(*args: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(batch_run, "run_shard", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _batch(source, tmp_path / "resumed", workers=1, shards=8)
+    assert not (tmp_path / "resumed" / "assessments.parquet").exists()
+    parts = list((tmp_path / "resumed" / "_work" / "parts").glob("assessments-*"))
+    assert len(parts) == 3
+    monkeypatch.setattr(batch_run, "run_shard", real)
+    counted = {"n": 0}
+
+    def counting(*args: object) -> object:
+        counted["n"] += 1
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(batch_run, "run_shard", counting)
+    resumed = _batch(source, tmp_path / "resumed", workers=1, shards=8, resume=True)
+    assert counted["n"] == 5  # the 3 finished shards are not redone
+    assert resumed == whole
+
+
+def test_resume_refuses_different_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = [shared_data("ndjson", "pathling-9-patients")]
+
+    def stop(*args: object) -> object:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(batch_run, "run_shard", stop)
+    with pytest.raises(KeyboardInterrupt):
+        _batch(source, tmp_path / "out", workers=1)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="--resume refused"):
+        run_batch(BatchOptions(inputs=source, out=tmp_path / "out", as_of="2020-01-01",
+                               resume=True, workers=1))
+
+
+def test_ndjson_output_format(tmp_path: Path) -> None:
+    run_batch(BatchOptions(inputs=[shared_data("ndjson", "pathling-9-patients")],
+                           out=tmp_path / "out", as_of=AS_OF, output_format="ndjson",
+                           workers=1))
+    lines = (tmp_path / "out" / "assessments.ndjson").read_bytes().splitlines()
+    assert len(lines) == 9
+    assert set(orjson.loads(lines[0])) == set(ASSESSMENTS_SCHEMA.names)
+
+
+@pytest.mark.spark
+def test_spark_engine_gives_identical_rows(tmp_path: Path) -> None:
+    pytest.importorskip("pyspark")
+    for folder in ("ndjson/pathling-9-patients", "synthea"):
+        local = _batch([shared_data(folder)], tmp_path / "local" / folder, workers=2)
+        spark = _batch([shared_data(folder)], tmp_path / "spark" / folder, workers=2,
+                       engine="spark")
+        assert local == spark
+        local_findings = _rows(tmp_path / "local" / folder / "findings.parquet")
+        spark_findings = _rows(tmp_path / "spark" / folder / "findings.parquet")
+        key = (lambda r: (str(r["patient"]), str(r["rule_id"])))
+        assert sorted(local_findings, key=key) == sorted(spark_findings, key=key)
+
+
+def test_batch_cli_exit_codes(tmp_path: Path) -> None:
+    script = Path(sys.executable).parent / "fasciculation-cds"
+    ok = subprocess.run([str(script), "batch", str(shared_data("ndjson", "pathling-9-patients")),
+                         "--out", str(tmp_path / "ok"), "--as-of", AS_OF, "--workers", "1"],
+                        capture_output=True, text=True, check=False)
+    assert ok.returncode == 0, ok.stderr
+    assert "batch summary" in ok.stderr
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "Patient.ndjson").write_text('{"resourceType": "Patient", "id": "a"}\n{oops\n')
+    failed = subprocess.run([str(script), "batch", str(bad), "--out", str(tmp_path / "b"),
+                             "--as-of", AS_OF, "--workers", "1"],
+                            capture_output=True, text=True, check=False)
+    assert failed.returncode == 2
