@@ -14,7 +14,7 @@ import pytest
 
 from fasciculation_cds.batch import BatchOptions, run_batch
 from fasciculation_cds.batch import run as batch_run
-from fasciculation_cds.batch.rows import ASSESSMENTS_SCHEMA, FINDINGS_SCHEMA
+from fasciculation_cds.batch.rows import ASSESSMENTS_SCHEMA, FINDINGS_SCHEMA, sort_key
 
 from .conftest import REPO, shared_data
 
@@ -175,8 +175,7 @@ def test_spark_engine_gives_identical_rows(tmp_path: Path) -> None:
         assert local == spark
         local_findings = _rows(tmp_path / "local" / folder / "findings.parquet")
         spark_findings = _rows(tmp_path / "spark" / folder / "findings.parquet")
-        key = (lambda r: (str(r["patient"]), str(r["rule_id"])))
-        assert sorted(local_findings, key=key) == sorted(spark_findings, key=key)
+        assert sorted(local_findings, key=sort_key) == sorted(spark_findings, key=sort_key)
 
 
 def test_batch_cli_exit_codes(tmp_path: Path) -> None:
