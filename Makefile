@@ -34,6 +34,7 @@ typecheck: venv
 bench: venv
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) bench/run_bench.py --patients 2000 --out bench
+	$(PY) bench/batch_bench.py --sizes 2000 20000 --out bench
 
 ## docs: regenerate docs/rules/ from the rule files
 docs: venv

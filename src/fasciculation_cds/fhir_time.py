@@ -10,10 +10,10 @@ from typing import Any
 _PARTIAL = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
 
 # Top-level elements that carry when something happened, for `as_of=auto`.
-_TIME_FIELDS = ("effectiveDateTime", "effectiveInstant", "issued", "onsetDateTime",
+TIME_FIELDS = ("effectiveDateTime", "effectiveInstant", "issued", "onsetDateTime",
                 "recordedDate", "authoredOn", "occurrenceDateTime", "performedDateTime",
                 "dateAsserted", "date")
-_PERIOD_FIELDS = ("effectivePeriod", "period", "performedPeriod", "onsetPeriod")
+PERIOD_FIELDS = ("effectivePeriod", "period", "performedPeriod", "onsetPeriod")
 
 
 def parse_datetime(value: Any) -> datetime | None:
@@ -58,8 +58,8 @@ def parse_as_of(value: str | date | datetime | None) -> datetime:
 
 def latest_recorded_time(resource: Mapping[str, Any]) -> datetime | None:
     """The newest time a resource records at its top level (used by `as_of=auto`)."""
-    times = [parse_datetime(resource.get(name)) for name in _TIME_FIELDS]
-    for name in _PERIOD_FIELDS:
+    times = [parse_datetime(resource.get(name)) for name in TIME_FIELDS]
+    for name in PERIOD_FIELDS:
         period = resource.get(name)
         if isinstance(period, Mapping):
             times += [parse_datetime(period.get("end")), parse_datetime(period.get("start"))]

@@ -16,8 +16,9 @@ from typing import IO
 import orjson
 
 from ..errors import InputError
-from ..sources import RawResource, expand_paths, is_ndjson, read_file
-from .keys import MEDICATION, UNOWNED, keyed
+from ..ruleset import load_rules
+from ..sources import RawResource, is_ndjson, read_file
+from .keys import MEDICATION, UNOWNED, keyed, slim
 
 MEDICATIONS_FILE = "medications.ndjson"
 
@@ -66,33 +67,77 @@ def _items(path: Path, strict: bool) -> Iterator[tuple[str, RawResource] | Input
         yield exc
 
 
-def partition(paths: Sequence[str | Path], work: Path, shards: int, *,
-              strict: bool = False) -> PartitionResult:
-    """Write shard files under `work`; every problem without a patient is kept as a message."""
-    work.mkdir(parents=True, exist_ok=True)
-    files = expand_paths(paths)
-    names = [work / f"shard-{i:05d}.ndjson" for i in range(shards)]
-    handles: list[IO[bytes]] = [name.open("wb") for name in names]
-    keys: set[str] = set()
-    result = PartitionResult(shards=names, patients=0, resources=0, skipped_unowned=0)
+@dataclass
+class FilePartition:
+    """What partitioning one input file produced (its shard files live in their own folder)."""
+
+    resources: int = 0
+    skipped_unowned: int = 0
+    keys: set[str] = field(default_factory=set)
+    problems: list[str] = field(default_factory=list)
+
+
+def task_folder(work: Path, task: int) -> Path:
+    return work / f"t{task:05d}"
+
+
+def partition_file(path: str, work: str, task: int, shards: int,
+                   rules_dir: str | None, strict: bool) -> FilePartition:
+    """Hash-partition one input file into `work/tNNNNN/shard-*.ndjson` (one task of many).
+
+    Runs in worker processes, so large exports are partitioned on every core; a shard is the
+    union of its files across tasks, read in task order.
+    """
+    terminology = None if strict else load_rules(rules_dir).terminology
+    folder = task_folder(Path(work), task)
+    folder.mkdir(parents=True, exist_ok=True)
+    handles: dict[int, IO[bytes]] = {}
+    result = FilePartition()
     try:
-        with (work / MEDICATIONS_FILE).open("wb") as medications:
-            for path in files:
-                for item in _items(path, strict):
-                    if isinstance(item, InputError):
-                        result.problems.append(item.describe())
-                        continue
-                    key, raw = item
-                    result.resources += 1
-                    if key == MEDICATION:
-                        medications.write(encode_line(key, raw))
-                    elif key == UNOWNED:
-                        result.skipped_unowned += 1
-                    else:
-                        keys.add(key)
-                        handles[shard_of(key, shards)].write(encode_line(key, raw))
+        with (folder / MEDICATIONS_FILE).open("wb") as medications:
+            for item in _items(Path(path), strict):
+                if isinstance(item, InputError):
+                    result.problems.append(item.describe())
+                    continue
+                key, raw = item[0], slim(item[1], terminology)
+                result.resources += 1
+                if key == MEDICATION:
+                    medications.write(encode_line(key, raw))
+                elif key == UNOWNED:
+                    result.skipped_unowned += 1
+                else:
+                    result.keys.add(key)
+                    shard = shard_of(key, shards)
+                    if shard not in handles:
+                        handles[shard] = (folder / shard_name(shard)).open("wb")
+                    handles[shard].write(encode_line(key, raw))
     finally:
-        for handle in handles:
+        for handle in handles.values():
             handle.close()
-    result.patients = len(keys)
     return result
+
+
+def shard_name(shard: int) -> str:
+    return f"shard-{shard:05d}.ndjson"
+
+
+def shard_files(work: Path, shard: int) -> list[Path]:
+    """The files that make up one shard, in input order."""
+    return sorted(work.glob(f"t*/{shard_name(shard)}"))
+
+
+def medication_files(work: Path) -> list[Path]:
+    return sorted(work.glob(f"t*/{MEDICATIONS_FILE}"))
+
+
+def merge_file_results(results: Sequence[FilePartition], shards: int) -> PartitionResult:
+    keys: set[str] = set()
+    merged = PartitionResult(shards=[], patients=0, resources=0, skipped_unowned=0)
+    for result in results:
+        keys |= result.keys
+        merged.resources += result.resources
+        merged.skipped_unowned += result.skipped_unowned
+        merged.problems += result.problems
+    merged.patients = len(keys)
+    merged.shards = [Path(shard_name(i)) for i in range(shards)]
+    return merged

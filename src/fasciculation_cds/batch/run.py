@@ -9,7 +9,7 @@ import platform
 import shutil
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from importlib import metadata
@@ -27,12 +27,18 @@ from ..fhir_time import iso_instant
 from ..ruleset import load_rules
 from ..sources import expand_paths
 from .outputs import merge_parts, read_rows, shard_finished
-from .partition import PartitionResult, partition
+from .partition import (
+    PartitionResult,
+    merge_file_results,
+    partition_file,
+    shard_files,
+    shard_name,
+)
 from .worker import Settings, ShardResult, run_shard
 
 Engine = Literal["local", "spark"]
 WORK = "_work"
-SHARD_TARGET_BYTES = 32 << 20  # bounds a worker's memory: one shard is held at a time
+SHARD_TARGET_BYTES = 32 << 20  # of input per shard; a worker holds one (slimmed) shard at a time
 
 
 @dataclass(frozen=True)
@@ -94,7 +100,9 @@ def _as_of_label(as_of: Any) -> str:
 def _shard_count(options: BatchOptions, workers: int) -> int:
     if options.shards:
         return options.shards
-    size = sum(p.stat().st_size for p in expand_paths(options.inputs))
+    # uncompressed size, roughly: FHIR NDJSON gzips about 8 to 1
+    size = sum(p.stat().st_size * (8 if p.name.endswith(".gz") else 1)
+               for p in expand_paths(options.inputs))
     return max(4 * workers, -(-size // SHARD_TARGET_BYTES))
 
 
@@ -118,31 +126,33 @@ def run_batch(options: BatchOptions, console: Console | None = None) -> BatchSum
     settings = Settings(str(options.rules_dir) if options.rules_dir else None, as_of, label,
                         options.assume_presentation, options.strict, options.output_format)
     timings: dict[str, float] = {}
-    if state.get("partition"):
-        parted = PartitionResult(**{**state["partition"], "shards": [
-            Path(p) for p in state["partition"]["shards"]]})
-        console.log(f"resuming: {len(parted.shards)} shards already partitioned")
-    else:
-        if work.exists():
-            shutil.rmtree(work)
-        work.mkdir(parents=True)
-        t0 = time.perf_counter()
-        if options.engine == "spark":
-            parted = PartitionResult(shards=[], patients=0, resources=0, skipped_unowned=0)
+    shards = int(state["shards"]) if state.get("partition") else _shard_count(options, workers)
+    with _pool(workers) as pool:
+        if state.get("partition"):
+            parted = PartitionResult(**{**state["partition"], "shards": [
+                Path(p) for p in state["partition"]["shards"]]})
+            console.log(f"resuming: {shards} shards already partitioned")
         else:
-            parted = partition(options.inputs, work / "shards",
-                               _shard_count(options, workers), strict=options.strict)
-        timings["partition"] = time.perf_counter() - t0
-        state = {"fingerprint": fingerprint, "as_of": label, "partition": _jsonable(parted)}
-        state_file.write_text(json.dumps(state, indent=2))
-    t1 = time.perf_counter()
-    if options.engine == "spark":
-        from .spark import run_spark
+            if work.exists():
+                shutil.rmtree(work)
+            work.mkdir(parents=True)
+            t0 = time.perf_counter()
+            if options.engine == "spark":
+                parted = PartitionResult(shards=[], patients=0, resources=0, skipped_unowned=0)
+            else:
+                parted = _partition(options, work / "shards", shards, pool, settings)
+            timings["partition"] = time.perf_counter() - t0
+            state = {"fingerprint": fingerprint, "as_of": label, "shards": shards,
+                     "partition": _jsonable(parted)}
+            state_file.write_text(json.dumps(state, indent=2))
+        t1 = time.perf_counter()
+        if options.engine == "spark":
+            from .spark import run_spark
 
-        outputs = run_spark(options, settings, work, console)
-    else:
-        _run_local(parted, work, settings, workers, console)
-        outputs = merge_parts(work / "parts", out, options.output_format)
+            outputs = run_spark(options, settings, work, console)
+        else:
+            _run_local(parted, work, settings, shards, pool, console)
+            outputs = merge_parts(work / "parts", out, options.output_format)
     timings["evaluate"] = time.perf_counter() - t1
     summary = _summarize(outputs, options.output_format, parted, work)
     summary.seconds = {**timings, "total": time.perf_counter() - started}
@@ -157,31 +167,56 @@ def _jsonable(parted: PartitionResult) -> dict[str, Any]:
     return data
 
 
-def _run_local(parted: PartitionResult, work: Path, settings: Settings, workers: int,
+class _Serial:
+    """The pool interface, in this process (one worker: no process start-up to pay)."""
+
+    def submit(self, fn: Any, *args: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        future.set_result(fn(*args))
+        return future
+
+    def __enter__(self) -> _Serial:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _pool(workers: int) -> Any:
+    # spawn, not fork: each worker builds its own durable-rules host from scratch
+    if workers == 1:
+        return _Serial()
+    return ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+
+
+def _partition(options: BatchOptions, work: Path, shards: int, pool: Any,
+               settings: Settings) -> PartitionResult:
+    files = expand_paths(options.inputs)
+    futures = [pool.submit(partition_file, str(path), str(work), task, shards,
+                           settings.rules_dir, options.strict)
+               for task, path in enumerate(files)]
+    return merge_file_results([f.result() for f in futures], shards)
+
+
+def _run_local(parted: PartitionResult, work: Path, settings: Settings, shards: int, pool: Any,
                console: Console) -> None:
     parts = work / "parts"
-    todo = [s for s in parted.shards if not shard_finished(parts, s.stem, settings.output_format)]
+    todo = [i for i in range(shards)
+            if not shard_finished(parts, Path(shard_name(i)).stem, settings.output_format)]
     total = parted.patients
     with _Progress(console, total) as report:
-        done_before = total - _patients_in(todo)
-        report(done_before)
-        if workers == 1:
-            for shard in todo:
-                report(run_shard(str(shard), str(work / "shards"), str(parts), settings).patients)
-            return
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
-        with pool:
-            futures = [pool.submit(run_shard, str(s), str(work / "shards"), str(parts), settings)
-                       for s in todo]
-            for future in as_completed(futures):
-                finished: ShardResult = future.result()
-                report(finished.patients)
+        report(total - _patients_in([p for i in todo for p in shard_files(work / "shards", i)]))
+        futures = [pool.submit(run_shard, i, str(work / "shards"), str(parts), settings)
+                   for i in todo]
+        for future in as_completed(futures):
+            finished: ShardResult = future.result()
+            report(finished.patients)
 
 
-def _patients_in(shards: list[Path]) -> int:
+def _patients_in(files: list[Path]) -> int:
     keys: set[bytes] = set()
-    for shard in shards:
-        with shard.open("rb") as handle:
+    for path in files:
+        with path.open("rb") as handle:
             for line in handle:
                 keys.add(line[: line.find(b'","s"')])
     return len(keys)

@@ -20,7 +20,8 @@ from rich.console import Console
 from ..errors import InputError
 from ..ruleset import load_rules
 from ..sources import RawResource, expand_paths, is_ndjson, parse_ndjson_line, read_file
-from .keys import MEDICATION, UNOWNED, keyed
+from ..terminology import Terminology
+from .keys import MEDICATION, UNOWNED, keyed, slim
 from .outputs import TABLES
 from .rows import assessment_row, finding_rows
 from .worker import Settings, evaluate_group
@@ -31,17 +32,22 @@ if TYPE_CHECKING:
 PROBLEM = "\x00problem"
 
 
-def _keyed_ndjson(item: tuple[tuple[str, str], int]) -> list[tuple[str, Any]]:
+def _terminology(settings: Settings) -> Terminology | None:
+    return None if settings.strict else load_rules(settings.rules_dir).terminology
+
+
+def _keyed_ndjson(settings: Settings, item: tuple[tuple[str, str], int]) -> list[tuple[str, Any]]:
     (source, line), index = item
     if not line.strip():
         return []
     parsed = parse_ndjson_line(line, source, index + 1)
     if isinstance(parsed, InputError):
         return [(PROBLEM, parsed.describe())]
-    return list(keyed([parsed]))
+    terminology = _terminology(settings)
+    return [(key, slim(raw, terminology)) for key, raw in keyed([parsed])]
 
 
-def _keyed_bundle(path: str) -> list[tuple[str, Any]]:
+def _keyed_bundle(settings: Settings, path: str) -> list[tuple[str, Any]]:
     items: list[RawResource] = []
     problems: list[tuple[str, Any]] = []
     try:
@@ -52,7 +58,8 @@ def _keyed_bundle(path: str) -> list[tuple[str, Any]]:
                 items.append(item)
     except InputError as exc:
         problems.append((PROBLEM, exc.describe()))
-    return problems + list(keyed(items))
+    terminology = _terminology(settings)
+    return problems + [(key, slim(raw, terminology)) for key, raw in keyed(items)]
 
 
 def _evaluate_partition(groups: Iterable[tuple[str, Iterable[Any]]], medications: list[Any],
@@ -113,11 +120,12 @@ def run_spark(options: BatchOptions, settings: Settings, work: Path,
     for path in files:
         if is_ndjson(path):
             lines = context.textFile(str(path)).map(functools.partial(_with_source, str(path)))
-            parts.append(lines.zipWithIndex().flatMap(_keyed_ndjson))
+            parts.append(lines.zipWithIndex().flatMap(functools.partial(_keyed_ndjson,
+                                                                        settings)))
     bundles = [str(p) for p in files if not is_ndjson(p)]
     if bundles:
         parts.append(context.parallelize(bundles, max(1, min(len(bundles), 4 * workers)))
-                     .flatMap(_keyed_bundle))
+                     .flatMap(functools.partial(_keyed_bundle, settings)))
     everything = context.union(parts) if parts else context.emptyRDD()
     everything.cache()
     medications = everything.filter(lambda kv: kv[0] == MEDICATION).values().collect()

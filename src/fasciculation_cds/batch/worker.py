@@ -12,7 +12,7 @@ from ..assessment import Assessment
 from ..evaluate import AsOf, Outcome, PatientError, assess_all, new_grouper
 from ..ruleset import RuleSet, load_rules
 from .outputs import write_part
-from .partition import MEDICATIONS_FILE, decode_line
+from .partition import decode_line, medication_files, shard_files, shard_name
 from .rows import assessment_row, finding_rows
 
 
@@ -37,12 +37,12 @@ class ShardResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def load_medications(work: Path) -> list[Any]:
-    path = work / MEDICATIONS_FILE
-    if not path.exists():
-        return []
-    with path.open("rb") as handle:
-        return [decode_line(line)[1] for line in handle if line.strip()]
+def read_lines(paths: list[Path]) -> list[Any]:
+    raws = []
+    for path in paths:
+        with path.open("rb") as handle:
+            raws += [decode_line(line)[1] for line in handle if line.strip()]
+    return raws
 
 
 def evaluate_group(raws: list[Any], medications: list[Any], ruleset: RuleSet,
@@ -70,20 +70,19 @@ def summarize(outcomes: list[Outcome], result: ShardResult) -> None:
             result.rules.update(f.rule_id for f in outcome.findings)
 
 
-def run_shard(shard: str, work: str, parts: str, settings: Settings) -> ShardResult:
+def run_shard(shard: int, work: str, parts: str, settings: Settings) -> ShardResult:
     """Worker entry point (one process; one durable-rules host per process)."""
     started = time.perf_counter()
     ruleset = load_rules(settings.rules_dir)
-    medications = load_medications(Path(work))
-    with Path(shard).open("rb") as handle:
-        raws = [decode_line(line)[1] for line in handle if line.strip()]
+    medications = read_lines(medication_files(Path(work)))
+    raws = read_lines(shard_files(Path(work), shard))
     read = time.perf_counter()
     outcomes = evaluate_group(raws, medications, ruleset, settings)
     evaluated = time.perf_counter()
-    result = ShardResult(shard=Path(shard).name)
+    result = ShardResult(shard=shard_name(shard))
     summarize(outcomes, result)
     kept = [o for o in outcomes if not (isinstance(o, PatientError) and o.patient is None)]
-    stem = Path(shard).stem
+    stem = Path(shard_name(shard)).stem
     write_part(Path(parts), stem, [assessment_row(o, settings.as_of_label, ruleset.version)
                                    for o in kept],
                [row for o in kept for row in finding_rows(o)], result.problems,
