@@ -23,6 +23,7 @@ from ..sources import RawResource, expand_paths, is_ndjson, parse_ndjson_line, r
 from ..terminology import Terminology
 from .keys import MEDICATION, UNOWNED, keyed, slim
 from .outputs import TABLES
+from .partition import decode_line, encode_line
 from .rows import assessment_row, finding_rows
 from .worker import Settings, evaluate_group
 
@@ -36,15 +37,17 @@ def _terminology(settings: Settings) -> Terminology | None:
     return None if settings.strict else load_rules(settings.rules_dir).terminology
 
 
-def _keyed_ndjson(settings: Settings, item: tuple[tuple[str, str], int]) -> list[tuple[str, Any]]:
-    (source, line), index = item
+def _keyed_ndjson(source: str, settings: Settings,
+                  item: tuple[str, int]) -> list[tuple[str, Any]]:
+    line, index = item
     if not line.strip():
         return []
     parsed = parse_ndjson_line(line, source, index + 1)
     if isinstance(parsed, InputError):
         return [(PROBLEM, parsed.describe())]
     terminology = _terminology(settings)
-    return [(key, slim(raw, terminology)) for key, raw in keyed([parsed])]
+    # shuffled as the same compact lines the local shards hold (cheaper than pickled dicts)
+    return [(key, encode_line(key, slim(raw, terminology))) for key, raw in keyed([parsed])]
 
 
 def _keyed_bundle(settings: Settings, path: str) -> list[tuple[str, Any]]:
@@ -59,24 +62,23 @@ def _keyed_bundle(settings: Settings, path: str) -> list[tuple[str, Any]]:
     except InputError as exc:
         problems.append((PROBLEM, exc.describe()))
     terminology = _terminology(settings)
-    return problems + [(key, slim(raw, terminology)) for key, raw in keyed(items)]
+    return problems + [(key, encode_line(key, slim(raw, terminology)))
+                       for key, raw in keyed(items)]
 
 
 def _evaluate_partition(groups: Iterable[tuple[str, Iterable[Any]]], medications: list[Any],
                         settings: Settings) -> Iterator[tuple[str, dict[str, Any]]]:
     ruleset = load_rules(settings.rules_dir)
-    for _, raws in groups:
-        for outcome in evaluate_group(list(raws), medications, ruleset, settings):
+    shared = [decode_line(line)[1] for line in medications]
+    for _, lines in groups:
+        raws = [decode_line(line)[1] for line in lines]
+        for outcome in evaluate_group(raws, shared, ruleset, settings):
             if getattr(outcome, "patient", "") is None:
                 yield "problem", {"problem": outcome.message}  # type: ignore[union-attr]
                 continue
             yield "assessments", assessment_row(outcome, settings.as_of_label, ruleset.version)
             for row in finding_rows(outcome):
                 yield "findings", row
-
-
-def _with_source(source: str, line: str) -> tuple[str, str]:
-    return source, line
 
 
 def _is_table(table: str, item: tuple[str, Any]) -> bool:
@@ -119,9 +121,8 @@ def run_spark(options: BatchOptions, settings: Settings, work: Path,
     parts = []
     for path in files:
         if is_ndjson(path):
-            lines = context.textFile(str(path)).map(functools.partial(_with_source, str(path)))
-            parts.append(lines.zipWithIndex().flatMap(functools.partial(_keyed_ndjson,
-                                                                        settings)))
+            lines = context.textFile(str(path)).zipWithIndex()
+            parts.append(lines.flatMap(functools.partial(_keyed_ndjson, str(path), settings)))
     bundles = [str(p) for p in files if not is_ndjson(p)]
     if bundles:
         parts.append(context.parallelize(bundles, max(1, min(len(bundles), 4 * workers)))
