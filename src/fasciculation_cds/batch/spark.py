@@ -38,16 +38,19 @@ def _terminology(settings: Settings) -> Terminology | None:
 
 
 def _keyed_ndjson(source: str, settings: Settings,
-                  item: tuple[str, int]) -> list[tuple[str, Any]]:
-    line, index = item
-    if not line.strip():
-        return []
-    parsed = parse_ndjson_line(line, source, index + 1)
-    if isinstance(parsed, InputError):
-        return [(PROBLEM, parsed.describe())]
+                  items: Iterable[tuple[str, int]]) -> Iterator[tuple[str, Any]]:
+    """One partition of (line, index) pairs: the rule set is looked up once per partition."""
     terminology = _terminology(settings)
-    # shuffled as the same compact lines the local shards hold (cheaper than pickled dicts)
-    return [(key, encode_line(key, slim(raw, terminology))) for key, raw in keyed([parsed])]
+    for line, index in items:
+        if not line.strip():
+            continue
+        parsed = parse_ndjson_line(line, source, index + 1)
+        if isinstance(parsed, InputError):
+            yield PROBLEM, parsed.describe()
+            continue
+        # shuffled as the same compact lines the local shards hold (cheaper than pickled dicts)
+        for key, raw in keyed([parsed]):
+            yield key, encode_line(key, slim(raw, terminology))
 
 
 def _keyed_bundle(settings: Settings, path: str) -> list[tuple[str, Any]]:
@@ -122,7 +125,8 @@ def run_spark(options: BatchOptions, settings: Settings, work: Path,
     for path in files:
         if is_ndjson(path):
             lines = context.textFile(str(path)).zipWithIndex()
-            parts.append(lines.flatMap(functools.partial(_keyed_ndjson, str(path), settings)))
+            parts.append(lines.mapPartitions(
+                functools.partial(_keyed_ndjson, str(path), settings)))
     bundles = [str(p) for p in files if not is_ndjson(p)]
     if bundles:
         parts.append(context.parallelize(bundles, max(1, min(len(bundles), 4 * workers)))
