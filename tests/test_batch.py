@@ -192,3 +192,20 @@ def test_batch_cli_exit_codes(tmp_path: Path) -> None:
                              "--as-of", AS_OF, "--workers", "1"],
                             capture_output=True, text=True, check=False)
     assert failed.returncode == 2
+
+
+def test_bulk_manifest_named_on_its_own(tmp_path: Path) -> None:
+    source = shared_data("ndjson", "pathling-9-patients")
+    export = tmp_path / "export"
+    shutil.copytree(source, export)
+    manifest = {"transactionTime": "2024-01-01T00:00:00Z", "request": "$export",
+                "requiresAccessToken": False, "error": [],
+                "output": [{"type": p.stem, "url": p.name}
+                           for p in sorted(export.glob("*.ndjson"))]}
+    (export / "manifest.json").write_bytes(orjson.dumps(manifest))
+    from_manifest = _batch([export / "manifest.json"], tmp_path / "m", workers=2)
+    from_folder = _batch([export], tmp_path / "f", workers=2)  # manifest.json skipped in folders
+    assert len(from_manifest) == 9
+    assert from_manifest == from_folder
+    run = orjson.loads((tmp_path / "m" / "run.json").read_bytes())
+    assert len(run["inputs"]) == 3

@@ -160,6 +160,11 @@ def batch(
     except (InputError, ValueError) as exc:
         err.print(f"error: {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
+    if summary.patients == 0:
+        err.print(f"error: {', '.join(map(str, inputs))}: no FHIR patients found"
+                  f"{f' ({len(summary.problems)} problems)' if summary.problems else ''}",
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT)
     table = Table("patients", "evaluated", "errors", "problems", *summary.severities,
                   title="batch summary")
     table.add_row(str(summary.patients), str(summary.evaluated), str(summary.errors),

@@ -40,7 +40,8 @@ def is_ndjson(path: Path) -> bool:
 
 
 def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
-    """Files to read, in a stable order: folders are walked, Bulk Data logs skipped."""
+    """Files to read, in a stable order: folders are walked, Bulk Data logs skipped, a Bulk
+    Data manifest named on its own replaced by the local files it lists."""
     files: list[Path] = []
     for raw in paths:
         path = Path(raw)
@@ -51,7 +52,7 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
                 if child.name.lower().endswith((".json", ".json.gz")) or is_ndjson(child):
                     files.append(child)
         elif path.exists():
-            files.append(path)
+            files += manifest_outputs(path) if path.name.lower() == "manifest.json" else [path]
         else:
             raise InputError("no such file or folder", source=str(path))
     return files
@@ -79,7 +80,7 @@ def read_file(path: Path, *, strict: bool = False) -> Iterator[RawResource | Inp
         document = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise InputError(f"not valid JSON: {exc}", source=str(path)) from None
-    yield from resources_of(document, str(path), base_dir=path.parent, strict=strict)
+    yield from resources_of(document, str(path), strict=strict)
 
 
 def _open_lines(path: Path) -> Iterator[bytes]:
@@ -111,7 +112,7 @@ def parse_ndjson_line(line: bytes | str, source: str, number: int) -> RawResourc
 
 
 def resources_of(
-    document: Any, source: str, *, base_dir: Path | None = None, strict: bool = False
+    document: Any, source: str, *, strict: bool = False
 ) -> Iterator[RawResource | InputError]:
     """Resources in a parsed JSON document: a Bundle's entries, or the resource itself."""
     if isinstance(document, list):
@@ -119,9 +120,9 @@ def resources_of(
     if not isinstance(document, dict):
         raise InputError("not a FHIR resource (expected a JSON object)", source=source)
     resource_type = document.get("resourceType")
-    if resource_type is None and base_dir is not None and _is_bulk_manifest(document):
-        yield from _read_manifest(document, source, base_dir)
-        return
+    if resource_type is None and _is_bulk_manifest(document):
+        raise InputError("a Bulk Data manifest: name it on its own so its files are read",
+                         source=source)
     if not isinstance(resource_type, str):
         raise InputError("not a FHIR resource (no resourceType)", source=source)
     if resource_type != "Bundle":
@@ -155,20 +156,26 @@ def _is_bulk_manifest(document: Mapping[str, Any]) -> bool:
     return isinstance(document.get("output"), list) and "transactionTime" in document
 
 
-def _read_manifest(
-    document: Mapping[str, Any], source: str, base_dir: Path
-) -> Iterator[RawResource | InputError]:
+def manifest_outputs(path: Path) -> list[Path]:
+    """The local files a Bulk Data manifest.json lists (`output[].url`), in its order."""
+    try:
+        document = orjson.loads(_read_bytes(path))
+    except orjson.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON: {exc}", source=str(path)) from None
+    if not isinstance(document, dict) or not _is_bulk_manifest(document):
+        return [path]  # an ordinary file that happens to be called manifest.json
+    files = []
     for index, item in enumerate(document["output"]):
         url = item.get("url") if isinstance(item, dict) else None
         if not isinstance(url, str):
-            yield InputError("manifest output has no url", source=source, entry=f"output[{index}]")
-            continue
-        local = Path(url.removeprefix("file://"))
-        path = local if local.is_absolute() else base_dir / local
-        if not path.exists():
-            path = base_dir / Path(url).name
-        if not path.exists():
-            yield InputError(f"manifest file not found locally: {url}", source=source,
+            raise InputError("manifest output has no url", source=str(path),
                              entry=f"output[{index}]")
-            continue
-        yield from read_file(path)
+        local = Path(url.removeprefix("file://"))
+        candidates = [local if local.is_absolute() else path.parent / local,
+                      path.parent / Path(url).name]
+        found = next((c for c in candidates if c.exists()), None)
+        if found is None:
+            raise InputError(f"manifest file not found locally: {url}", source=str(path),
+                             entry=f"output[{index}]")
+        files.append(found)
+    return files

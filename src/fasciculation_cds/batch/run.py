@@ -68,12 +68,14 @@ class BatchSummary:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def _fingerprint(options: BatchOptions, as_of_label: str, rules_version: str) -> str:
+def _fingerprint(options: BatchOptions, rules_version: str) -> str:
+    """What must not change between a run and its resumption (the requested as_of included;
+    "now" resumes at the interrupted run's instant)."""
     digest = hashlib.sha256()
     for path in expand_paths(options.inputs):
         stat = path.stat()
         digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-    digest.update(f"{as_of_label}|{options.assume_presentation}|{options.strict}|"
+    digest.update(f"{options.as_of or 'now'}|{options.assume_presentation}|{options.strict}|"
                   f"{options.output_format}|{rules_version}|{options.engine}".encode())
     return digest.hexdigest()
 
@@ -119,7 +121,7 @@ def run_batch(options: BatchOptions, console: Console | None = None) -> BatchSum
         state = json.loads(state_file.read_text())
     as_of = state.get("as_of") if state else fix_as_of(options.as_of)
     label = _as_of_label(as_of)
-    fingerprint = _fingerprint(options, label, ruleset.version)
+    fingerprint = _fingerprint(options, ruleset.version)
     if state and state.get("fingerprint") != fingerprint:
         raise ValueError(f"{out}: --resume refused: the inputs or options differ from the "
                          "interrupted run (start afresh without --resume)")
@@ -195,7 +197,19 @@ def _partition(options: BatchOptions, work: Path, shards: int, pool: Any,
     futures = [pool.submit(partition_file, str(path), str(work), task, shards,
                            settings.rules_dir, options.strict)
                for task, path in enumerate(files)]
-    return merge_file_results([f.result() for f in futures], shards)
+    try:
+        return merge_file_results([f.result() for f in futures], shards)
+    except KeyboardInterrupt:
+        _cancel(pool, futures)
+        raise
+
+
+def _cancel(pool: Any, futures: list[Future[Any]]) -> None:
+    """Ctrl-C: drop queued work at once; finished parts stay for --resume."""
+    for future in futures:
+        future.cancel()
+    if isinstance(pool, ProcessPoolExecutor):
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _run_local(parted: PartitionResult, work: Path, settings: Settings, shards: int, pool: Any,
@@ -204,13 +218,18 @@ def _run_local(parted: PartitionResult, work: Path, settings: Settings, shards: 
     todo = [i for i in range(shards)
             if not shard_finished(parts, Path(shard_name(i)).stem, settings.output_format)]
     total = parted.patients
-    with _Progress(console, total) as report:
-        report(total - _patients_in([p for i in todo for p in shard_files(work / "shards", i)]))
+    with _Progress(console, total) as progress:
+        progress.already_done(
+            total - _patients_in([p for i in todo for p in shard_files(work / "shards", i)]))
         futures = [pool.submit(run_shard, i, str(work / "shards"), str(parts), settings)
                    for i in todo]
-        for future in as_completed(futures):
-            finished: ShardResult = future.result()
-            report(finished.patients)
+        try:
+            for future in as_completed(futures):
+                finished: ShardResult = future.result()
+                progress.advance(finished.patients)
+        except KeyboardInterrupt:
+            _cancel(pool, futures)
+            raise
 
 
 def _patients_in(files: list[Path]) -> int:
@@ -226,7 +245,7 @@ class _Progress:
     """A rich progress bar on a terminal; plain periodic log lines otherwise."""
 
     def __init__(self, console: Console, total: int) -> None:
-        self.console, self.total, self.done = console, total, 0
+        self.console, self.total, self.done, self.baseline = console, total, 0, 0
         self.started = time.perf_counter()
         self.last_log = 0.0
         self.bar: Progress | None = None
@@ -239,12 +258,17 @@ class _Progress:
                                 console=self.console)
             self.bar.__enter__()
             self.task = self.bar.add_task("evaluate", total=self.total, rate="")
-        return self.advance
+        return self
+
+    def already_done(self, patients: int) -> None:
+        """Patients of shards finished before a resume: counted, but not in the rate."""
+        self.baseline += patients
+        self.advance(patients)
 
     def advance(self, patients: int) -> None:
         self.done += patients
         elapsed = max(time.perf_counter() - self.started, 1e-9)
-        rate = f"{self.done / elapsed:,.0f}/s"
+        rate = f"{(self.done - self.baseline) / elapsed:,.0f}/s"
         if self.bar is not None:
             self.bar.update(self.task, completed=self.done, rate=rate)
         elif time.perf_counter() - self.last_log >= 5 or self.done >= self.total:

@@ -107,6 +107,21 @@ def _spark_schema(table: str) -> Any:
     return T.StructType([T.StructField(f.name, convert(f.type), True) for f in TABLES[table]])
 
 
+def _session(workers: int) -> Any:
+    """A session on FASCICULATION_CDS_SPARK_MASTER, else the master spark-submit chose, else
+    local[workers]."""
+    from pyspark import SparkConf
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName("fasciculation-cds batch").config(
+        "spark.sql.session.timeZone", "UTC")
+    master = os.environ.get("FASCICULATION_CDS_SPARK_MASTER")
+    if master is None and not SparkConf().contains("spark.master"):
+        master = f"local[{workers}]"
+        builder = builder.config("spark.ui.enabled", "false")
+    return (builder.master(master) if master else builder).getOrCreate()
+
+
 def run_spark(options: BatchOptions, settings: Settings, work: Path,
               console: Console) -> dict[str, Path]:
     from pyspark.sql import SparkSession
@@ -115,10 +130,7 @@ def run_spark(options: BatchOptions, settings: Settings, work: Path,
     # local mode: the executors' Python is this one (the package is installed here)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    master = os.environ.get("FASCICULATION_CDS_SPARK_MASTER", f"local[{workers}]")
-    builder = SparkSession.builder.appName("fasciculation-cds batch")
-    spark = SparkSession.getActiveSession() or builder.master(master).config(
-        "spark.ui.enabled", "false").config("spark.sql.session.timeZone", "UTC").getOrCreate()
+    spark = SparkSession.getActiveSession() or _session(workers)
     context = spark.sparkContext
     files = expand_paths(options.inputs)
     parts = []
@@ -151,7 +163,7 @@ def run_spark(options: BatchOptions, settings: Settings, work: Path,
         if options.output_format == "parquet":
             writer.write.mode("overwrite").parquet(str(target))
         else:
-            writer.write.mode("overwrite").json(str(target))
+            writer.write.mode("overwrite").option("ignoreNullFields", "false").json(str(target))
         outputs[table] = target
     problems += [p["problem"] for p in rows.filter(lambda kv: kv[0] == "problem").values()
                  .collect()]
@@ -160,5 +172,5 @@ def run_spark(options: BatchOptions, settings: Settings, work: Path,
         json.dumps(problems))
     everything.unpersist()
     rows.unpersist()
-    console.log(f"spark: evaluated on {master}")
+    console.log(f"spark: evaluated on {context.master}")
     return outputs
