@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from .rule_schema import SEVERITY_RANK, Severity
 
@@ -70,6 +72,13 @@ class Assessment(_Out):
     findings: list[RuleFinding]
     notices: list[Notice]
     rules_version: str
+    # The normalized facts the assessment was made from (not part of the JSON contract): the
+    # clinician summaries draw lab trends and medication lists from them, never from FHIR again.
+    _facts: tuple[Any, ...] = PrivateAttr(default=())
+
+    @property
+    def facts(self) -> tuple[Any, ...]:
+        return self._facts
 
     @property
     def highest_severity(self) -> Severity | None:

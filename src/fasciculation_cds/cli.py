@@ -115,6 +115,66 @@ def _write(assessments: list[Assessment], errors: list[PatientError], fmt: Outpu
         sys.stdout.flush()
 
 
+class ReportFormat(str, Enum):
+    html = "html"
+    markdown = "markdown"
+    text = "text"
+    fhir = "fhir"
+
+
+@app.command()
+def report(
+    paths: Annotated[list[Path], typer.Argument(help="Bundles, resources, NDJSON or folders.")],
+    output_format: Annotated[ReportFormat, typer.Option("--format")] = ReportFormat.html,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="File, or folder (html for several patients: one page each + index).")]
+    = None,
+    as_of: Annotated[str | None, typer.Option("--as-of")] = None,
+    assume_presentation: Annotated[bool, typer.Option("--assume-presentation")] = False,
+    rules_dir: Annotated[Path | None, typer.Option("--rules")] = None,
+) -> None:
+    """Clinician-facing summaries: HTML pages with lab trends, a Markdown note, the terminal
+    view, or FHIR DetectedIssue resources."""
+    from .report import render_fhir, render_html, render_markdown, write_reports
+
+    ruleset = _load(rules_dir)
+    assessments: list[Assessment] = []
+    errors = 0
+    for outcome in evaluate_each(paths, as_of=as_of, assume_presentation=assume_presentation,
+                                 rules=ruleset, full_history=True):
+        if isinstance(outcome, PatientError):
+            errors += 1
+            who = f"{outcome.patient}: " if outcome.patient else ""
+            err.print(f"error: {who}{outcome.message}", highlight=False, soft_wrap=True)
+        else:
+            assessments.append(outcome)
+    if not assessments:
+        if not errors:
+            err.print("error: no FHIR patients found in the input", highlight=False)
+        raise typer.Exit(EXIT_BAD_INPUT)
+    fmt = output_format.value
+    if fmt == "text":
+        console = Console(file=out.open("w", encoding="utf-8") if out else None,
+                          width=110 if out else None)
+        print_summary(assessments, console)
+    elif out is not None:
+        for path in write_reports(assessments, ruleset, fmt, out):
+            err.print(f"wrote {path}", highlight=False, soft_wrap=True)
+    elif fmt == "markdown":
+        sys.stdout.write("\n---\n\n".join(render_markdown(a) for a in assessments))
+    elif fmt == "fhir":
+        bundles = [render_fhir(a) for a in assessments]
+        sys.stdout.buffer.write(orjson.dumps(bundles[0] if len(bundles) == 1 else bundles,
+                                             option=orjson.OPT_INDENT_2) + b"\n")
+    elif len(assessments) == 1:
+        sys.stdout.write(render_html(assessments[0], ruleset))
+    else:
+        err.print("error: --format html for several patients needs --out FOLDER",
+                  highlight=False)
+        raise typer.Exit(EXIT_BAD_INPUT)
+    raise typer.Exit(EXIT_BAD_INPUT if errors else EXIT_OK)
+
+
 class BatchFormat(str, Enum):
     parquet = "parquet"
     ndjson = "ndjson"

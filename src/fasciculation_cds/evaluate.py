@@ -77,7 +77,7 @@ class Evaluator:
         if normalized.context.presenting or not self._all_need_presentation:
             findings = self._run_stages(normalized.facts, normalized.context)
         patient = normalized.patient
-        return Assessment(
+        assessment = Assessment(
             patient=PatientSummary(reference=record.reference, age=patient.age, sex=patient.sex),
             as_of=label,
             presentation=list(normalized.context.presentation),
@@ -86,6 +86,8 @@ class Evaluator:
                      for n in sorted(normalized.notices, key=lambda n: (n.reference, n.code))],
             rules_version=self.ruleset.version,
         )
+        assessment._facts = tuple(normalized.facts)
+        return assessment
 
     def _run_stages(self, facts: list[ClinicalFact], context: Any) -> list[RuleFinding]:
         by_key: dict[str, ClinicalFact] = {f"f{i}": fact for i, fact in enumerate(facts)}
@@ -212,11 +214,16 @@ def evaluate_each(
     assume_presentation: bool = False,
     rules: RuleSet | str | Path | None = None,
     strict: bool = False,
+    full_history: bool = False,
 ) -> Iterator[Outcome]:
-    """Assess every patient in `source`; bad input yields PatientError items, never an exception."""
+    """Assess every patient in `source`; bad input yields PatientError items, never an exception.
+
+    `full_history` keeps every lab result in `Assessment.facts` (for trend charts); findings
+    are the same either way.
+    """
     ruleset = rules if isinstance(rules, RuleSet) else load_rules(rules)
     as_of = fix_as_of(as_of)
-    grouper = new_grouper(ruleset, as_of, strict=strict)
+    grouper = new_grouper(ruleset, as_of, strict=strict, full_history=full_history)
     for item in _raw_items(source, strict):
         if isinstance(item, InputError):
             grouper.errors.append(item)
@@ -231,10 +238,12 @@ def fix_as_of(as_of: AsOf | Literal["auto"]) -> AsOf | Literal["auto"]:
     return parse_as_of(None) if as_of is None else as_of
 
 
-def new_grouper(ruleset: RuleSet, as_of: AsOf | Literal["auto"], *, strict: bool) -> Grouper:
-    """A Grouper set up for a run at `as_of` (skips Observations older than every look-back)."""
+def new_grouper(ruleset: RuleSet, as_of: AsOf | Literal["auto"], *, strict: bool,
+                full_history: bool = False) -> Grouper:
+    """A Grouper set up for a run at `as_of`: it skips Observations older than every look-back,
+    unless `full_history` (reports draw trends over the whole record)."""
     since = None
-    if as_of not in (None, "auto"):
+    if as_of not in (None, "auto") and not full_history:
         since = parse_as_of(as_of) - timedelta(days=ruleset.max_lookback_days)
     return Grouper(ruleset.terminology, strict=strict, track_times=as_of == "auto",
                    observations_since=since)

@@ -1,0 +1,70 @@
+"""Lab trend charts as inline SVG geometry (no scripts, no network): points over time, the
+rule thresholds as dashed lines, and the values that triggered a finding marked."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .view import Series
+
+WIDTH, HEIGHT = 560, 190
+LEFT, RIGHT, TOP, BOTTOM = 56, 16, 14, 30
+
+
+@dataclass(frozen=True)
+class PlottedPoint:
+    x: float
+    y: float
+    label: str
+    flagged: bool
+
+
+@dataclass(frozen=True)
+class PlottedLine:
+    y: float
+    label: str
+
+
+@dataclass(frozen=True)
+class Chart:
+    width: int
+    height: int
+    points: list[PlottedPoint]
+    polyline: str
+    thresholds: list[PlottedLine]
+    y_ticks: list[tuple[float, str]]
+    x_labels: list[tuple[float, str]]
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.3g}"
+
+
+def plot(series: Series) -> Chart:
+    values = [p.value for p in series.points] + [t.value for t in series.thresholds]
+    low, high = min(values), max(values)
+    span = high - low or abs(high) or 1.0
+    low, high = low - 0.1 * span, high + 0.1 * span
+    times = [p.when.timestamp() for p in series.points]
+    start, end = min(times), max(times)
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+
+    def x_of(t: float) -> float:
+        return LEFT + (plot_w / 2 if end == start else (t - start) / (end - start) * plot_w)
+
+    def y_of(v: float) -> float:
+        return TOP + (high - v) / (high - low) * plot_h
+
+    points = [PlottedPoint(round(x_of(p.when.timestamp()), 1), round(y_of(p.value), 1),
+                           p.shown, p.flagged) for p in series.points]
+    ticks = [low + (high - low) * i / 4 for i in range(5)]
+    first, last = series.points[0].when, series.points[-1].when
+    x_labels: list[tuple[float, str]] = [(float(LEFT), first.date().isoformat())]
+    if last != first:
+        x_labels.append((LEFT + plot_w, last.date().isoformat()))
+    return Chart(
+        width=WIDTH, height=HEIGHT, points=points,
+        polyline=" ".join(f"{p.x},{p.y}" for p in points),
+        thresholds=[PlottedLine(round(y_of(t.value), 1), t.label) for t in series.thresholds],
+        y_ticks=[(round(y_of(v), 1), _fmt(v)) for v in ticks],
+        x_labels=x_labels)

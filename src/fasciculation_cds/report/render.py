@@ -1,0 +1,130 @@
+"""Rendering summaries from the view. Jinja2 with autoescaping for HTML: every value that came
+from a record is untrusted text."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+from fhir.resources.R4B.bundle import Bundle
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from ..assessment import Assessment
+from ..facts import Medication
+from ..rule_schema import SEVERITY_RANK
+from ..ruleset import RuleSet
+from .charts import plot
+from .view import PatientView, build_view, most_severe_first
+
+TEMPLATES = Path(__file__).parent / "templates"
+_HTML = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True,
+                    undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+_TEXT = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=False,
+                    undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+FHIR_SEVERITY = {"critical": "high", "warning": "moderate", "info": "low"}
+RULES_SYSTEM = "https://fasciculation-cds.dev/rules"
+_LOCAL_REFERENCE = re.compile(r"^[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}$")
+
+
+def render_html(assessment: Assessment, ruleset: RuleSet) -> str:
+    """One self-contained page (inline CSS and SVG, no scripts, no network)."""
+    view = build_view(assessment, ruleset)
+    charts = [(series, plot(series)) for series in view.series]
+    return _HTML.get_template("patient.html.j2").render(a=assessment, v=view, charts=charts)
+
+
+def render_index(views: Sequence[tuple[PatientView, str]]) -> str:
+    rank = {**dict(SEVERITY_RANK.items()), "none": 0}
+    return _HTML.get_template("index.html.j2").render(rows=list(views), rank=rank)
+
+
+def render_markdown(assessment: Assessment) -> str:
+    """A short note a clinician could paste into the chart."""
+    flagged = sorted({f"{m.display or m.label}" for m in assessment.facts
+                      if isinstance(m, Medication) and any(
+                          e.reference == m.reference for f in assessment.findings
+                          for e in f.evidence)})
+    text = _TEXT.get_template("note.md.j2").render(a=assessment, meds=flagged)
+    return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+
+
+def render_fhir(assessment: Assessment) -> dict[str, Any]:
+    """A Bundle: one DetectedIssue per finding and a GuidanceResponse with the rules version,
+    validated with fhir.resources before it is returned."""
+    patient = {"reference": assessment.patient.reference}
+    entries: list[dict[str, Any]] = []
+    for index, finding in enumerate(assessment.findings, start=1):
+        implicated = sorted({e.reference for e in finding.evidence
+                             if _LOCAL_REFERENCE.match(e.reference)})
+        issue: dict[str, Any] = {
+            "resourceType": "DetectedIssue", "id": f"finding-{index}", "status": "final",
+            "code": {"coding": [{"system": RULES_SYSTEM, "code": finding.rule_id,
+                                 "display": finding.title}], "text": finding.title},
+            "severity": FHIR_SEVERITY[finding.severity], "patient": patient,
+            "identifiedDateTime": assessment.as_of,
+            "detail": f"{finding.summary}\n\n{finding.detail}",
+            "mitigation": [{"action": {"text": r}} for r in finding.recommendations],
+        }
+        if implicated:
+            issue["implicated"] = [{"reference": r} for r in implicated]
+        entries.append(issue)
+    guidance = {
+        "resourceType": "GuidanceResponse", "id": "guidance", "status": "success",
+        "moduleUri": RULES_SYSTEM, "subject": patient,
+        "occurrenceDateTime": assessment.as_of,
+        "identifier": [{"system": f"{RULES_SYSTEM}/version", "value": assessment.rules_version}],
+        "note": [{"text": f"{len(assessment.findings)} finding(s); decision support, not a "
+                          "diagnosis."}],
+    }
+    bundle = {"resourceType": "Bundle", "type": "collection",
+              "entry": [{"fullUrl": f"urn:fasciculation-cds:{r['id']}", "resource": r}
+                        for r in [guidance, *entries]]}
+    Bundle.model_validate(bundle)
+    return bundle
+
+
+def _slug(reference: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.-]+", "-", reference).strip("-")
+
+
+def write_reports(assessments: Sequence[Assessment], ruleset: RuleSet, fmt: str,
+                  out: Path | None) -> list[Path]:
+    """Write one file per patient (plus index.html for html); returns what was written.
+
+    With `out` None and one patient, the caller prints instead (see `render_*`).
+    """
+    written: list[Path] = []
+    if out is None:
+        return written
+    if fmt == "html" and (len(assessments) > 1 or out.suffix == ""):
+        out.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for assessment in assessments:
+            name = f"{_slug(assessment.patient.reference)}.html"
+            (out / name).write_text(render_html(assessment, ruleset), encoding="utf-8")
+            written.append(out / name)
+            rows.append((build_view(assessment, ruleset), name))
+        index = out / "index.html"
+        index.write_text(render_index([(v, h) for v, h in _ordered(rows)]), encoding="utf-8")
+        return [index, *written]
+    if fmt == "html":
+        out.write_text(render_html(assessments[0], ruleset), encoding="utf-8")
+        return [out]
+    if fmt == "markdown":
+        out.write_text("\n---\n\n".join(render_markdown(a) for a in assessments),
+                       encoding="utf-8")
+        return [out]
+    if fmt == "fhir":
+        bundles = [render_fhir(a) for a in assessments]
+        payload = bundles[0] if len(bundles) == 1 else bundles
+        out.write_bytes(orjson.dumps(payload, option=orjson.OPT_INDENT_2) + b"\n")
+        return [out]
+    raise ValueError(f"unknown report format {fmt!r}")
+
+
+def _ordered(rows: list[tuple[PatientView, str]]) -> list[tuple[PatientView, str]]:
+    order = {id(v): i for i, v in enumerate(most_severe_first([v for v, _ in rows]))}
+    return sorted(rows, key=lambda row: order[id(row[0])])

@@ -1,0 +1,149 @@
+"""What a clinician summary shows, built from an Assessment and its normalized facts.
+
+Rendering (HTML, Markdown, FHIR) only formats this view; it never re-reads FHIR.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from fractions import Fraction
+
+from ..assessment import Assessment, RuleFinding
+from ..facts import LabResult, Medication
+from ..fhir_time import iso_day
+from ..findings import format_number
+from ..rule_schema import SEVERITY_RANK
+from ..ruleset import RuleSet
+
+# Analytes with a trend chart, in the order a clinician scans them. Calcium is charted as the
+# albumin-corrected value the rule decides on.
+CHART_CONCEPTS = ("calcium-corrected", "calcium-ionized", "magnesium", "potassium", "sodium",
+                  "phosphate", "vitamin-d-25oh", "vitamin-b12")
+CATEGORY_TITLES = {"mnd": "Motor neuron disease", "electrolyte": "Electrolytes and vitamins",
+                   "medication": "Medications", "neuropathy": "Nerve causes",
+                   "workup": "Work-up", "context": "Possible contributors"}
+CATEGORY_ORDER = tuple(CATEGORY_TITLES)
+
+
+@dataclass(frozen=True)
+class Threshold:
+    value: float
+    label: str
+
+
+@dataclass(frozen=True)
+class Point:
+    when: datetime
+    value: float
+    shown: str
+    reference: str
+    flagged: bool
+
+
+@dataclass
+class Series:
+    concept: str
+    label: str
+    unit: str
+    points: list[Point]
+    thresholds: list[Threshold]
+
+
+@dataclass
+class MedicationLine:
+    label: str
+    display: str
+    reference: str
+    flagged_by: list[str]
+
+
+@dataclass
+class PatientView:
+    assessment: Assessment
+    headline: RuleFinding | None
+    groups: list[tuple[str, list[RuleFinding]]]
+    series: list[Series]
+    medications: list[MedicationLine]
+    contributors: list[str]
+    red_flag: bool
+    references: list[tuple[str, str | None]] = field(default_factory=list)
+
+    @property
+    def highest(self) -> str:
+        return self.assessment.highest_severity or "none"
+
+
+def thresholds_for(ruleset: RuleSet, concept: str) -> list[Threshold]:
+    """Threshold lines for a chart, read from the rule files (converted to canonical units)."""
+    lines: dict[float, Threshold] = {}
+    for rule in ruleset.active_rules():
+        for match in rule.match:
+            patterns = [(match.severity, p) for p in match.facts.values()]
+            patterns += [(e.severity, p) for e in match.escalate for p in e.facts.values()]
+            for severity, pattern in patterns:
+                concepts = [*([pattern.concept] if pattern.concept else []),
+                            *(pattern.concepts or [])]
+                if concept not in concepts or pattern.value is None:
+                    continue
+                for op in ("lt", "lte", "gt", "gte"):
+                    bound = getattr(pattern.value, op)
+                    if bound is None:
+                        continue
+                    canonical = ruleset.units.to_canonical(
+                        concept, Fraction(repr(bound)),
+                        pattern.value.unit or ruleset.units.canonical_unit(concept))
+                    if canonical is not None:
+                        value = float(canonical)
+                        shown = f"{format_number(bound)} {pattern.value.unit or ''}".strip()
+                        lines.setdefault(value, Threshold(value, f"{severity} {shown}"))
+    return sorted(lines.values(), key=lambda t: t.value)
+
+
+def build_view(assessment: Assessment, ruleset: RuleSet) -> PatientView:
+    findings = list(assessment.findings)
+    flagged_refs = {e.reference for f in findings for e in f.evidence}
+    labs = [f for f in assessment.facts if isinstance(f, LabResult)]
+    series = []
+    for concept in CHART_CONCEPTS:
+        points = sorted((f for f in labs if f.concept == concept), key=lambda f: f.effective)
+        if not points:
+            continue
+        unit = points[0].unit
+        series.append(Series(
+            concept=concept, label=points[0].label, unit=unit,
+            points=[Point(p.effective, p.value, f"{format_number(p.value)} {unit}"
+                          f" ({iso_day(p.effective)})", p.reference,
+                          p.reference in flagged_refs and p.is_latest) for p in points],
+            thresholds=thresholds_for(ruleset, concept)))
+    medications = []
+    for fact in assessment.facts:
+        if isinstance(fact, Medication):
+            by = sorted({f.rule_id for f in findings
+                         if any(e.reference == fact.reference for e in f.evidence)})
+            medications.append(MedicationLine(fact.label, fact.display or fact.label,
+                                              fact.reference, by))
+    medications.sort(key=lambda m: (not m.flagged_by, m.label))
+    groups = []
+    for category in CATEGORY_ORDER:
+        members = [f for f in findings if f.category == category]
+        if members:
+            groups.append((CATEGORY_TITLES[category], sorted(
+                members, key=lambda f: (-SEVERITY_RANK[f.severity], f.rule_id))))
+    contributors = sorted({e.label or e.concept for f in findings if f.category == "context"
+                           for e in f.evidence})
+    references: dict[str, str | None] = {}
+    for finding in findings:
+        for citation in finding.references:
+            references.setdefault(citation.citation, citation.url)
+    return PatientView(
+        assessment=assessment, headline=findings[0] if findings else None, groups=groups,
+        series=series, medications=medications, contributors=contributors,
+        red_flag=any(f.rule_id == "mnd.red-flags" for f in findings),
+        references=sorted(references.items()))
+
+
+def most_severe_first(views: Sequence[PatientView]) -> list[PatientView]:
+    return sorted(views, key=lambda v: (-SEVERITY_RANK.get(v.highest, 0),
+                                        v.assessment.patient.reference))
