@@ -275,6 +275,7 @@ def evaluate(
     assume_presentation: bool = False,
     rules: RuleSet | str | Path | None = None,
     strict: bool = False,
+    full_history: bool = False,
 ) -> list[Assessment]:
     """Assess every patient in `source`, most useful entry point for Python callers.
 
@@ -284,7 +285,7 @@ def evaluate(
     assessments: list[Assessment] = []
     errors: list[PatientError] = []
     for outcome in evaluate_each(source, as_of=as_of, assume_presentation=assume_presentation,
-                                 rules=rules, strict=strict):
+                                 rules=rules, strict=strict, full_history=full_history):
         (errors if isinstance(outcome, PatientError) else assessments).append(outcome)  # type: ignore[arg-type]
     if errors:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""

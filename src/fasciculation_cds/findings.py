@@ -81,9 +81,13 @@ def evidence_of(fact: ClinicalFact) -> Evidence | None:
     if isinstance(fact, LabResult):
         rng = None
         if fact.reference_low is not None or fact.reference_high is not None:
-            low = format_number(fact.reference_low) if fact.reference_low is not None else ""
-            high = format_number(fact.reference_high) if fact.reference_high is not None else ""
-            rng = f"{low}-{high} {fact.unit}"
+            low, high = fact.reference_low, fact.reference_high
+            if low is not None and high is not None:
+                rng = f"{format_number(low)}-{format_number(high)} {fact.unit}"
+            elif high is not None:
+                rng = f"≤ {format_number(high)} {fact.unit}"
+            else:
+                rng = f"≥ {format_number(low or 0.0)} {fact.unit}"
         return Evidence(reference=fact.reference, concept=fact.concept, label=fact.label,
                         value=round(fact.value, 4), unit=fact.unit, reported=_reported(fact),
                         effective=iso_day(fact.effective), note=fact.note, reference_range=rng)

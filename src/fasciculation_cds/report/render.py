@@ -11,9 +11,12 @@ from typing import Any
 import orjson
 from fhir.resources.R4B.bundle import Bundle
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from markdown_it import MarkdownIt
+from markupsafe import Markup
 
 from ..assessment import Assessment
 from ..facts import Medication
+from ..findings import format_number
 from ..rule_schema import SEVERITY_RANK
 from ..ruleset import RuleSet
 from .charts import plot
@@ -22,6 +25,9 @@ from .view import PatientView, build_view, most_severe_first
 TEMPLATES = Path(__file__).parent / "templates"
 _HTML = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True,
                     undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+_MARKDOWN = MarkdownIt("commonmark", {"html": False})  # raw HTML in record text stays escaped
+_HTML.filters["markdown"] = lambda text: Markup(_MARKDOWN.render(str(text)))
+_HTML.filters["num"] = format_number
 _TEXT = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=False,
                     undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 FHIR_SEVERITY = {"critical": "high", "warning": "moderate", "info": "low"}

@@ -1,0 +1,195 @@
+"""Clinician summaries: golden notes, structure of the HTML pages, FHIR output, escaping."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from fhir.resources.R4B.bundle import Bundle
+from rich.console import Console
+
+from fasciculation_cds import Assessment, evaluate, evaluate_each
+from fasciculation_cds.facts import LabResult
+from fasciculation_cds.render_text import render_assessment
+from fasciculation_cds.report import render_fhir, render_html, render_markdown, write_reports
+from fasciculation_cds.report.view import CHART_CONCEPTS
+from fasciculation_cds.ruleset import RuleSet
+
+from .conftest import REPO, shared_data
+
+AS_OF = "2026-11-26"
+GOLDEN = Path(__file__).parent / "golden"
+UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"  # regenerate, then review the diff
+EXAMPLES = sorted((REPO / "fhir_examples").glob("*.json"))
+
+
+def _one(path: Path, ruleset: RuleSet) -> Assessment:
+    [assessment] = evaluate(path, as_of=AS_OF, rules=ruleset, full_history=True)
+    return assessment
+
+
+def _golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if UPDATE or not path.exists():
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    assert text == path.read_text(encoding="utf-8"), f"{name} changed (UPDATE_GOLDEN=1 to accept)"
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_markdown_and_text_golden(example: Path, ruleset: RuleSet) -> None:
+    assessment = _one(example, ruleset)
+    note = render_markdown(assessment)
+    assert len(note.splitlines()) <= 40
+    _golden(f"{example.stem}.md", note)
+    console = Console(width=100, record=True, color_system=None, file=io.StringIO())
+    console.print(render_assessment(assessment))
+    _golden(f"{example.stem}.txt", console.export_text())
+
+
+class _Outline(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.ids: set[str] = set()
+        self.charts: dict[str, int] = {}
+        self.scripts = 0
+        self.external: list[str] = []
+        self._caption: str | None = None
+        self._in_caption = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        self.tags.append(tag)
+        if found.get("id"):
+            self.ids.add(str(found["id"]))
+        if tag == "script":
+            self.scripts += 1
+        if tag in ("link", "img") or (tag == "script" and found.get("src")):
+            self.external.append(tag)
+        if tag == "figcaption":
+            self._in_caption = True
+        if tag == "svg" and self._caption is not None:
+            self.charts[self._caption] = int(str(found["data-points"]))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "figcaption":
+            self._in_caption = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_caption:
+            self._caption = data.strip()
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_html_page_structure(example: Path, ruleset: RuleSet) -> None:
+    assessment = _one(example, ruleset)
+    outline = _Outline()
+    outline.feed(render_html(assessment, ruleset))
+    assert outline.tags.count("h1") == 1
+    assert "main" in outline.tags
+    assert "th" in outline.tags
+    assert outline.scripts == 0
+    assert not outline.external  # self-contained
+    for finding in assessment.findings:
+        assert finding.rule_id in outline.ids
+    labs = [f for f in assessment.facts if isinstance(f, LabResult) and f.concept in CHART_CONCEPTS]
+    expected = {}
+    for fact in labs:
+        key = f"{fact.label} ({fact.unit})"
+        expected[key] = expected.get(key, 0) + 1
+    assert outline.charts == expected
+
+
+def test_untrusted_text_is_escaped(tmp_path: Path, ruleset: RuleSet) -> None:
+    source = REPO / "fhir_examples" / "eyelid-myokymia-albuterol-diphenhydramine.json"
+    text = source.read_text().replace('"display": "albuterol"',
+                                      '"display": "<script>alert(1)</script> albuterol"')
+    assert "<script>" in text
+    injected = tmp_path / "patient.json"
+    injected.write_text(text)
+    page = render_html(_one(injected, ruleset), ruleset)
+    assert "<script>alert(1)</script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_fhir_output_validates_and_references_only_the_input(ruleset: RuleSet) -> None:
+    for example in EXAMPLES:
+        assessment = _one(example, ruleset)
+        bundle = render_fhir(assessment)
+        Bundle.model_validate(bundle)
+        issues = [e["resource"] for e in bundle["entry"]
+                  if e["resource"]["resourceType"] == "DetectedIssue"]
+        assert len(issues) == len(assessment.findings)
+        known = {f"{e['resource']['resourceType']}/{e['resource']['id']}"
+                 for e in json.loads(example.read_text())["entry"]}
+        for issue in issues:
+            assert issue["patient"]["reference"] in known
+            for implicated in issue.get("implicated", []):
+                assert implicated["reference"] in known
+
+
+def test_index_and_pages_for_many_patients(tmp_path: Path, ruleset: RuleSet) -> None:
+    assessments = list(evaluate(REPO / "fhir_examples", as_of=AS_OF, rules=ruleset))
+    written = write_reports(assessments, ruleset, "html", tmp_path / "site")
+    assert written[0].name == "index.html"
+    assert len(written) == len(assessments) + 1
+    index = written[0].read_text()
+    for path in written[1:]:
+        assert f'href="{path.name}"' in index
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("folder", ["synthea", "ndjson/pathling-9-patients",
+                                    "ndjson/sample-bulk-10-patients", "ndjson/cumulus-etl-simple",
+                                    "hl7-examples"])
+def test_reports_render_for_all_real_data(folder: str, ruleset: RuleSet) -> None:
+    for outcome in evaluate_each(shared_data(folder), as_of="auto", assume_presentation=True,
+                                 rules=ruleset, full_history=True):
+        if isinstance(outcome, Assessment):
+            assert render_html(outcome, ruleset).startswith("<!DOCTYPE html>")
+            assert render_markdown(outcome)
+            Bundle.model_validate(render_fhir(outcome))
+
+
+SCREENSHOTS = {"als-red-flags-critical": "report-red-flags.png",
+               "benign-fasciculation": "report-benign.png",
+               "hypomagnesemia-omeprazole": "report-electrolytes.png"}
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("example", sorted(SCREENSHOTS))
+def test_pages_render_in_headless_chromium(example: str, tmp_path: Path,
+                                           ruleset: RuleSet) -> None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (make test / .ci/run install it)")
+    from PIL import Image, ImageStat
+
+    page = tmp_path / "page.html"
+    page.write_text(render_html(_one(REPO / "fhir_examples" / f"{example}.json", ruleset),
+                                ruleset))
+    shot = tmp_path / "page.png"
+    done = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr",
+         "--v=0", "--hide-scrollbars", "--window-size=1100,1800", f"--screenshot={shot}",
+         page.as_uri()], capture_output=True, text=True, timeout=120, check=False)
+    assert shot.exists(), done.stderr[-2000:]
+    console_errors = [line for line in done.stderr.splitlines()
+                      if "CONSOLE" in line and ("Uncaught" in line or "Error" in line)]
+    assert not console_errors
+    with Image.open(shot) as image:
+        stats = ImageStat.Stat(image.convert("L"))
+        assert stats.stddev[0] > 10  # not a blank page
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        target = REPO / "docs" / "img" / SCREENSHOTS[example]
+        target.parent.mkdir(exist_ok=True)
+        shutil.copyfile(shot, target)
