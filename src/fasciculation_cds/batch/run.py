@@ -246,6 +246,7 @@ class _Progress:
 
     def __init__(self, console: Console, total: int) -> None:
         self.console, self.total, self.done, self.baseline = console, total, 0, 0
+        self.last_logged = -1
         self.started = time.perf_counter()
         self.last_log = 0.0
         self.bar: Progress | None = None
@@ -271,7 +272,9 @@ class _Progress:
         rate = f"{(self.done - self.baseline) / elapsed:,.0f}/s"
         if self.bar is not None:
             self.bar.update(self.task, completed=self.done, rate=rate)
-        elif time.perf_counter() - self.last_log >= 5 or self.done >= self.total:
+        elif (time.perf_counter() - self.last_log >= 5 or self.done >= self.total) \
+                and self.done != self.last_logged:
+            self.last_logged = self.done
             self.last_log = time.perf_counter()
             self.console.log(f"patients {self.done}/{self.total} ({rate})")
 

@@ -108,15 +108,15 @@ def _spark_schema(table: str) -> Any:
 
 
 def _session(workers: int) -> Any:
-    """A session on FASCICULATION_CDS_SPARK_MASTER, else the master spark-submit chose, else
-    local[workers]."""
-    from pyspark import SparkConf
+    """A session on FASCICULATION_CDS_SPARK_MASTER, else on the master spark-submit was given,
+    else on local[workers]."""
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName("fasciculation-cds batch").config(
         "spark.sql.session.timeZone", "UTC")
     master = os.environ.get("FASCICULATION_CDS_SPARK_MASTER")
-    if master is None and not SparkConf().contains("spark.master"):
+    # under spark-submit the JVM (and its --master) is already up: PYSPARK_GATEWAY_PORT is set
+    if master is None and "PYSPARK_GATEWAY_PORT" not in os.environ:
         master = f"local[{workers}]"
         builder = builder.config("spark.ui.enabled", "false")
     return (builder.master(master) if master else builder).getOrCreate()
