@@ -14,6 +14,7 @@ from fasciculation_cds.ruleset import RuleSet, iter_rule_files
 from .conftest import RULES_DIR
 
 ASSUME_TAG = ("https://fasciculation-cds.dev/fixture", "assume-presentation")
+DRAFT_TAG = {"system": "https://fasciculation-cds.dev/fixture", "code": "draft-order"}
 SEVERITIES = ("info", "warning", "critical")
 
 
@@ -35,7 +36,11 @@ CASES = _cases()
 def _run(fixture: Path, ruleset: RuleSet) -> dict[str, str]:
     bundle = json.loads(fixture.read_text())
     tags = {(t.get("system"), t.get("code")) for t in bundle.get("meta", {}).get("tag", [])}
-    assessments = evaluate(fixture, as_of=bundle["timestamp"],
+    # entries tagged draft-order play the CDS Hooks draftOrders: orders being written
+    drafts = [e["resource"] for e in bundle["entry"]
+              if DRAFT_TAG in e["resource"].get("meta", {}).get("tag", [])]
+    bundle["entry"] = [e for e in bundle["entry"] if e["resource"] not in drafts]
+    assessments = evaluate(bundle, as_of=bundle["timestamp"], draft_orders=drafts,
                            assume_presentation=ASSUME_TAG in tags, rules=ruleset)
     assert len(assessments) == 1, "a fixture holds exactly one patient"
     return {f.rule_id: f.severity for f in assessments[0].findings}

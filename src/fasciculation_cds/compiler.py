@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from .facts import ClinicalFact, LabResult, Medication, PatientContext, PatientFact
+from .facts import ClinicalFact, DraftOrder, LabResult, Medication, PatientContext, PatientFact
 from .rule_schema import SEVERITY_RANK, Comparison, ContextPattern, FactPattern, Match, Rule
 from .ruleset import RuleSet
 
@@ -215,8 +215,9 @@ def encode_fact(fact: ClinicalFact, key: str, ruleset: RuleSet) -> JsonDict:
     message["concept"] = fact.concept
     if isinstance(fact, LabResult):
         message.update(value=fact.value, is_latest=fact.is_latest, age_days=fact.age_days)
-    elif isinstance(fact, Medication):
-        message["active"] = fact.active
+    elif isinstance(fact, (Medication, DraftOrder)):
+        if isinstance(fact, Medication):
+            message["active"] = fact.active
         for cls in fact.classes:
             message[field_name("in", cls)] = True
     else:

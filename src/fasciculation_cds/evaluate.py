@@ -215,11 +215,13 @@ def evaluate_each(
     rules: RuleSet | str | Path | None = None,
     strict: bool = False,
     full_history: bool = False,
+    draft_orders: Iterable[Mapping[str, Any]] = (),
 ) -> Iterator[Outcome]:
     """Assess every patient in `source`; bad input yields PatientError items, never an exception.
 
     `full_history` keeps every lab result in `Assessment.facts` (for trend charts); findings
-    are the same either way.
+    are the same either way. `draft_orders` are orders being written (CDS Hooks order hooks):
+    they become DraftOrder facts of their patient, never part of the record.
     """
     ruleset = rules if isinstance(rules, RuleSet) else load_rules(rules)
     as_of = fix_as_of(as_of)
@@ -229,6 +231,8 @@ def evaluate_each(
             grouper.errors.append(item)
         else:
             grouper.add(item)
+    for index, order in enumerate(draft_orders):
+        grouper.add(RawResource(dict(order), "draftOrders", f"entry[{index}]", draft_order=True))
     yield from assess_all(grouper.finish(), ruleset, as_of,
                           assume_presentation=assume_presentation)
 
@@ -276,6 +280,7 @@ def evaluate(
     rules: RuleSet | str | Path | None = None,
     strict: bool = False,
     full_history: bool = False,
+    draft_orders: Iterable[Mapping[str, Any]] = (),
 ) -> list[Assessment]:
     """Assess every patient in `source`, most useful entry point for Python callers.
 
@@ -285,7 +290,8 @@ def evaluate(
     assessments: list[Assessment] = []
     errors: list[PatientError] = []
     for outcome in evaluate_each(source, as_of=as_of, assume_presentation=assume_presentation,
-                                 rules=rules, strict=strict, full_history=full_history):
+                                 rules=rules, strict=strict, full_history=full_history,
+                                 draft_orders=draft_orders):
         (errors if isinstance(outcome, PatientError) else assessments).append(outcome)  # type: ignore[arg-type]
     if errors:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""

@@ -82,7 +82,18 @@ class Finding(FactBase):
     matched_by: str
 
 
-ClinicalFact = PatientFact | LabResult | Medication | Problem | Finding
+class DraftOrder(FactBase):
+    """A medication order being written (CDS Hooks order-select / order-sign `draftOrders`)."""
+
+    kind: Literal["draft"] = "draft"
+    concept: str
+    label: str
+    classes: tuple[str, ...]
+    display: str | None = None
+    matched_by: str
+
+
+ClinicalFact = PatientFact | LabResult | Medication | Problem | Finding | DraftOrder
 
 
 class PatientContext(BaseModel):

@@ -18,7 +18,15 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from .assessment import Citation, Evidence, RuleFinding, Suggestion
 from .compiler import CompiledRule
-from .facts import ClinicalFact, Finding, LabResult, Medication, PatientContext, Problem
+from .facts import (
+    ClinicalFact,
+    DraftOrder,
+    Finding,
+    LabResult,
+    Medication,
+    PatientContext,
+    Problem,
+)
 from .fhir_time import iso_day
 from .rule_schema import SEVERITY_RANK, Rule
 
@@ -71,6 +79,8 @@ def _view(fact: ClinicalFact | RuleFinding) -> dict[str, Any]:
     elif isinstance(fact, Medication):
         view.update(label=fact.label, display=fact.display or fact.label, concept=fact.concept,
                     date=iso_day(fact.authored) if fact.authored else "")
+    elif isinstance(fact, DraftOrder):
+        view.update(label=fact.label, display=fact.display or fact.label, concept=fact.concept)
     elif isinstance(fact, (Problem, Finding)):
         when = fact.onset if isinstance(fact, Problem) else fact.effective
         view.update(label=fact.label, concept=fact.concept, date=iso_day(when) if when else "")
@@ -91,6 +101,9 @@ def evidence_of(fact: ClinicalFact) -> Evidence | None:
         return Evidence(reference=fact.reference, concept=fact.concept, label=fact.label,
                         value=round(fact.value, 4), unit=fact.unit, reported=_reported(fact),
                         effective=iso_day(fact.effective), note=fact.note, reference_range=rng)
+    if isinstance(fact, DraftOrder):
+        return Evidence(reference=fact.reference, concept=fact.concept, label=fact.label,
+                        display=fact.display, status="draft", matched_by=fact.matched_by)
     if isinstance(fact, Medication):
         return Evidence(reference=fact.reference, concept=fact.concept, label=fact.label,
                         display=fact.display, status=fact.status, matched_by=fact.matched_by)

@@ -44,6 +44,7 @@ class PatientRecord:
     patient: SourcedResource | None = None
     resources: list[SourcedResource] = field(default_factory=list)
     errors: list[InputError] = field(default_factory=list)
+    draft_orders: list[SourcedResource] = field(default_factory=list)
     skipped: int = 0
     latest_time: datetime | None = None
 
@@ -137,6 +138,7 @@ class Grouper:
         self._errors_by_ref: dict[str, list[InputError]] = {}
         self._skipped_by_ref: dict[str, int] = {}
         self._first_seen: dict[str, SourcedResource] = {}
+        self._drafts_by_ref: dict[str, list[SourcedResource]] = {}
         self.medications: dict[str, dict[str, Any]] = {}
         self.errors: list[InputError] = []
         self.counts: dict[str, int] = {"resources": 0, "validated": 0, "skipped": 0}
@@ -171,7 +173,10 @@ class Grouper:
                 else:
                     self._errors_by_ref.setdefault(owner, []).append(error)
                 return
-        if resource_type == "Patient":
+        if raw.draft_order:
+            if subject is not None and resource_type in MEDICATION_USE_TYPES:
+                self._drafts_by_ref.setdefault(subject, []).append(sourced)
+        elif resource_type == "Patient":
             self._add_patient(sourced, raw.full_url)
         elif resource_type == "Medication" and relevant:
             for key in self._keys_of(resource, raw.full_url):
@@ -247,6 +252,8 @@ class Grouper:
 
         for reference, resources in self._by_ref.items():
             record(reference).resources.extend(resources)
+        for reference, drafts in self._drafts_by_ref.items():
+            record(reference).draft_orders.extend(drafts)
         for reference, errors in self._errors_by_ref.items():
             record(reference).errors.extend(errors)
         for reference, skipped in self._skipped_by_ref.items():

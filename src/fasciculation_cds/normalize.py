@@ -15,6 +15,7 @@ from typing import Any
 
 from .facts import (
     ClinicalFact,
+    DraftOrder,
     Finding,
     LabResult,
     Medication,
@@ -164,7 +165,8 @@ class Normalizer:
         coded += self._derived_problems(lab_facts)
         coded += self._body_site_findings(record, coded, as_of)
         patient = self._patient(record, as_of)
-        facts: list[ClinicalFact] = [patient, *lab_facts, *meds, *_dedupe(coded)]
+        facts: list[ClinicalFact] = [patient, *lab_facts, *meds, *_dedupe(coded),
+                                     *self._draft_orders(record, medications)]
         context = self._context(record.reference, facts, assume_presentation)
         return NormalizedPatient(patient, facts, context, notices)
 
@@ -446,16 +448,30 @@ class Normalizer:
         if not active:
             return
         codeable, display = self._medication_code(resource, medications)
-        matches = [m for m in self.term.match_codeable(codeable)
-                   if self.term.concepts[m.concept].kind == "medication"]
-        if not matches:
-            matches = self.term.match_ingredient_name(codeable)
-        for match in matches:
+        for match in self._medication_matches(codeable):
             concept = self.term.concepts[match.concept]
             meds.append(Medication(
                 reference=reference, concept=concept.id, label=concept.label,
                 classes=concept.classes, status=status, active=True, display=display,
                 matched_by=match.matched_by, authored=started))
+
+    def _medication_matches(self, codeable: Mapping[str, Any] | None) -> list[ConceptMatch]:
+        """Ingredients of a medication: by code, else (last resort) by name in its display."""
+        matches = [m for m in self.term.match_codeable(codeable)
+                   if self.term.concepts[m.concept].kind == "medication"]
+        return matches or self.term.match_ingredient_name(codeable)
+
+    def _draft_orders(self, record: PatientRecord,
+                      medications: Mapping[str, Mapping[str, Any]]) -> list[DraftOrder]:
+        drafts = []
+        for sourced in sorted(record.draft_orders, key=_reference_of):
+            codeable, display = self._medication_code(sourced.resource, medications)
+            for match in self._medication_matches(codeable):
+                concept = self.term.concepts[match.concept]
+                drafts.append(DraftOrder(reference=_reference_of(sourced), concept=concept.id,
+                                         label=concept.label, classes=concept.classes,
+                                         display=display, matched_by=match.matched_by))
+        return drafts
 
     def _medication_code(
         self, resource: Mapping[str, Any], medications: Mapping[str, Mapping[str, Any]]

@@ -195,7 +195,8 @@ def check_references(rule: Rule, ruleset: RuleSet, file: Path) -> None:
         elif kinds and found.kind not in kinds:
             fail(f"concept {concept!r} is a {found.kind}, not a {'/'.join(kinds)}", where)
 
-    kind_of_fact = {"lab": ("lab",), "medication": ("medication",), "problem": ("condition",),
+    kind_of_fact = {"lab": ("lab",), "medication": ("medication",), "draft": ("medication",),
+                    "problem": ("condition",),
                     "finding": ("finding",)}
 
     def check_pattern(pattern: FactPattern, where: str) -> None:

@@ -32,6 +32,7 @@ class RawResource:
     source: str
     entry: str
     full_url: str | None = None
+    draft_order: bool = False  # a CDS Hooks draftOrders entry, not part of the record
 
 
 def is_ndjson(path: Path) -> bool:
