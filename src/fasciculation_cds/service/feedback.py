@@ -1,0 +1,101 @@
+"""Card feedback, stored durably (SQLAlchemy: SQLite by default, any database URL works), and
+the per-rule report an informaticist uses to fight alert fatigue."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    func,
+    select,
+)
+from sqlalchemy.engine import Engine
+
+metadata = MetaData()
+cards_shown = Table(
+    "cards_shown", metadata,
+    Column("uuid", String(64), primary_key=True),
+    Column("rule_id", String(120), nullable=False, index=True),
+    Column("service", String(64), nullable=False),
+    Column("shown_at", DateTime(timezone=True), nullable=False),
+)
+feedback = Table(
+    "feedback", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("card", String(64), nullable=False, index=True),
+    Column("service", String(64), nullable=False),
+    Column("outcome", String(32), nullable=False),
+    Column("reason_code", String(120)),
+    Column("reason_display", String(255)),
+    Column("comment", Text),
+    Column("accepted_suggestions", Text),
+    Column("outcome_timestamp", String(40)),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+)
+
+
+class FeedbackStore:
+    def __init__(self, url: str) -> None:
+        self.engine: Engine = create_engine(url, future=True)
+        metadata.create_all(self.engine)
+
+    def cards_shown(self, service: str, cards: list[dict[str, Any]]) -> None:
+        if not cards:
+            return
+        now = datetime.now(timezone.utc)
+        with self.engine.begin() as db:
+            known = set(db.scalars(select(cards_shown.c.uuid).where(
+                cards_shown.c.uuid.in_([c["uuid"] for c in cards]))))
+            rows = [{"uuid": c["uuid"], "rule_id": c["source"]["topic"]["code"],
+                     "service": service, "shown_at": now} for c in cards
+                    if c["uuid"] not in known]
+            if rows:
+                db.execute(cards_shown.insert(), rows)
+
+    def record(self, service: str, items: list[dict[str, Any]]) -> int:
+        now = datetime.now(timezone.utc)
+        rows = []
+        for item in items:
+            reason = (item.get("overrideReason") or {}).get("reason") or {}
+            rows.append({
+                "card": str(item["card"]), "service": service, "outcome": str(item["outcome"]),
+                "reason_code": reason.get("code"), "reason_display": reason.get("display"),
+                "comment": (item.get("overrideReason") or {}).get("userComment"),
+                "accepted_suggestions": json.dumps(item.get("acceptedSuggestions") or []),
+                "outcome_timestamp": item.get("outcomeTimestamp"), "received_at": now})
+        with self.engine.begin() as db:
+            db.execute(feedback.insert(), rows)
+        return len(rows)
+
+    def report(self) -> list[dict[str, Any]]:
+        """Per rule: cards shown, accepted, overridden, and the top override reasons."""
+        with self.engine.connect() as db:
+            per_rule = select(cards_shown.c.rule_id, func.count()).group_by(cards_shown.c.rule_id)
+            shown: dict[str, int] = {rule: int(n) for rule, n in db.execute(per_rule).all()}
+            rows = db.execute(select(cards_shown.c.rule_id, feedback.c.outcome,
+                                     feedback.c.reason_display, feedback.c.reason_code).join(
+                feedback, feedback.c.card == cards_shown.c.uuid)).all()
+        outcomes: dict[str, Counter[str]] = {}
+        reasons: dict[str, Counter[str]] = {}
+        for rule_id, outcome, display, code in rows:
+            outcomes.setdefault(rule_id, Counter())[outcome] += 1
+            if outcome == "overridden" and (display or code):
+                reasons.setdefault(rule_id, Counter())[display or code] += 1
+        report = []
+        for rule_id in sorted(set(shown) | set(outcomes)):
+            counts = outcomes.get(rule_id, Counter())
+            report.append({"rule_id": rule_id, "shown": int(shown.get(rule_id, 0)),
+                           "accepted": counts["accepted"], "overridden": counts["overridden"],
+                           "top_override_reasons": reasons.get(rule_id, Counter()).most_common(3)})
+        return report

@@ -1,0 +1,78 @@
+"""Keys, tokens and requests for the CDS Hooks service tests."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from fasciculation_cds.service.settings import ServiceSettings, TrustedIssuer
+
+ISSUER = "https://ehr.example.org"
+AUDIENCE = "http://testserver/cds-services"
+
+
+class Keys:
+    def __init__(self, folder: Path) -> None:
+        self.rsa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.ec = ec.generate_private_key(ec.SECP384R1())
+        jwks = {"keys": [
+            {**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.rsa.public_key())),
+             "kid": "rsa-1", "alg": "RS384", "use": "sig"},
+            {**json.loads(jwt.algorithms.ECAlgorithm.to_jwk(self.ec.public_key())),
+             "kid": "ec-1", "alg": "ES384", "use": "sig"},
+        ]}
+        self.jwks_file = folder / "jwks.json"
+        self.jwks_file.write_text(json.dumps(jwks))
+
+    def settings(self, **extra: Any) -> ServiceSettings:
+        return ServiceSettings(audience=AUDIENCE, issuers=[TrustedIssuer(
+            iss=ISSUER, jwks_file=self.jwks_file)], **extra)
+
+    def token(self, *, alg: str = "RS384", **claims: Any) -> str:
+        now = int(time.time())
+        body = {"iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 300,
+                "jti": str(uuid.uuid4()), "sub": "client", **claims}
+        key = self.ec if alg == "ES384" else self.rsa
+        kid = "ec-1" if alg == "ES384" else "rsa-1"
+        return jwt.encode(body, key, algorithm=alg, headers={"kid": kid})
+
+    def headers(self, **claims: Any) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(**claims)}"}
+
+
+def prefetch_from_bundle(bundle: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The patient id and a complete prefetch (our keys) built from a patient Bundle."""
+    # as a FHIR server would hold them: references by Type/id, not the Bundle's urn:uuid
+    by_url = {e["fullUrl"]: f"{e['resource']['resourceType']}/{e['resource']['id']}"
+              for e in bundle["entry"] if "fullUrl" in e}
+    text = json.dumps([e["resource"] for e in bundle["entry"]])
+    for url, reference in by_url.items():
+        text = text.replace(f'"{url}"', f'"{reference}"')
+    resources = json.loads(text)
+    patient = next(r for r in resources if r["resourceType"] == "Patient")
+
+    def search(kind: str) -> dict[str, Any]:
+        return {"resourceType": "Bundle", "type": "searchset",
+                "entry": [{"resource": r} for r in resources if r["resourceType"] == kind]}
+
+    return patient["id"], {"patient": patient, "observations": search("Observation"),
+                           "conditions": search("Condition"),
+                           "medicationRequests": search("MedicationRequest"),
+                           "medicationStatements": search("MedicationStatement")}
+
+
+def hook_request(hook: str, patient_id: str, prefetch: dict[str, Any] | None,
+                 **extra: Any) -> dict[str, Any]:
+    context: dict[str, Any] = {"userId": "Practitioner/example", "patientId": patient_id}
+    context.update(extra.pop("context", {}))
+    body: dict[str, Any] = {"hook": hook, "hookInstance": str(uuid.uuid4()), "context": context}
+    if prefetch is not None:
+        body["prefetch"] = prefetch
+    body.update(extra)
+    return body

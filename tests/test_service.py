@@ -1,0 +1,265 @@
+"""The CDS Hooks 2.0 service: authentication, hooks, prefetch, cards, feedback, safety."""
+
+from __future__ import annotations
+
+import json
+import logging
+from importlib import resources as package_files
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+from fastapi.testclient import TestClient
+
+from fasciculation_cds.ruleset import RuleSet
+from fasciculation_cds.service import create_app
+
+from .conftest import REPO, shared_data
+from .service_helpers import Keys, hook_request, prefetch_from_bundle
+
+SCHEMA = json.loads(package_files.files("fasciculation_cds.service").joinpath(
+    "cds-hooks-response.schema.json").read_text())
+PV = "fasciculation-cds-patient-view"
+OS = "fasciculation-cds-order-select"
+SIGN = "fasciculation-cds-order-sign"
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Keys:
+    return Keys(tmp_path)
+
+
+class Recorder(httpx.MockTransport):
+    """Counts requests a test FHIR server would have received (and answers 500)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        super().__init__(self._answer)
+
+    def _answer(self, request: httpx.Request) -> httpx.Response:
+        self.calls.append(str(request.url))
+        return httpx.Response(500)
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def client(keys: Keys, tmp_path: Path, ruleset: RuleSet, recorder: Recorder) -> TestClient:
+    settings = keys.settings(feedback_database_url=f"sqlite:///{tmp_path / 'feedback.db'}",
+                             fhir_servers=["https://fhir.example.org/r4"],
+                             max_request_bytes=400_000)
+    return TestClient(create_app(settings, ruleset=ruleset, fhir_transport=recorder))
+
+
+def _example(name: str) -> dict[str, Any]:
+    return json.loads((REPO / "fhir_examples" / name).read_text())
+
+
+def test_discovery_needs_a_valid_token(client: TestClient, keys: Keys) -> None:
+    assert client.get("/cds-services").status_code == 401
+    found = client.get("/cds-services", headers=keys.headers())
+    assert found.status_code == 200
+    services = {s["hook"]: s for s in found.json()["services"]}
+    assert set(services) == {"patient-view", "order-select", "order-sign"}
+    prefetch = services["patient-view"]["prefetch"]
+    assert prefetch["patient"] == "Patient/{{context.patientId}}"
+    assert "http://loinc.org|19123-9" in prefetch["observations"]
+    assert "{{today() - 400 days}}" in prefetch["observations"]
+    assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("bad", ["hs256", "none", "wrong-iss", "wrong-aud", "expired", "replay",
+                                 "no-jti"])
+def test_bad_tokens_are_rejected(bad: str, client: TestClient, keys: Keys) -> None:
+    import jwt
+
+    token = keys.token()
+    if bad == "hs256":
+        token = jwt.encode({"iss": "https://ehr.example.org"}, "s" * 48, algorithm="HS256")
+    elif bad == "none":
+        token = jwt.encode({"iss": "https://ehr.example.org"}, None, algorithm="none")
+    elif bad == "wrong-iss":
+        token = keys.token(iss="https://evil.example.org")
+    elif bad == "wrong-aud":
+        token = keys.token(aud="https://other.example.org/cds-services")
+    elif bad == "expired":
+        token = keys.token(exp=1_000_000, iat=999_000)
+    elif bad == "replay":
+        assert client.get("/cds-services", headers={"Authorization": f"Bearer {token}"}) \
+            .status_code == 200
+    elif bad == "no-jti":
+        token = keys.token(jti=None)
+    answer = client.get("/cds-services", headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 401
+    assert "error" in answer.json()
+
+
+def test_es384_tokens_are_accepted(client: TestClient, keys: Keys) -> None:
+    assert client.get("/cds-services", headers=keys.headers(alg="ES384")).status_code == 200
+
+
+def test_cors_preflight(client: TestClient) -> None:
+    answer = client.options("/cds-services", headers={
+        "Origin": "https://sandbox.cds-hooks.org", "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization,content-type"})
+    assert answer.status_code == 200
+    assert "authorization" in answer.headers["access-control-allow-headers"].lower()
+
+
+def test_patient_view_with_prefetch_gives_cards(client: TestClient, keys: Keys,
+                                                recorder: Recorder) -> None:
+    patient_id, prefetch = prefetch_from_bundle(_example("hypomagnesemia-omeprazole.json"))
+    answer = client.post(f"/cds-services/{PV}", headers=keys.headers(),
+                         json=hook_request("patient-view", patient_id, prefetch))
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    jsonschema.validate(body, SCHEMA)
+    topics = {c["source"]["topic"]["code"]: c for c in body["cards"]}
+    assert topics["electrolyte.hypomagnesemia"]["indicator"] == "warning"
+    assert "medication.electrolyte-depleting" in topics
+    assert recorder.calls == []  # everything came with the prefetch
+
+
+def test_missing_electrolytes_card_offers_service_requests(client: TestClient,
+                                                           keys: Keys) -> None:
+    patient_id, prefetch = prefetch_from_bundle(_example("sciatica-cramps.json"))
+    prefetch["observations"] = {"resourceType": "Bundle", "type": "searchset", "entry": []}
+    answer = client.post(f"/cds-services/{PV}", headers=keys.headers(),
+                         json=hook_request("patient-view", patient_id, prefetch))
+    body = answer.json()
+    jsonschema.validate(body, SCHEMA)
+    [card] = [c for c in body["cards"]
+              if c["source"]["topic"]["code"] == "workup.electrolytes-missing"]
+    actions = [a for s in card["suggestions"] for a in s["actions"]]
+    assert {a["type"] for a in actions} == {"create"}
+    assert all(a["resource"]["resourceType"] == "ServiceRequest" for a in actions)
+    assert card["selectionBehavior"] == "any"
+
+
+def test_no_findings_gives_empty_cards(client: TestClient, keys: Keys) -> None:
+    bundle = _example("benign-fasciculation.json")
+    bundle["entry"] = [e for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"]
+    patient_id, prefetch = prefetch_from_bundle(bundle)
+    answer = client.post(f"/cds-services/{PV}", headers=keys.headers(),
+                         json=hook_request("patient-view", patient_id, prefetch))
+    assert answer.json() == {"cards": []}
+
+
+def test_order_select_draft_order_caution(client: TestClient, keys: Keys) -> None:
+    patient_id, prefetch = prefetch_from_bundle(_example("benign-fasciculation.json"))
+    draft = {"resourceType": "MedicationRequest", "id": "draft-1", "status": "draft",
+             "intent": "order", "subject": {"reference": f"Patient/{patient_id}"},
+             "medicationCodeableConcept": {"coding": [{
+                 "system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "435",
+                 "display": "albuterol"}]}}
+    context = {"draftOrders": {"resourceType": "Bundle", "type": "collection",
+                               "entry": [{"fullUrl": "urn:uuid:draft-1", "resource": draft}]},
+               "selections": ["MedicationRequest/draft-1"]}
+    for service, hook in ((OS, "order-select"), (SIGN, "order-sign")):
+        answer = client.post(f"/cds-services/{service}", headers=keys.headers(),
+                             json=hook_request(hook, patient_id, prefetch, context=context))
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        jsonschema.validate(body, SCHEMA)
+        [card] = body["cards"]  # order hooks show the order caution, not the benign info card
+        assert card["source"]["topic"]["code"] == "medication.order-caution"
+        [suggestion] = card["suggestions"]
+        assert suggestion["actions"] == [{"type": "delete", "description":
+                                          "Remove MedicationRequest/draft-1",
+                                          "resourceId": ["MedicationRequest/draft-1"]}]
+
+
+@pytest.mark.parametrize("folder", ["patient-view", "order-select", "order-sign"])
+def test_shared_cds_hooks_requests(folder: str, client: TestClient, keys: Keys,
+                                   recorder: Recorder) -> None:
+    for path in sorted(shared_data("cds-hooks", folder).glob("*.json")):
+        request = json.loads(path.read_text())
+        request.setdefault("hook", folder)
+        request.setdefault("hookInstance", "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea")
+        service = {"patient-view": PV, "order-select": OS, "order-sign": SIGN}[folder]
+        answer = client.post(f"/cds-services/{service}", headers=keys.headers(), json=request)
+        if request.get("fhirServer"):
+            # not on this service's allow-list: refused, and no request is made (SSRF)
+            assert answer.status_code == 400, (path.name, answer.text)
+            assert recorder.calls == []
+        else:
+            # the examples' prefetch holds only part of what the rules need, and there is no
+            # FHIR server to ask: the service says so instead of guessing
+            assert answer.status_code in (400, 412), (path.name, answer.text)
+        assert "error" in answer.json()
+
+
+def test_invalid_requests(client: TestClient, keys: Keys) -> None:
+    for name in ("cds-hooks-request-patient-view-bad.json", "cds-hooks-request-order-sign-bad-1.json",
+                 "cds-hooks-request-order-select-bad.json"):
+        request = json.loads(shared_data("invalid", name).read_text())
+        service = {"patient-view": PV, "order-select": OS, "order-sign": SIGN}[request["hook"]]
+        answer = client.post(f"/cds-services/{service}", headers=keys.headers(), json=request)
+        assert answer.status_code == 400, (name, answer.text)
+    assert client.post("/cds-services/nope", headers=keys.headers(), json={}).status_code == 404
+    wrong_hook = hook_request("order-sign", "x", None)
+    assert client.post(f"/cds-services/{PV}", headers=keys.headers(),
+                       json=wrong_hook).status_code == 400
+
+
+def test_fhir_server_failure_is_412(client: TestClient, keys: Keys, recorder: Recorder) -> None:
+    request = hook_request("patient-view", "abc", None, fhirServer="https://fhir.example.org/r4",
+                           fhirAuthorization={"access_token": "secret-token-xyz",
+                                              "token_type": "Bearer", "expires_in": 300,
+                                              "scope": "patient/*.read", "subject": "cds"})
+    answer = client.post(f"/cds-services/{PV}", headers=keys.headers(), json=request)
+    assert answer.status_code == 412
+    assert recorder.calls and recorder.calls[0].startswith("https://fhir.example.org/r4/")
+
+
+def test_request_size_is_bounded(client: TestClient, keys: Keys) -> None:
+    huge = hook_request("patient-view", "abc", {"patient": {"resourceType": "Patient", "id": "abc",
+                                                            "text": {"div": "x" * 500_000}}})
+    answer = client.post(f"/cds-services/{PV}", headers=keys.headers(), json=huge)
+    assert answer.status_code == 413
+
+
+def test_feedback_is_stored_and_reported(client: TestClient, keys: Keys) -> None:
+    patient_id, prefetch = prefetch_from_bundle(_example("hypomagnesemia-omeprazole.json"))
+    cards = client.post(f"/cds-services/{PV}", headers=keys.headers(),
+                        json=hook_request("patient-view", patient_id, prefetch)).json()["cards"]
+    feedback = {"feedback": [
+        {"card": cards[0]["uuid"], "outcome": "overridden",
+         "overrideReason": {"reason": {"code": "already-addressed",
+                                       "system": "https://fasciculation-cds.dev/override-reason",
+                                       "display": "Already addressed"}},
+         "outcomeTimestamp": "2026-11-26T10:00:00Z"},
+        {"card": cards[1]["uuid"], "outcome": "accepted", "acceptedSuggestions": [],
+         "outcomeTimestamp": "2026-11-26T10:01:00Z"}]}
+    answer = client.post(f"/cds-services/{PV}/feedback", headers=keys.headers(), json=feedback)
+    assert answer.json() == {"stored": 2}
+    report = {row["rule_id"]: row for row in client.app.state.feedback.report()}  # type: ignore[attr-defined]
+    first = report[cards[0]["source"]["topic"]["code"]]
+    assert first["shown"] == 1
+    assert first["overridden"] == 1
+    assert first["top_override_reasons"] == [["Already addressed", 1]] or \
+        first["top_override_reasons"] == [("Already addressed", 1)]
+
+
+def test_logs_carry_no_token_or_patient_data(client: TestClient, keys: Keys,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    patient_id, prefetch = prefetch_from_bundle(_example("hypomagnesemia-omeprazole.json"))
+    headers = keys.headers()
+    client.post(f"/cds-services/{PV}", headers=headers,
+                json=hook_request("patient-view", patient_id, prefetch))
+    text = caplog.text
+    assert headers["Authorization"][7:] not in text
+    assert patient_id not in text
+    assert "0.58" not in text
+
+
+def test_openapi_matches_the_endpoints(client: TestClient) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/cds-services", "/cds-services/{service_id}",
+            "/cds-services/{service_id}/feedback", "/healthz"} <= set(paths)
