@@ -195,7 +195,8 @@ def test_shared_cds_hooks_requests(folder: str, client: TestClient, keys: Keys,
 
 
 def test_invalid_requests(client: TestClient, keys: Keys) -> None:
-    for name in ("cds-hooks-request-patient-view-bad.json", "cds-hooks-request-order-sign-bad-1.json",
+    for name in ("cds-hooks-request-patient-view-bad.json",
+                 "cds-hooks-request-order-sign-bad-1.json",
                  "cds-hooks-request-order-select-bad.json"):
         request = json.loads(shared_data("invalid", name).read_text())
         service = {"patient-view": PV, "order-select": OS, "order-sign": SIGN}[request["hook"]]
@@ -214,7 +215,8 @@ def test_fhir_server_failure_is_412(client: TestClient, keys: Keys, recorder: Re
                                               "scope": "patient/*.read", "subject": "cds"})
     answer = client.post(f"/cds-services/{PV}", headers=keys.headers(), json=request)
     assert answer.status_code == 412
-    assert recorder.calls and recorder.calls[0].startswith("https://fhir.example.org/r4/")
+    assert recorder.calls
+    assert recorder.calls[0].startswith("https://fhir.example.org/r4/")
 
 
 def test_request_size_is_bounded(client: TestClient, keys: Keys) -> None:
