@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 AS_OF ?= 2026-11-26
 
-.PHONY: demo test lint typecheck bench docs clean venv browser
+.PHONY: demo test lint typecheck bench docs clean venv browser fhir-server
 
 $(VENV)/bin/activate:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python 3.10-3.12)"; exit 1; }
@@ -19,7 +19,7 @@ demo: venv
 	$(VENV)/bin/fasciculation-cds evaluate fhir_examples --as-of $(AS_OF) --format text
 
 ## test: install with dev extras, lint, type-check, run the whole suite
-test: venv browser
+test: venv browser fhir-server
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(MAKE) lint typecheck
 	$(PY) -m pytest
@@ -30,6 +30,11 @@ browser:
 	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
 	   (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1)) || \
 	  echo "chromium could not be installed: the browser tests will be skipped"
+
+## fhir-server: the in-memory FHIR server (Node, npm) the service tests start on loopback
+fhir-server:
+	@command -v npm >/dev/null 2>&1 && npm ci --prefix tests/fhir_server --no-audit --no-fund --silent || \
+	  echo "npm unavailable: the FHIR server tests will be skipped"
 
 lint: venv
 	$(VENV)/bin/ruff check src tests

@@ -25,9 +25,9 @@ def templates(ruleset: RuleSet) -> dict[str, str]:
         "patient": f"Patient/{patient}",
         "observations": f"Observation?patient={patient}&code={lab_codes(ruleset)}"
                         f"&date=ge{{{{today() - {LOOKBACK_DAYS} days}}}}&_count=200",
-        "conditions": f"Condition?patient={patient}&_count=200",
-        "medicationRequests": f"MedicationRequest?patient={patient}&_count=200",
-        "medicationStatements": f"MedicationStatement?patient={patient}&_count=200",
+        "conditions": f"Condition?patient={patient}",
+        "medicationRequests": f"MedicationRequest?patient={patient}",
+        "medicationStatements": f"MedicationStatement?patient={patient}",
     }
 
 
