@@ -265,3 +265,22 @@ def test_openapi_matches_the_endpoints(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/cds-services", "/cds-services/{service_id}",
             "/cds-services/{service_id}/feedback", "/healthz"} <= set(paths)
+
+
+def test_feedback_report_command(client: TestClient, keys: Keys, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    patient_id, prefetch = prefetch_from_bundle(_example("hypomagnesemia-omeprazole.json"))
+    cards = client.post(f"/cds-services/{PV}", headers=keys.headers(),
+                        json=hook_request("patient-view", patient_id, prefetch)).json()["cards"]
+    client.post(f"/cds-services/{PV}/feedback", headers=keys.headers(), json={"feedback": [
+        {"card": cards[0]["uuid"], "outcome": "accepted",
+         "outcomeTimestamp": "2026-11-26T10:00:00Z"}]})
+    script = Path(sys.executable).parent / "fasciculation-cds"
+    done = subprocess.run([str(script), "feedback", "report", "--database",
+                           f"sqlite:///{tmp_path / 'feedback.db'}"], capture_output=True,
+                          text=True, check=False, env={"COLUMNS": "200", "PATH": ""})
+    assert done.returncode == 0, done.stderr
+    assert cards[0]["source"]["topic"]["code"] in done.stdout
+    assert "100%" in done.stdout
