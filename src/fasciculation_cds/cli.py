@@ -39,6 +39,17 @@ class OutputFormat(str, Enum):
     text = "text"
 
 
+def _check_as_of(as_of: str | None) -> None:
+    """A bad --as-of is bad input: say so before reading anything."""
+    if as_of in (None, "auto"):
+        return
+    try:
+        parse_as_of(as_of)
+    except ValueError as exc:
+        err.print(f"error: --as-of: {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
 def _load(rules_dir: Path | None) -> RuleSet:
     try:
         return load_rules(rules_dir)
@@ -64,12 +75,7 @@ def evaluate(
 ) -> None:
     """Evaluate the patients in PATHS and print one assessment per patient."""
     ruleset = _load(rules_dir)
-    if as_of not in (None, "auto"):
-        try:
-            parse_as_of(as_of)
-        except ValueError as exc:
-            err.print(f"error: --as-of: {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_BAD_INPUT) from None
+    _check_as_of(as_of)
     assessments: list[Assessment] = []
     errors: list[PatientError] = []
     try:
@@ -138,6 +144,7 @@ def report(
     from .report import render_fhir, render_html, render_markdown, write_reports
 
     ruleset = _load(rules_dir)
+    _check_as_of(as_of)
     assessments: list[Assessment] = []
     errors = 0
     for outcome in evaluate_each(paths, as_of=as_of, assume_presentation=assume_presentation,
@@ -255,12 +262,7 @@ def batch(
     from .batch import BatchOptions, run_batch  # pyarrow is only needed here
 
     _load(rules_dir)
-    if as_of not in (None, "auto"):
-        try:
-            parse_as_of(as_of)
-        except ValueError as exc:
-            err.print(f"error: --as-of: {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_BAD_INPUT) from None
+    _check_as_of(as_of)
     options = BatchOptions(inputs=inputs, out=out, output_format=output_format.value,
                            workers=workers, engine=engine.value, as_of=as_of,
                            assume_presentation=assume_presentation, rules_dir=rules_dir,
