@@ -284,3 +284,22 @@ def test_feedback_report_command(client: TestClient, keys: Keys, tmp_path: Path)
     assert done.returncode == 0, done.stderr
     assert cards[0]["source"]["topic"]["code"] in done.stdout
     assert "100%" in done.stdout
+
+
+def test_settings_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fasciculation_cds.service.settings import load_settings
+
+    config = tmp_path / "service.yaml"
+    config.write_text("log_level: warning\nfhir_timeout_seconds: 3\n")
+    monkeypatch.setenv("FASCICULATION_CDS_LOG_LEVEL", "debug")
+    settings = load_settings(config, dev_insecure=True)
+    assert settings.log_level == "debug"  # environment over file
+    assert settings.fhir_timeout_seconds == 3  # file over default
+    assert settings.dev_insecure  # flag over everything
+
+
+def test_bad_feedback_body_is_a_400_with_an_error(client: TestClient, keys: Keys) -> None:
+    answer = client.post(f"/cds-services/{PV}/feedback", headers=keys.headers(),
+                         json={"feedback": [{"card": "x"}]})
+    assert answer.status_code == 400
+    assert "error" in answer.json()

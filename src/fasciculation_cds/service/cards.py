@@ -35,7 +35,9 @@ def worth_showing(finding: RuleFinding, hook: str) -> bool:
 
 
 def _detail(finding: RuleFinding) -> str:
-    lines = [finding.detail, "", "**Evidence**", ""]
+    lines = [finding.detail]
+    if finding.evidence:
+        lines += ["", "**Evidence**", ""]
     for item in finding.evidence:
         value = f" {item.reported}" if item.reported else (f" {item.display}" if item.display
                                                           else "")

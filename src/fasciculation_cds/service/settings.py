@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
 class TrustedIssuer(BaseModel):
@@ -38,9 +38,20 @@ class ServiceSettings(BaseSettings):
     rules_dir: Path | None = None
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
 
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # environment variables override the config file (passed as init values)
+        return env_settings, init_settings, dotenv_settings, file_secret_settings
+
 
 def load_settings(config: Path | None = None, **overrides: Any) -> ServiceSettings:
+    """The config file, overridden by the environment, overridden by command-line flags."""
     data: dict[str, Any] = {}
     if config is not None:
         data = yaml.safe_load(config.read_text()) or {}
-    return ServiceSettings(**{**data, **overrides})
+    settings = ServiceSettings(**data)
+    return settings.model_copy(update=overrides) if overrides else settings
