@@ -124,7 +124,7 @@ function readResources(file) {
   }
   const out = []; // { resource, fullUrl, requestUrl }
   for (const doc of docs) {
-    if (doc?.resourceType === 'Bundle' && ['transaction', 'batch', 'collection'].includes(doc.type)) {
+    if (doc?.resourceType === 'Bundle' && ['transaction', 'batch', 'collection', 'searchset'].includes(doc.type)) {
       for (const e of doc.entry ?? []) {
         if (e.resource) out.push({ resource: e.resource, fullUrl: e.fullUrl, requestUrl: e.request?.url });
       }
