@@ -45,15 +45,20 @@ class LabResult(FactBase):
     note: str | None = None
 
 
-class Medication(FactBase):
-    kind: Literal["medication"] = "medication"
+class _Drug(FactBase):
+    """What medications and draft orders share: the ingredient, its classes, how it matched."""
+
     concept: str
     label: str
     classes: tuple[str, ...]
-    status: str
-    active: bool
     display: str | None = None
     matched_by: str
+
+
+class Medication(_Drug):
+    kind: Literal["medication"] = "medication"
+    status: str
+    active: bool
     authored: datetime | None = None
 
 
@@ -82,15 +87,10 @@ class Finding(FactBase):
     matched_by: str
 
 
-class DraftOrder(FactBase):
+class DraftOrder(_Drug):
     """A medication order being written (CDS Hooks order-select / order-sign `draftOrders`)."""
 
     kind: Literal["draft"] = "draft"
-    concept: str
-    label: str
-    classes: tuple[str, ...]
-    display: str | None = None
-    matched_by: str
 
 
 ClinicalFact = PatientFact | LabResult | Medication | Problem | Finding | DraftOrder
