@@ -4,8 +4,8 @@
 //
 // Listens on 127.0.0.1 only and prints exactly one line "LISTENING <port>" on stdout when ready.
 // Test hooks: path prefix /fail500/ (or header X-Test-Mode: fail500) answers 500; prefix /slow/
-// (or X-Test-Mode: slow) waits --slow-ms first; with --token every request needs
-// "Authorization: Bearer <token>" or gets 401. See README.md.
+// (or X-Test-Mode: slow) waits --slow-ms first; with --token every request except GET /metadata
+// needs "Authorization: Bearer <token>" or gets 401. See README.md.
 import fs from 'node:fs';
 import http from 'node:http';
 
@@ -294,7 +294,9 @@ async function handle(req, res) {
   for (const [k, v] of Object.entries(cors)) res.setHeader(k, v);
   if (method === 'OPTIONS') return send(res, 204, undefined, { 'Content-Length': 0 });
 
-  if (opts.token !== undefined && req.headers.authorization !== `Bearer ${opts.token}`) {
+  // As on SMART servers, /metadata is public; everything else needs the token when one is set.
+  const isMetadata = /^(\/(fail500|slow))*\/metadata$/.test(path);
+  if (opts.token !== undefined && !isMetadata && req.headers.authorization !== `Bearer ${opts.token}`) {
     return send(res, 401, outcome('error', 'login', 'Unauthorized'), { 'WWW-Authenticate': 'Bearer' });
   }
 
@@ -339,7 +341,8 @@ async function handle(req, res) {
   const unknown = isSearch ? unknownSearchParam(type, query) : undefined;
   if (unknown) return send(res, 400, outcome('error', 'not-supported', `Unknown search parameter: ${unknown}`));
   if (isSearch && !new URLSearchParams(query).has('_count')) {
-    query += `${query ? '&' : ''}_count=${opts.defaultCount}`; // page by default, as real servers do
+    // Page by default, as real servers do (first, so that a later _summary=count still wins).
+    query = `_count=${opts.defaultCount}${query ? '&' + query : ''}`;
   }
   const fhirReq = {
     method: isSearch ? 'GET' : method,
@@ -372,13 +375,12 @@ const server = http.createServer((req, res) => {
     .finally(() => log(`${req.method} ${req.url} -> ${res.statusCode} ${Date.now() - t}ms`));
 });
 
-let stopping = false;
+// Everything is in memory: nothing to flush, so stop at once (this also drops requests still
+// waiting in /slow/).
 function stop() {
-  if (stopping) return;
-  stopping = true;
-  server.close(() => process.exit(0));
-  server.closeAllConnections(); // also drops requests still waiting in /slow/
-  setTimeout(() => process.exit(0), 2000).unref();
+  server.close();
+  server.closeAllConnections();
+  process.exit(0);
 }
 process.on('SIGTERM', stop);
 process.on('SIGINT', stop);
