@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fasciculation_cds.service.settings import ServiceSettings, TrustedIssuer
 
 ISSUER = "https://ehr.example.org"
-AUDIENCE = "http://testserver/cds-services"
+BASE_URL = "http://testserver"
+AUDIENCE = f"{BASE_URL}/cds-services"
 
 
 class Keys:
@@ -31,19 +32,22 @@ class Keys:
         self.jwks_file.write_text(json.dumps(jwks))
 
     def settings(self, **extra: Any) -> ServiceSettings:
-        return ServiceSettings(audience=AUDIENCE, issuers=[TrustedIssuer(
+        return ServiceSettings(public_base_url=BASE_URL, issuers=[TrustedIssuer(
             iss=ISSUER, jwks_file=self.jwks_file)], **extra)
 
-    def token(self, *, alg: str = "RS384", **claims: Any) -> str:
+    def token(self, path: str = "/cds-services", *, alg: str = "RS384",
+              header: dict[str, Any] | None = None, **claims: Any) -> str:
+        """A token as an EHR makes it: `aud` is the URL of the endpoint at `path`."""
         now = int(time.time())
-        body = {"iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 300,
+        body = {"iss": ISSUER, "aud": f"{BASE_URL}{path}", "iat": now, "exp": now + 300,
                 "jti": str(uuid.uuid4()), "sub": "client", **claims}
+        body = {k: v for k, v in body.items() if v is not None}
         key = self.ec if alg == "ES384" else self.rsa
         kid = "ec-1" if alg == "ES384" else "rsa-1"
-        return jwt.encode(body, key, algorithm=alg, headers={"kid": kid})
+        return jwt.encode(body, key, algorithm=alg, headers={"kid": kid, **(header or {})})
 
-    def headers(self, **claims: Any) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token(**claims)}"}
+    def headers(self, path: str = "/cds-services", **claims: Any) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(path, **claims)}"}
 
 
 def prefetch_from_bundle(bundle: dict[str, Any]) -> tuple[str, dict[str, Any]]:

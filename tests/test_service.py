@@ -66,11 +66,26 @@ def test_discovery_needs_a_valid_token(client: TestClient, keys: Keys) -> None:
     assert found.status_code == 200
     services = {s["hook"]: s for s in found.json()["services"]}
     assert set(services) == {"patient-view", "order-select", "order-sign"}
+    assert len({s["title"] for s in services.values()}) == 3  # one title per hook
     prefetch = services["patient-view"]["prefetch"]
     assert prefetch["patient"] == "Patient/{{context.patientId}}"
-    assert "http://loinc.org|19123-9" in prefetch["observations"]
-    assert "{{today() - 400 days}}" in prefetch["observations"]
+    assert "{{today() - 373 days}}" in prefetch["observations"]  # RuleSet.max_lookback_days + 1
+    for service in services.values():
+        assert "allow-list" in service["usageRequirements"]
+        for key, template in service["prefetch"].items():
+            assert key == "patient" or "_count=" in template, template
     assert client.get("/healthz").status_code == 200
+
+
+def test_each_hook_asks_only_for_what_its_rules_read(client: TestClient, keys: Keys) -> None:
+    services = {s["hook"]: s for s in client.get("/cds-services", headers=keys.headers())
+                .json()["services"]}
+    assert {"medicationRequests", "medicationStatements", "observations", "conditions"} <= \
+        set(services["patient-view"]["prefetch"])
+    # order hooks show order cautions (draft orders + electrolyte findings) and critical
+    # findings; no such rule reads the medication list
+    for hook in ("order-select", "order-sign"):
+        assert set(services[hook]["prefetch"]) == {"patient", "observations", "conditions"}
 
 
 @pytest.mark.parametrize("bad", ["hs256", "none", "wrong-iss", "wrong-aud", "expired", "replay",
@@ -114,7 +129,7 @@ def test_cors_preflight(client: TestClient) -> None:
 def test_patient_view_with_prefetch_gives_cards(client: TestClient, keys: Keys,
                                                 recorder: Recorder) -> None:
     patient_id, prefetch = prefetch_from_bundle(_example("hypomagnesemia-omeprazole.json"))
-    answer = client.post(f"/cds-services/{PV}", headers=keys.headers(),
+    answer = client.post(f"/cds-services/{PV}", headers=keys.headers(f"/cds-services/{PV}"),
                          json=hook_request("patient-view", patient_id, prefetch))
     assert answer.status_code == 200, answer.text
     body = answer.json()
@@ -129,7 +144,7 @@ def test_missing_electrolytes_card_offers_service_requests(client: TestClient,
                                                            keys: Keys) -> None:
     patient_id, prefetch = prefetch_from_bundle(_example("sciatica-cramps.json"))
     prefetch["observations"] = {"resourceType": "Bundle", "type": "searchset", "entry": []}
-    answer = client.post(f"/cds-services/{PV}", headers=keys.headers(),
+    answer = client.post(f"/cds-services/{PV}", headers=keys.headers(f"/cds-services/{PV}"),
                          json=hook_request("patient-view", patient_id, prefetch))
     body = answer.json()
     jsonschema.validate(body, SCHEMA)
@@ -145,7 +160,7 @@ def test_no_findings_gives_empty_cards(client: TestClient, keys: Keys) -> None:
     bundle = _example("benign-fasciculation.json")
     bundle["entry"] = [e for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"]
     patient_id, prefetch = prefetch_from_bundle(bundle)
-    answer = client.post(f"/cds-services/{PV}", headers=keys.headers(),
+    answer = client.post(f"/cds-services/{PV}", headers=keys.headers(f"/cds-services/{PV}"),
                          json=hook_request("patient-view", patient_id, prefetch))
     assert answer.json() == {"cards": []}
 
@@ -161,7 +176,7 @@ def test_order_select_draft_order_caution(client: TestClient, keys: Keys) -> Non
                                "entry": [{"fullUrl": "urn:uuid:draft-1", "resource": draft}]},
                "selections": ["MedicationRequest/draft-1"]}
     for service, hook in ((OS, "order-select"), (SIGN, "order-sign")):
-        answer = client.post(f"/cds-services/{service}", headers=keys.headers(),
+        answer = client.post(f"/cds-services/{service}", headers=keys.headers(f"/cds-services/{service}"),
                              json=hook_request(hook, patient_id, prefetch, context=context))
         assert answer.status_code == 200, answer.text
         body = answer.json()
@@ -182,16 +197,14 @@ def test_shared_cds_hooks_requests(folder: str, client: TestClient, keys: Keys,
         request.setdefault("hook", folder)
         request.setdefault("hookInstance", "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea")
         service = {"patient-view": PV, "order-select": OS, "order-sign": SIGN}[folder]
-        answer = client.post(f"/cds-services/{service}", headers=keys.headers(), json=request)
-        if request.get("fhirServer"):
-            # not on this service's allow-list: refused, and no request is made (SSRF)
-            assert answer.status_code == 400, (path.name, answer.text)
-            assert recorder.calls == []
-        else:
-            # the examples' prefetch holds only part of what the rules need, and there is no
-            # FHIR server to ask: the service says so instead of guessing
-            assert answer.status_code in (400, 412), (path.name, answer.text)
-        assert "error" in answer.json()
+        answer = client.post(f"/cds-services/{service}", headers=keys.headers(
+            f"/cds-services/{service}"), json=request)
+        # the examples' prefetch holds only part of what the rules need, and their fhirServer
+        # is not on this service's allow-list: the service says what is missing and makes no
+        # request (SSRF) instead of guessing
+        assert answer.status_code in (400, 412), (path.name, answer.text)
+        assert answer.status_code == 400 or "missing" in answer.json()["error"]
+        assert recorder.calls == []
 
 
 def test_invalid_requests(client: TestClient, keys: Keys) -> None:
@@ -200,11 +213,11 @@ def test_invalid_requests(client: TestClient, keys: Keys) -> None:
                  "cds-hooks-request-order-select-bad.json"):
         request = json.loads(shared_data("invalid", name).read_text())
         service = {"patient-view": PV, "order-select": OS, "order-sign": SIGN}[request["hook"]]
-        answer = client.post(f"/cds-services/{service}", headers=keys.headers(), json=request)
+        answer = client.post(f"/cds-services/{service}", headers=keys.headers(f"/cds-services/{service}"), json=request)
         assert answer.status_code == 400, (name, answer.text)
     assert client.post("/cds-services/nope", headers=keys.headers(), json={}).status_code == 404
     wrong_hook = hook_request("order-sign", "x", None)
-    assert client.post(f"/cds-services/{PV}", headers=keys.headers(),
+    assert client.post(f"/cds-services/{PV}", headers=keys.headers(f"/cds-services/{PV}"),
                        json=wrong_hook).status_code == 400
 
 
@@ -213,7 +226,7 @@ def test_fhir_server_failure_is_412(client: TestClient, keys: Keys, recorder: Re
                            fhirAuthorization={"access_token": "secret-token-xyz",
                                               "token_type": "Bearer", "expires_in": 300,
                                               "scope": "patient/*.read", "subject": "cds"})
-    answer = client.post(f"/cds-services/{PV}", headers=keys.headers(), json=request)
+    answer = client.post(f"/cds-services/{PV}", headers=keys.headers(f"/cds-services/{PV}"), json=request)
     assert answer.status_code == 412
     assert recorder.calls
     assert recorder.calls[0].startswith("https://fhir.example.org/r4/")
@@ -222,13 +235,13 @@ def test_fhir_server_failure_is_412(client: TestClient, keys: Keys, recorder: Re
 def test_request_size_is_bounded(client: TestClient, keys: Keys) -> None:
     huge = hook_request("patient-view", "abc", {"patient": {"resourceType": "Patient", "id": "abc",
                                                             "text": {"div": "x" * 500_000}}})
-    answer = client.post(f"/cds-services/{PV}", headers=keys.headers(), json=huge)
+    answer = client.post(f"/cds-services/{PV}", headers=keys.headers(f"/cds-services/{PV}"), json=huge)
     assert answer.status_code == 413
 
 
 def test_feedback_is_stored_and_reported(client: TestClient, keys: Keys) -> None:
     patient_id, prefetch = prefetch_from_bundle(_example("hypomagnesemia-omeprazole.json"))
-    cards = client.post(f"/cds-services/{PV}", headers=keys.headers(),
+    cards = client.post(f"/cds-services/{PV}", headers=keys.headers(f"/cds-services/{PV}"),
                         json=hook_request("patient-view", patient_id, prefetch)).json()["cards"]
     feedback = {"feedback": [
         {"card": cards[0]["uuid"], "outcome": "overridden",
@@ -238,7 +251,7 @@ def test_feedback_is_stored_and_reported(client: TestClient, keys: Keys) -> None
          "outcomeTimestamp": "2026-11-26T10:00:00Z"},
         {"card": cards[1]["uuid"], "outcome": "accepted", "acceptedSuggestions": [],
          "outcomeTimestamp": "2026-11-26T10:01:00Z"}]}
-    answer = client.post(f"/cds-services/{PV}/feedback", headers=keys.headers(), json=feedback)
+    answer = client.post(f"/cds-services/{PV}/feedback", headers=keys.headers(f"/cds-services/{PV}/feedback"), json=feedback)
     assert answer.json() == {"stored": 2}
     report = {row["rule_id"]: row for row in client.app.state.feedback.report()}  # type: ignore[attr-defined]
     first = report[cards[0]["source"]["topic"]["code"]]
@@ -272,9 +285,9 @@ def test_feedback_report_command(client: TestClient, keys: Keys, tmp_path: Path)
     import sys
 
     patient_id, prefetch = prefetch_from_bundle(_example("hypomagnesemia-omeprazole.json"))
-    cards = client.post(f"/cds-services/{PV}", headers=keys.headers(),
+    cards = client.post(f"/cds-services/{PV}", headers=keys.headers(f"/cds-services/{PV}"),
                         json=hook_request("patient-view", patient_id, prefetch)).json()["cards"]
-    client.post(f"/cds-services/{PV}/feedback", headers=keys.headers(), json={"feedback": [
+    client.post(f"/cds-services/{PV}/feedback", headers=keys.headers(f"/cds-services/{PV}/feedback"), json={"feedback": [
         {"card": cards[0]["uuid"], "outcome": "accepted",
          "outcomeTimestamp": "2026-11-26T10:00:00Z"}]})
     script = Path(sys.executable).parent / "fasciculation-cds"
@@ -299,7 +312,7 @@ def test_settings_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_bad_feedback_body_is_a_400_with_an_error(client: TestClient, keys: Keys) -> None:
-    answer = client.post(f"/cds-services/{PV}/feedback", headers=keys.headers(),
+    answer = client.post(f"/cds-services/{PV}/feedback", headers=keys.headers(f"/cds-services/{PV}/feedback"),
                          json={"feedback": [{"card": "x"}]})
     assert answer.status_code == 400
     assert "error" in answer.json()

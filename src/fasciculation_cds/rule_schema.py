@@ -14,7 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 Severity = Literal["info", "warning", "critical"]
 Status = Literal["experimental", "test", "stable", "deprecated"]
 FactKind = Literal["lab", "medication", "draft", "problem", "finding", "patient", "result"]
+Hook = Literal["patient-view", "order-select", "order-sign"]
 
+DEFAULT_HOOKS: dict[Hook, Severity] = {"patient-view": "info", "order-select": "critical",
+                                       "order-sign": "critical"}
 SEVERITY_RANK: dict[str, int] = {"info": 1, "warning": 2, "critical": 3}
 RULE_ID = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9][a-z0-9-]*$")
 
@@ -162,6 +165,11 @@ class Rule(_Strict):
     evidence_also: list[EvidenceCollect] = Field(default_factory=list)
     references: list[Reference] = Field(min_length=1)
     notes: str | None = Field(default=None, description="Where sources differ; known limits.")
+    hooks: dict[Hook, Severity] = Field(
+        default_factory=lambda: dict(DEFAULT_HOOKS),
+        description="CDS Hooks that show this rule's cards, each with the lowest severity shown "
+        "there. By default patient-view shows every finding and the order hooks, which fire on "
+        "every change of an order form, only critical ones (alert fatigue).")
 
     @field_validator("id")
     @classmethod

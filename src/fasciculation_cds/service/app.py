@@ -1,149 +1,161 @@
-"""The CDS Hooks 2.0 HTTP service (FastAPI): discovery, the three hooks, feedback, health."""
+"""The CDS Hooks 2.0 HTTP service (FastAPI): discovery, the three hooks, feedback, health.
+
+The event loop only parses, authenticates and waits: FHIR reads are asynchronous, and
+evaluation runs on worker threads that each own a compiled rule engine (durable-rules is not
+thread-safe). A whole-request deadline bounds every hook call.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
+import anyio
+import httpx
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, ValidationError
-from starlette.types import ASGIApp, Receive, Scope, Send
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from ..assessment import Assessment
-from ..evaluate import PatientError, evaluate_each
+from ..evaluate import Evaluator, PatientError, new_grouper
+from ..rule_docs import rule_page
 from ..ruleset import RuleSet, load_rules
+from ..sources import RawResource
 from .auth import Authenticator, AuthError
-from .cards import to_cards
-from .feedback import FeedbackStore
-from .fhir_client import FhirClient, FhirUnavailableError, NotAllowedError, check_allowed
-from .prefetch import gather, templates
+from .cards import card_uuid, to_cards
+from .drafts import order_key, read_draft_orders
+from .feedback import FeedbackStore, FeedbackStoreError
+from .fhir_client import FhirClient, NotAllowedError, allowed_base
+from .guard import BodyLimit, Guard, parse_json, quiet_logs
+from .models import Card, FeedbackRequest, HookRequest
+from .needs import HOOKS
+from .prefetch import FHIR_ID, IncompleteRecordError, RequestProblemError, gather, templates
 from .settings import ServiceSettings
 
 log = logging.getLogger("fasciculation_cds.service")
 
-SERVICES = {
-    "patient-view": ("fasciculation-cds-patient-view", "Muscle twitching and cramps: causes and "
-                     "red flags", "When a chart opens for a patient who twitches, cramps or has "
-                     "spasms: electrolyte, drug and nerve causes, and motor neuron disease red "
-                     "flags, with evidence."),
-    "order-select": ("fasciculation-cds-order-select", "Orders that may worsen twitching",
-                     "While an order is chosen: drugs that provoke twitching, or that lower an "
-                     "electrolyte that is already low."),
-    "order-sign": ("fasciculation-cds-order-sign", "Orders that may worsen twitching",
-                   "Before orders are signed: drugs that provoke twitching, or that lower an "
-                   "electrolyte that is already low."),
+SERVICES: dict[str, tuple[str, str, str]] = {
+    "patient-view": (
+        "fasciculation-cds-patient-view",
+        "Muscle twitching and cramps: causes and red flags",
+        "When a chart opens for a patient who twitches, cramps or has spasms: electrolyte, drug "
+        "and nerve causes, and motor neuron disease red flags, with evidence."),
+    "order-select": (
+        "fasciculation-cds-order-select",
+        "Twitching risk of the order being chosen",
+        "While an order is chosen: drugs that provoke twitching, or that lower an electrolyte "
+        "that is already low; and critical findings of the record."),
+    "order-sign": (
+        "fasciculation-cds-order-sign",
+        "Twitching risk of the orders to sign",
+        "Before orders are signed: drugs that provoke twitching, or that lower an electrolyte "
+        "that is already low; and critical findings of the record."),
 }
+USAGE = ("Send the prefetch, or fhirServer with fhirAuthorization. A prefetch that is complete "
+         "(no Bundle.link next) is used as sent and fhirServer is not contacted, whatever it "
+         "is; the service contacts fhirServer only for a missing or paged prefetch, and only "
+         "if it is on the service's allow-list. Otherwise it answers 412 naming what is "
+         "missing.")
 
 
-class FhirAuthorization(BaseModel):
-    access_token: str
-    token_type: Literal["Bearer"]
-    expires_in: int
-    scope: str
-    subject: str
+def _problem(status: int, message: str) -> HTTPException:
+    return HTTPException(status, message)
 
 
-class HookRequest(BaseModel):
-    hook: str
-    hookInstance: str = Field(min_length=1)  # noqa: N815 - the CDS Hooks field name
-    fhirServer: str | None = None  # noqa: N815
-    fhirAuthorization: FhirAuthorization | None = None  # noqa: N815
-    context: dict[str, Any]
-    prefetch: dict[str, Any] | None = None
+def _validation_message(exc: ValidationError, what: str) -> str:
+    """Where and what, never the offending value (it may be patient data or a token)."""
+    errors = exc.errors()
+    if not errors:
+        return f"invalid {what}"
+    where = ".".join(str(p) for p in errors[0]["loc"])
+    return f"invalid {what}: {where}: {errors[0]['msg']}"
 
 
-class FeedbackItem(BaseModel):
-    card: str
-    outcome: Literal["accepted", "overridden"]
-    acceptedSuggestions: list[dict[str, Any]] = Field(default_factory=list)  # noqa: N815
-    overrideReason: dict[str, Any] | None = None  # noqa: N815
-    outcomeTimestamp: str  # noqa: N815
+def _model(model: type[BaseModel], document: Any, what: str) -> Any:
+    try:
+        return model.model_validate(document)
+    except ValidationError as exc:
+        raise _problem(400, _validation_message(exc, what)) from None
 
 
-class FeedbackRequest(BaseModel):
-    feedback: list[FeedbackItem] = Field(min_length=1)
+class EvaluationPool:
+    """Worker threads, each with its own compiled Evaluator (one rule engine per thread)."""
+
+    def __init__(self, ruleset: RuleSet, workers: int) -> None:
+        self.ruleset = ruleset
+        self._local = threading.local()
+        self.executor = ThreadPoolExecutor(max_workers=workers,
+                                           thread_name_prefix="fasciculation-evaluate")
+
+    def _evaluator(self) -> Evaluator:
+        evaluator = getattr(self._local, "evaluator", None)
+        if evaluator is None:
+            evaluator = self._local.evaluator = Evaluator(self.ruleset)
+        return evaluator
+
+    def assess(self, resources: list[dict[str, Any]], drafts: list[dict[str, Any]],
+               patient_id: str, as_of: datetime) -> Assessment:
+        """The same path as `evaluate` over the same resources, for one patient."""
+        grouper = new_grouper(self.ruleset, as_of, strict=False)
+        for index, resource in enumerate(resources):
+            grouper.add(RawResource(resource, "prefetch", f"item {index}"))
+        for index, draft in enumerate(drafts):
+            grouper.add(RawResource(draft, "draftOrders", f"entry[{index}]", draft_order=True))
+        result = grouper.finish()
+        record = next((r for r in result.patients if r.reference == f"Patient/{patient_id}"),
+                      None)
+        if record is None or record.patient is None:
+            raise IncompleteRecordError("the Patient resource was neither prefetched nor fetched")
+        outcome = self._evaluator().assess(record, result.medications, as_of)
+        if isinstance(outcome, PatientError):
+            raise IncompleteRecordError(f"the patient's data could not be read: "
+                                        f"{outcome.message[:300]}")
+        return outcome
+
+    async def run(self, *args: Any) -> Assessment:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self.assess, *args)
 
 
-class BodyLimit:
-    """Rejects bodies over the limit with 413 before they are read whole."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and int(declared) > self.limit:
-            await _too_large(scope, receive, send, self.limit)
-            return
-        seen = 0
-
-        async def limited() -> Any:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.limit:
-                raise _TooLargeError
-            return message
-
-        try:
-            await self.app(scope, limited, send)
-        except _TooLargeError:
-            await _too_large(scope, receive, send, self.limit)
-
-
-class _TooLargeError(Exception):
-    pass
-
-
-async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-    response = JSONResponse({"error": f"request body larger than {limit} bytes"}, 413)
-    await response(scope, receive, send)
-
-
-def _patient_id(request: HookRequest) -> str:
-    patient_id = request.context.get("patientId")
-    if not isinstance(patient_id, str) or not patient_id or "/" in patient_id:
-        raise HTTPException(400, "context.patientId must be a FHIR id (not a reference)")
-    return patient_id
-
-
-def _draft_orders(request: HookRequest) -> list[dict[str, Any]]:
-    if request.hook == "patient-view":
-        return []
-    bundle = request.context.get("draftOrders")
-    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
-        raise HTTPException(400, f"{request.hook} needs context.draftOrders (a FHIR Bundle)")
-    orders = []
-    for index, entry in enumerate(bundle.get("entry") or []):
-        resource = entry.get("resource") if isinstance(entry, dict) else None
-        if not isinstance(resource, dict) or "resourceType" not in resource:
-            raise HTTPException(400, f"context.draftOrders entry[{index}] has no resource")
-        if resource["resourceType"] in ("MedicationRequest", "MedicationStatement"):
-            orders.append(resource)
-    if request.hook == "order-select" and not isinstance(request.context.get("selections"),
-                                                           list):
-        raise HTTPException(400, "order-select needs context.selections")
-    return orders
-
-
-def create_app(settings: ServiceSettings | None = None, *,
-               ruleset: RuleSet | None = None, fhir_transport: Any = None) -> FastAPI:
+def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | None = None,
+               fhir_transport: httpx.AsyncBaseTransport | None = None,
+               clock: Callable[[], datetime] | None = None) -> FastAPI:
+    """The service. `clock` gives "now" for evaluation (tests pin it); default: the wall clock."""
     settings = settings or ServiceSettings()
     rules = ruleset or load_rules(settings.rules_dir)
+    now = clock or (lambda: datetime.now(timezone.utc))
     authenticator = Authenticator(settings)
     store = FeedbackStore(settings.feedback_database_url)
-    app = FastAPI(title="fasciculation-cds CDS Hooks service", version="0.1.0",
-                  description="CDS Hooks 2.0 service for muscle twitching, cramps and spasms.")
+    pool = EvaluationPool(rules, settings.evaluation_workers)
+    hook_templates: dict[str, dict[str, str]] = {hook: templates(rules, hook) for hook in HOOKS}
+    service_of = {sid: hook for hook, (sid, _, _) in SERVICES.items()}
+    base = settings.public_base_url
+    quiet_logs()
 
-    def authenticated(request: Request) -> None:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        print(f"fasciculation-cds: feedback database {store.location}", file=sys.stderr)
+        yield
+        pool.executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="fasciculation-cds CDS Hooks service", version="0.2.0",
+                  description="CDS Hooks 2.0 service for muscle twitching, cramps and spasms.",
+                  lifespan=lifespan)
+
+    def authenticate(request: Request, endpoint: str) -> None:
+        """`endpoint` is the path under the public base URL: the token's `aud` must be exactly
+        the URL of the endpoint called."""
         if settings.dev_insecure:
             host = request.client.host if request.client else ""
             try:
@@ -152,89 +164,119 @@ def create_app(settings: ServiceSettings | None = None, *,
             except ValueError:
                 pass
         try:
-            authenticator.verify(request.headers.get("authorization"))
+            authenticator.verify(request.headers.get("authorization"), f"{base}{endpoint}")
         except AuthError as exc:
-            raise HTTPException(401, str(exc)) from None
+            raise _problem(401, str(exc)) from None
+
+    def hook_of(service_id: str) -> str:
+        hook = service_of.get(service_id)
+        if hook is None:
+            raise _problem(404, "no such service")
+        return hook
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse({"error": exc.detail}, exc.status_code)
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid_body(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        return JSONResponse({"error": f"invalid request: {where}: {first.get('msg', '')}"}, 400)
-
     @app.get("/healthz")
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         return {"status": "ok", "rules_version": rules.version}
 
-    @app.get("/cds-services", dependencies=[Depends(authenticated)])
-    def discovery() -> dict[str, Any]:
-        prefetch = templates(rules)
+    @app.get("/rules/{rule_id}", response_class=PlainTextResponse)
+    async def rule_doc(rule_id: str) -> PlainTextResponse:
+        """The documentation of one rule (each card's `source.url`)."""
+        try:
+            page = rule_page(rules.rule(rule_id))
+        except KeyError:
+            raise _problem(404, "no such rule") from None
+        return PlainTextResponse(page, media_type="text/markdown; charset=utf-8")
+
+    @app.get("/cds-services")
+    async def discovery(request: Request) -> dict[str, Any]:
+        authenticate(request, "/cds-services")
         return {"services": [{"hook": hook, "id": sid, "title": title, "description": text,
-                              "prefetch": prefetch, "usageRequirements":
-                              "Send the prefetch, or fhirServer with fhirAuthorization."}
+                              "prefetch": hook_templates[hook], "usageRequirements": USAGE}
                              for hook, (sid, title, text) in SERVICES.items()]}
 
-    @app.post("/cds-services/{service_id}", dependencies=[Depends(authenticated)])
+    @app.post("/cds-services/{service_id}")
     async def call(service_id: str, http_request: Request) -> dict[str, Any]:
-        hook = next((h for h, (sid, _, _) in SERVICES.items() if sid == service_id), None)
-        if hook is None:
-            raise HTTPException(404, f"no service {service_id!r}")
-        try:
-            request = HookRequest.model_validate(await http_request.json())
-        except (ValidationError, ValueError) as exc:
-            raise HTTPException(400, f"invalid CDS Hooks request: {str(exc)[:300]}") from None
+        hook = hook_of(service_id)
+        authenticate(http_request, f"/cds-services/{service_id}")
+        started = time.perf_counter()
+        request: HookRequest = _model(HookRequest, parse_json(await http_request.body()),
+                                      "CDS Hooks request")
         if request.hook != hook:
-            raise HTTPException(400, f"service {service_id} answers {hook}, not {request.hook}")
-        patient_id = _patient_id(request)
-        drafts = _draft_orders(request)
-        client = None
-        if request.fhirServer:
-            try:
-                check_allowed(request.fhirServer, settings.fhir_servers)
-            except NotAllowedError as exc:
-                raise HTTPException(400, str(exc)) from None
-            token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
-            client = FhirClient(request.fhirServer, token, allowed=settings.fhir_servers,
-                                timeout=settings.fhir_timeout_seconds,
-                                max_pages=settings.fhir_max_pages, transport=fhir_transport)
+            raise _problem(400, f"service {service_id} answers {hook}, not another hook")
         try:
-            resources = gather(request.prefetch, patient_id, rules, client,
-                               datetime.now(timezone.utc).date())
-        except FhirUnavailableError as exc:
-            raise HTTPException(412, str(exc)) from None
+            with anyio.fail_after(settings.request_deadline_seconds):
+                cards = await _answer(service_id, hook, request)
+        except TimeoutError:
+            raise _problem(412, "the record could not be completed within the request deadline "
+                                f"({settings.request_deadline_seconds:g} s)") from None
+        except RequestProblemError as exc:
+            raise _problem(400, str(exc)) from None
+        except IncompleteRecordError as exc:
+            raise _problem(412, str(exc)) from None
+        log.info("hook=%s cards=%d ms=%.0f", hook, len(cards),
+                 (time.perf_counter() - started) * 1000)  # no patient data, no tokens
+        return {"cards": [card.to_json() for card in cards]}
+
+    async def _answer(service_id: str, hook: str, request: HookRequest) -> list[Card]:
+        patient_id = request.context.get("patientId")
+        if not isinstance(patient_id, str) or not FHIR_ID.match(patient_id):
+            raise RequestProblemError("context.patientId must be a FHIR id (not a reference)")
+        drafts = read_draft_orders(request.context, hook, patient_id)
+        as_of = now()
+        client, reason = _client_for(request)
+        try:
+            resources = await gather(request.prefetch, patient_id, hook_templates[hook], client,
+                                     as_of.date(), no_client_reason=reason)
         finally:
             if client is not None:
-                client.close()
-        if not any(r.get("resourceType") == "Patient" and r.get("id") == patient_id
-                   for r in resources):
-            raise HTTPException(412, "the Patient resource was neither prefetched nor fetched")
-        cards = _assess(resources, drafts, patient_id, request)
-        store.cards_shown(service_id, cards)
-        log.info("hook=%s cards=%d", hook, len(cards))  # no patient data, no tokens
-        return {"cards": cards}
+                await client.aclose()
+        assessment = await pool.run(resources, drafts, patient_id, as_of)
+        if hook == "patient-view":
+            key = request.hook_instance  # each opening of the chart is a showing
+        else:  # order-select re-fires on every change of the form: one showing per order
+            key = card_uuid(f"{service_id}|Patient/{patient_id}",
+                            order_key(request.context, drafts))
+        cards = to_cards(assessment, rules, hook, key, f"{base}/rules")
+        try:
+            await run_in_threadpool(store.cards_shown, service_id,
+                                    [c.to_json() for c in cards])
+        except FeedbackStoreError as exc:  # counting must never hold back a card
+            log.warning("cards shown not recorded: %s", exc)
+        return cards
 
-    def _assess(resources: list[dict[str, Any]], drafts: list[dict[str, Any]], patient_id: str,
-                request: HookRequest) -> list[dict[str, Any]]:
-        reference = f"Patient/{patient_id}"
-        for outcome in evaluate_each(resources, rules=rules, draft_orders=drafts):
-            if isinstance(outcome, Assessment) and outcome.patient.reference == reference:
-                return to_cards(outcome, rules, request.hook, request.hookInstance)
-            if isinstance(outcome, PatientError) and outcome.patient == reference:
-                raise HTTPException(412, f"the patient's data could not be read: "
-                                         f"{outcome.message[:300]}")
-        raise HTTPException(412, "no data for the patient")
+    def _client_for(request: HookRequest) -> tuple[FhirClient | None, str]:
+        if not request.fhir_server:
+            return None, "no fhirServer was sent"
+        try:
+            allowed_base(request.fhir_server, settings.fhir_servers)
+        except NotAllowedError:
+            return None, "fhirServer is not on this service's allow-list"
+        token = request.fhir_authorization.access_token if request.fhir_authorization else None
+        client = FhirClient(request.fhir_server, token, allowed=settings.fhir_servers,
+                            timeout=settings.fhir_timeout_seconds,
+                            max_pages=settings.fhir_max_pages, max_bytes=settings.fhir_max_bytes,
+                            transport=fhir_transport)
+        return client, ""
 
-    @app.post("/cds-services/{service_id}/feedback", dependencies=[Depends(authenticated)])
-    def receive_feedback(service_id: str, body: FeedbackRequest) -> dict[str, int]:
-        if service_id not in {sid for sid, _, _ in SERVICES.values()}:
-            raise HTTPException(404, f"no service {service_id!r}")
-        stored = store.record(service_id, [item.model_dump() for item in body.feedback])
+    @app.post("/cds-services/{service_id}/feedback")
+    async def receive_feedback(service_id: str, http_request: Request) -> dict[str, int]:
+        hook_of(service_id)
+        authenticate(http_request, f"/cds-services/{service_id}/feedback")
+        body: FeedbackRequest = _model(FeedbackRequest, parse_json(await http_request.body()),
+                                       "feedback")
+        items = [item.model_dump(by_alias=True, exclude_none=True) for item in body.feedback]
+        try:
+            stored = await run_in_threadpool(store.record, service_id, items)
+        except FeedbackStoreError as exc:
+            log.error("feedback not stored: %s", exc)
+            raise _problem(503, "feedback could not be stored") from None
         return {"stored": stored}
 
+    app.add_middleware(Guard)
     app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                        allow_methods=["GET", "POST", "OPTIONS"],
                        allow_headers=["authorization", "content-type"], max_age=600)

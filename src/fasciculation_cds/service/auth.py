@@ -1,9 +1,11 @@
-"""CDS Hooks JWT authentication: RS384/ES384 only, trusted issuers, their JWKS, audience,
-expiry with small skew, and replay (`jti`) rejection. A `jku` header is never followed."""
+"""CDS Hooks JWT authentication: RS384/ES384 only, trusted issuers and their JWKS, `aud` equal to
+the exact URL of the endpoint called, numeric `exp`/`iat` with a bounded lifetime and small skew,
+and replay (`jti`) rejection. A `jku` header is never followed."""
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from typing import Any
@@ -13,10 +15,20 @@ import jwt
 from .settings import ServiceSettings, TrustedIssuer
 
 ALGORITHMS = ("RS384", "ES384")
+KEY_TYPE_OF_ALG = {"RS384": "RSA", "ES384": "EC"}
+MAX_TOKEN_CHARS = 16_000
+log = logging.getLogger("fasciculation_cds.service.auth")
 
 
 class AuthError(Exception):
     """The request is not authenticated; the message is safe to return (no token in it)."""
+
+
+def _numeric(claims: dict[str, Any], name: str) -> float:
+    value = claims.get(name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise AuthError(f"token claim {name!r} must be a number (NumericDate)")
+    return float(value)
 
 
 class Authenticator:
@@ -27,47 +39,69 @@ class Authenticator:
         self._seen: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def _key(self, issuer: TrustedIssuer, token: str, kid: str | None) -> Any:
+    def _key(self, issuer: TrustedIssuer, token: str, kid: str | None, alg: str) -> Any:
+        wanted_type = KEY_TYPE_OF_ALG[alg]
         if issuer.jwks_file is not None:
-            keys = jwt.PyJWKSet.from_dict(json.loads(issuer.jwks_file.read_text()))
+            try:
+                keys = jwt.PyJWKSet.from_dict(json.loads(issuer.jwks_file.read_text()))
+            except (OSError, ValueError, jwt.PyJWTError):
+                log.error("the JWKS file configured for a trusted issuer cannot be read")
+                raise AuthError("the issuer's keys are not available") from None
             for key in keys.keys:
-                if kid is None or key.key_id == kid:
+                if (kid is None or key.key_id == kid) and key.key_type == wanted_type:
                     return key.key
-            raise AuthError("no key with this kid in the issuer's JWKS")
+            raise AuthError("no key with this kid and algorithm in the issuer's JWKS")
         if issuer.jwks_url is None:
             raise AuthError("issuer has no JWKS configured")
         client = self._clients.setdefault(
             issuer.iss, jwt.PyJWKClient(issuer.jwks_url, cache_keys=True, timeout=5))
-        try:  # PyJWKClient refetches the JWKS when the kid is unknown
-            return client.get_signing_key_from_jwt(token).key
-        except jwt.PyJWKClientError as exc:
-            raise AuthError(f"signing key not found: {exc}") from None
+        try:  # PyJWKClient refetches the configured JWKS when the kid is unknown
+            found = client.get_signing_key_from_jwt(token)
+        except jwt.PyJWTError:
+            raise AuthError("signing key not found") from None
+        if found.key_type != wanted_type:
+            raise AuthError("the key named by kid is not for this algorithm")
+        return found.key
 
-    def verify(self, authorization: str | None) -> dict[str, Any]:
+    def verify(self, authorization: str | None, audience: str) -> dict[str, Any]:
+        """The token's claims if it was made by a trusted issuer for exactly `audience`."""
         if not authorization or not authorization.lower().startswith("bearer "):
             raise AuthError("missing bearer token")
         token = authorization[7:].strip()
+        if len(token) > MAX_TOKEN_CHARS:
+            raise AuthError("token too long")
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, ValueError, TypeError):
             raise AuthError("malformed token") from None
-        if header.get("alg") not in ALGORITHMS:
+        alg = header.get("alg")
+        if alg not in ALGORITHMS:
             raise AuthError("token algorithm must be RS384 or ES384")
         issuer = self._issuers.get(str(unverified.get("iss")))
         if issuer is None:
             raise AuthError("token issuer is not trusted")
-        key = self._key(issuer, token, header.get("kid"))
+        kid = header.get("kid")
+        key = self._key(issuer, token, kid if isinstance(kid, str) else None, str(alg))
+        skew = self.settings.clock_skew_seconds
         try:
             claims: dict[str, Any] = jwt.decode(
-                token, key, algorithms=[header["alg"]], audience=self.settings.audience,
-                issuer=issuer.iss, leeway=self.settings.clock_skew_seconds,
-                options={"require": ["iss", "aud", "exp", "iat", "jti"]})
+                token, key, algorithms=[str(alg)], audience=audience, issuer=issuer.iss,
+                leeway=skew, options={"require": ["iss", "aud", "exp", "iat", "jti"],
+                                      "strict_aud": True})
         except jwt.PyJWTError as exc:
             raise AuthError(f"token rejected: {exc}") from None
-        if float(claims["iat"]) > time.time() + self.settings.clock_skew_seconds:
+        except (TypeError, ValueError):  # e.g. a key that does not fit the algorithm
+            raise AuthError("token rejected: key and algorithm do not fit") from None
+        issued, expires = _numeric(claims, "iat"), _numeric(claims, "exp")
+        if issued > time.time() + skew:
             raise AuthError("token issued in the future")
-        self._check_replay(f"{issuer.iss}|{claims['jti']}", float(claims["exp"]))
+        if expires - issued > self.settings.max_token_lifetime_seconds + skew:
+            raise AuthError("token lifetime too long (exp too far after iat)")
+        jti = claims["jti"]
+        if not isinstance(jti, str) or not jti:
+            raise AuthError("token jti must be a non-empty string")
+        self._check_replay(f"{issuer.iss}|{jti}", expires)
         return claims
 
     def _check_replay(self, jti: str, expires: float) -> None:

@@ -1,113 +1,130 @@
 """Findings to CDS Hooks 2.0 cards (summary, indicator, detail with evidence, source, links,
-suggestions, override reasons)."""
+suggestions, override reasons). Which findings a hook shows is the rules' `hooks:` field."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any
 
-from ..assessment import Assessment, RuleFinding
+from ..assessment import Assessment, Evidence, RuleFinding
 from ..ruleset import RuleSet
+from .models import Action, Card, CardSuggestion, CodingOut, Indicator, Link, Source
+from .needs import shown_on
 
 SOURCE_LABEL = "fasciculation-cds"
 RULES_SYSTEM = "https://fasciculation-cds.dev/rules"
 OVERRIDE_SYSTEM = "https://fasciculation-cds.dev/override-reason"
 OVERRIDE_REASONS = [
-    {"code": "already-addressed", "system": OVERRIDE_SYSTEM, "display": "Already addressed"},
-    {"code": "not-relevant", "system": OVERRIDE_SYSTEM, "display": "Not relevant for this patient"},
-    {"code": "clinical-judgement", "system": OVERRIDE_SYSTEM,
-     "display": "Clinical judgement: benefit outweighs risk"},
+    CodingOut(code="already-addressed", system=OVERRIDE_SYSTEM, display="Already addressed"),
+    CodingOut(code="not-relevant", system=OVERRIDE_SYSTEM,
+              display="Not relevant for this patient"),
+    CodingOut(code="clinical-judgement", system=OVERRIDE_SYSTEM,
+              display="Clinical judgement: benefit outweighs risk"),
 ]
-ORDER_HOOK_RULES = ("medication.order-caution",)
+LINK_LABEL_MAX = 120
 
 
-def card_uuid(hook_instance: str, rule_id: str) -> str:
-    """Stable per request and rule, so feedback can be traced to the rule it is about."""
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{hook_instance}|{rule_id}"))
+def card_uuid(card_key: str, rule_id: str) -> str:
+    """Stable per card key and rule, so feedback can be traced to the rule it is about."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{card_key}|{rule_id}"))
 
 
-def worth_showing(finding: RuleFinding, hook: str) -> bool:
-    """patient-view shows every finding; order hooks, which fire on every change of the order
-    form, only the order cautions and critical findings (alert fatigue)."""
-    if hook == "patient-view":
-        return True
-    return finding.rule_id in ORDER_HOOK_RULES or finding.severity == "critical"
+def worth_showing(finding: RuleFinding, ruleset: RuleSet, hook: str) -> bool:
+    return shown_on(ruleset.rule(finding.rule_id), hook, finding.severity)
+
+
+def markdown_blocks(text: str) -> str:
+    """A blank line before and after every list, so Markdown renders items as a list instead
+    of running them into the paragraph before them."""
+    out: list[str] = []
+    for line in text.strip().splitlines():
+        is_item = line.lstrip().startswith(("- ", "* "))
+        was_item = bool(out) and out[-1].lstrip().startswith(("- ", "* "))
+        if out and out[-1].strip() and is_item != was_item:
+            out.append("")
+        out.append(line.rstrip())
+    return "\n".join(out)
+
+
+def _evidence_line(item: Evidence) -> str:
+    shown = getattr(item, "shown", None)  # the display-ready value, where the rules give one
+    value = shown or item.reported or item.display
+    when = f" ({item.effective})" if item.effective else ""
+    return f"- {item.label or item.concept}:{f' {value}' if value else ''}{when}"
 
 
 def _detail(finding: RuleFinding) -> str:
-    lines = [finding.detail]
+    lines = [markdown_blocks(finding.detail)]
     if finding.evidence:
-        lines += ["", "**Evidence**", ""]
-    for item in finding.evidence:
-        value = f" {item.reported}" if item.reported else (f" {item.display}" if item.display
-                                                          else "")
-        when = f" ({item.effective})" if item.effective else ""
-        lines.append(f"- {item.label or item.concept}:{value}{when}")
+        lines += ["", "**Evidence**", ""] + [_evidence_line(e) for e in finding.evidence]
     lines += ["", "**Recommended**", ""] + [f"- {r}" for r in finding.recommendations]
     return "\n".join(lines)
 
 
 def _suggestions(finding: RuleFinding, assessment: Assessment, ruleset: RuleSet,
-                 hook_instance: str) -> list[dict[str, Any]]:
-    suggestions: list[dict[str, Any]] = []
+                 card_key: str) -> list[CardSuggestion]:
+    suggestions: list[CardSuggestion] = []
     patient = assessment.patient.reference
     for suggestion in finding.suggestions:
         if suggestion.kind == "order-lab":
-            missing = {e.concept for e in finding.evidence}
+            measured = {e.concept for e in finding.evidence}
             for concept in suggestion.concepts:
-                if concept in missing:
-                    continue
-                codes = ruleset.terminology.codes_of([concept])
-                loinc = [(s, c) for s, c in codes if s == "http://loinc.org"]
-                if not loinc:
+                loinc = [(s, c) for s, c in ruleset.terminology.codes_of([concept])
+                         if s == "http://loinc.org"]
+                if concept in measured or not loinc:
                     continue
                 label = ruleset.terminology.concepts[concept].label
                 system, code = loinc[0]
-                suggestions.append({
-                    "label": f"Order {label}",
-                    "uuid": card_uuid(hook_instance, f"{finding.rule_id}|{concept}"),
-                    "actions": [{"type": "create", "description": f"Order {label}",
-                                 "resource": {"resourceType": "ServiceRequest", "status": "draft",
-                                              "intent": "proposal",
-                                              "code": {"coding": [{"system": system,
-                                                                   "code": code,
-                                                                   "display": label}]},
-                                              "subject": {"reference": patient}}}]})
+                resource: dict[str, Any] = {
+                    "resourceType": "ServiceRequest", "status": "draft", "intent": "proposal",
+                    "code": {"coding": [{"system": system, "code": code, "display": label}]},
+                    "subject": {"reference": patient}}
+                suggestions.append(CardSuggestion(
+                    label=f"Order {label}",
+                    uuid=card_uuid(card_key, f"{finding.rule_id}|{concept}"),
+                    actions=[Action(type="create", description=f"Order {label}",
+                                    resource=resource)]))
         elif suggestion.kind == "remove-draft-order":
             drafts = sorted({e.reference for e in finding.evidence if e.status == "draft"})
             for draft in drafts:
-                suggestions.append({
-                    "label": suggestion.label,
-                    "uuid": card_uuid(hook_instance, f"{finding.rule_id}|{draft}"),
-                    "actions": [{"type": "delete", "description": f"Remove {draft}",
-                                 "resourceId": [draft]}]})
+                suggestions.append(CardSuggestion(
+                    label=suggestion.label, uuid=card_uuid(card_key, f"{finding.rule_id}|{draft}"),
+                    actions=[Action(type="delete", description=f"Remove {draft}",
+                                    resource_id=[draft])]))
     return suggestions
 
 
-def to_cards(assessment: Assessment, ruleset: RuleSet, hook: str,
-             hook_instance: str) -> list[dict[str, Any]]:
-    cards = []
-    for finding in assessment.findings:
-        if not worth_showing(finding, hook):
-            continue
-        card: dict[str, Any] = {
-            "uuid": card_uuid(hook_instance, finding.rule_id),
-            "summary": finding.summary[:140],
-            "indicator": finding.severity,
-            "detail": _detail(finding),
-            "source": {"label": SOURCE_LABEL,
-                       "topic": {"system": RULES_SYSTEM, "code": finding.rule_id,
-                                 "display": finding.title}},
-        }
-        links = [{"label": r.citation[:120], "url": r.url, "type": "absolute"}
-                 for r in finding.references if r.url]
-        if links:
-            card["links"] = links
-        suggestions = _suggestions(finding, assessment, ruleset, hook_instance)
-        if suggestions:
-            card["suggestions"] = suggestions
-            card["selectionBehavior"] = "any" if len(suggestions) > 1 else "at-most-one"
-        if finding.severity != "info":
-            card["overrideReasons"] = OVERRIDE_REASONS
-        cards.append(card)
-    return cards
+def to_card(finding: RuleFinding, assessment: Assessment, ruleset: RuleSet, card_key: str,
+            rules_url: str) -> Card:
+    """One card. The summary is the finding's own: rules write it to fit 140 characters, and a
+    longer one is a rule error (the model refuses it) rather than cut mid-sentence."""
+    suggestions = _suggestions(finding, assessment, ruleset, card_key)
+    # the finding's own references: the rules pick those of the alternative that fired
+    links = [Link(label=_short(r.citation), url=r.url) for r in finding.references if r.url]
+    return Card(
+        uuid=card_uuid(card_key, finding.rule_id),
+        summary=finding.summary,
+        indicator=Indicator(finding.severity),
+        detail=_detail(finding),
+        source=Source(label=SOURCE_LABEL, url=f"{rules_url}/{finding.rule_id}",
+                      topic=CodingOut(system=RULES_SYSTEM, code=finding.rule_id,
+                                      display=finding.title)),
+        links=links or None,
+        suggestions=suggestions or None,
+        selection_behavior=("any" if len(suggestions) > 1 else "at-most-one")
+        if suggestions else None,
+        override_reasons=OVERRIDE_REASONS if finding.severity != "info" else None,
+    )
+
+
+def _short(citation: str) -> str:
+    if len(citation) <= LINK_LABEL_MAX:
+        return citation
+    cut = citation[:LINK_LABEL_MAX - 1].rsplit(" ", 1)[0]
+    return f"{cut}…"
+
+
+def to_cards(assessment: Assessment, ruleset: RuleSet, hook: str, card_key: str,
+             rules_url: str) -> list[Card]:
+    return [to_card(f, assessment, ruleset, card_key, rules_url) for f in assessment.findings
+            if worth_showing(f, ruleset, hook)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -20,7 +21,8 @@ from sqlalchemy import (
     func,
     select,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 metadata = MetaData()
 cards_shown = Table(
@@ -45,15 +47,34 @@ feedback = Table(
 )
 
 
+class FeedbackStoreError(Exception):
+    """The feedback database failed; the message never carries what was being stored."""
+
+
 class FeedbackStore:
     def __init__(self, url: str) -> None:
-        self.engine: Engine = create_engine(url, future=True)
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "",
+                                                                            ":memory:"):
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        # hide_parameters: a database error must never echo a comment into a log line
+        self.engine: Engine = create_engine(url, future=True, hide_parameters=True)
         metadata.create_all(self.engine)
+        self.location = parsed.render_as_string(hide_password=True)
 
     def cards_shown(self, service: str, cards: list[dict[str, Any]]) -> None:
         if not cards:
             return
         now = datetime.now(timezone.utc)
+        try:
+            try:
+                self._cards_shown(service, cards, now)
+            except IntegrityError:  # the same card counted by a concurrent call: count once
+                self._cards_shown(service, cards, now)
+        except SQLAlchemyError as exc:
+            raise FeedbackStoreError(f"feedback database error ({type(exc).__name__})") from None
+
+    def _cards_shown(self, service: str, cards: list[dict[str, Any]], now: datetime) -> None:
         with self.engine.begin() as db:
             known = set(db.scalars(select(cards_shown.c.uuid).where(
                 cards_shown.c.uuid.in_([c["uuid"] for c in cards]))))
@@ -74,8 +95,11 @@ class FeedbackStore:
                 "comment": (item.get("overrideReason") or {}).get("userComment"),
                 "accepted_suggestions": json.dumps(item.get("acceptedSuggestions") or []),
                 "outcome_timestamp": item.get("outcomeTimestamp"), "received_at": now})
-        with self.engine.begin() as db:
-            db.execute(feedback.insert(), rows)
+        try:
+            with self.engine.begin() as db:
+                db.execute(feedback.insert(), rows)
+        except SQLAlchemyError as exc:
+            raise FeedbackStoreError(f"feedback database error ({type(exc).__name__})") from None
         return len(rows)
 
     def report(self) -> list[dict[str, Any]]:

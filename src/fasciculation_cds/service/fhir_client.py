@@ -1,13 +1,19 @@
-"""The one place the service calls a FHIR server: allow-listed base URLs only, bearer token,
-timeouts, and bounded `Bundle.link[next]` paging that never leaves the allowed server."""
+"""The one place the service calls a FHIR server: allow-listed base URLs only (compared as parsed
+URLs, never as string prefixes), bearer token, per-read timeouts, a size cap on every answer,
+and bounded `Bundle.link[next]` paging that never leaves the allowed server."""
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httpx
+import orjson
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class FhirUnavailableError(Exception):
@@ -15,70 +21,172 @@ class FhirUnavailableError(Exception):
 
 
 class NotAllowedError(Exception):
-    """The fhirServer is not on the allow-list (the service answers 400, makes no request)."""
+    """A URL is not on this service's FHIR allow-list (no request is made to it)."""
 
 
-def _normalized(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme.lower()}://{parts.netloc.lower()}{parts.path.rstrip('/')}"
+@dataclass(frozen=True)
+class ServerUrl:
+    """A parsed http(s) URL: scheme, host, port and a normalised path (no dot segments)."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str
+    query: str
+
+    @classmethod
+    def parse(cls, url: str) -> ServerUrl:
+        try:
+            parts = urlsplit(url.strip())
+            port = parts.port
+        except ValueError:
+            raise NotAllowedError("not a valid URL") from None
+        scheme = parts.scheme.lower()
+        if scheme not in DEFAULT_PORTS or not parts.hostname:
+            raise NotAllowedError("only absolute http(s) URLs are allowed")
+        if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+            raise NotAllowedError("URLs with user information are not allowed")
+        if "\\" in url or any(ord(c) < 0x21 for c in url.strip()):
+            raise NotAllowedError("URL has characters a FHIR server URL never has")
+        raw_path = unquote(parts.path)
+        segments = raw_path.split("/")
+        if ".." in segments or "." in segments:
+            raise NotAllowedError("URL paths with dot segments are not allowed")
+        path = posixpath.normpath("/" + raw_path.lstrip("/")) if raw_path else "/"
+        path = "" if path == "/" else path.rstrip("/")
+        return cls(scheme, parts.hostname.lower().rstrip("."), port or DEFAULT_PORTS[scheme],
+                   path, parts.query)
+
+    def is_at_or_below(self, base: ServerUrl) -> bool:
+        return (self.scheme, self.host, self.port) == (base.scheme, base.host, base.port) and (
+            self.path == base.path or self.path.startswith(base.path + "/"))
+
+    @property
+    def origin_and_path(self) -> str:
+        default = DEFAULT_PORTS[self.scheme] == self.port
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}{'' if default else f':{self.port}'}{self.path}"
 
 
-def check_allowed(base: str, allowed: list[str]) -> str:
-    normalized = _normalized(base)
-    if not any(normalized == _normalized(a) for a in allowed):
-        raise NotAllowedError("fhirServer is not on this service's allow-list")
-    return normalized
+def allowed_base(base: str, allowed: list[str]) -> ServerUrl:
+    """The fhirServer, parsed, if it is exactly one of the allowed bases; else NotAllowedError."""
+    parsed = ServerUrl.parse(base)
+    for entry in allowed:
+        try:
+            candidate = ServerUrl.parse(entry)
+        except NotAllowedError:
+            continue
+        if (parsed.scheme, parsed.host, parsed.port, parsed.path) == (
+                candidate.scheme, candidate.host, candidate.port, candidate.path):
+            return parsed
+    raise NotAllowedError("fhirServer is not on this service's allow-list")
 
 
 class FhirClient:
+    """Reads from one allowed FHIR server. Every URL it requests, paging links included, must
+    be the base or below it; the token is only ever sent there."""
+
     def __init__(self, base: str, token: str | None, *, allowed: list[str], timeout: float,
-                 max_pages: int, transport: httpx.BaseTransport | None = None) -> None:
-        self.base = check_allowed(base, allowed)
+                 max_pages: int, max_bytes: int,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.base = allowed_base(base, allowed)
         headers = {"Accept": "application/fhir+json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        self._http = httpx.Client(headers=headers, timeout=timeout, follow_redirects=False,
-                                  transport=transport)
+        self._http = httpx.AsyncClient(headers=headers, timeout=timeout, follow_redirects=False,
+                                       transport=transport, trust_env=False)
         self.max_pages = max_pages
+        self.max_bytes = max_bytes
 
-    def close(self) -> None:
-        self._http.close()
+    async def aclose(self) -> None:
+        await self._http.aclose()
 
-    def _get(self, url: str) -> Any:
-        if not _normalized(url).startswith(self.base):
+    def url_for(self, path: str) -> str:
+        return f"{self.base.origin_and_path}/{path.lstrip('/')}"
+
+    async def get_json(self, url: str) -> Any:
+        try:
+            target = ServerUrl.parse(url)
+        except NotAllowedError:
+            raise FhirUnavailableError("a paging link is not a valid URL") from None
+        if not target.is_at_or_below(self.base):
             raise FhirUnavailableError("a paging link points outside the FHIR server")
         try:
-            response = self._http.get(url)
+            async with self._http.stream("GET", url) as response:
+                if response.status_code != 200:
+                    raise FhirUnavailableError(f"FHIR server answered {response.status_code}")
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > self.max_bytes:
+                    raise FhirUnavailableError(
+                        f"FHIR answer larger than {self.max_bytes} bytes")
+                body = bytearray()
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > self.max_bytes:
+                        raise FhirUnavailableError(
+                            f"FHIR answer larger than {self.max_bytes} bytes")
         except httpx.HTTPError as exc:
             raise FhirUnavailableError(f"FHIR server unreachable ({type(exc).__name__})") from None
-        if response.status_code != 200:
-            raise FhirUnavailableError(f"FHIR server answered {response.status_code}")
         try:
-            return response.json()
-        except ValueError:
+            return orjson.loads(bytes(body))
+        except orjson.JSONDecodeError:
             raise FhirUnavailableError("FHIR server did not answer with JSON") from None
 
-    def read(self, path: str) -> list[dict[str, Any]]:
+    async def read(self, path: str) -> list[dict[str, Any]]:
         """`Type/id` or `Type?query`: the resources, following paging up to the bound."""
-        document = self._get(f"{self.base}/{path.lstrip('/')}")
+        document = await self.get_json(self.url_for(path))
         if not isinstance(document, Mapping):
             raise FhirUnavailableError("FHIR server answered with an unexpected document")
         if document.get("resourceType") != "Bundle":
+            if document.get("resourceType") == "OperationOutcome":
+                raise FhirUnavailableError("FHIR server answered with an OperationOutcome")
             return [dict(document)]
+        return await self.complete(document, pages=1)
+
+    async def complete(self, document: Mapping[str, Any], *,
+                       pages: int) -> list[dict[str, Any]]:
+        """The resources of a searchset Bundle and of every page after it (`link` next)."""
         resources: list[dict[str, Any]] = []
-        pages = 1
         while True:
-            for entry in document.get("entry") or []:
-                resource = entry.get("resource") if isinstance(entry, Mapping) else None
-                if isinstance(resource, Mapping) and resource.get("resourceType") != \
-                        "OperationOutcome":
-                    resources.append(dict(resource))
-            following = next((link.get("url") for link in document.get("link") or []
-                              if isinstance(link, Mapping) and link.get("relation") == "next"),
-                             None)
-            if not following:
+            resources += bundle_resources(document)
+            following = next_link(document)
+            if following is None:
                 return resources
             if pages >= self.max_pages:
                 raise FhirUnavailableError(f"more than {self.max_pages} pages of results")
-            document = self._get(str(following))
+            document = await self.get_json(following)
+            if not isinstance(document, Mapping) or document.get("resourceType") != "Bundle":
+                raise FhirUnavailableError("a paging link did not give a Bundle")
             pages += 1
+
+
+def bundle_resources(document: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The resources of one Bundle page; a malformed `entry` is a malformed answer."""
+    entries = document.get("entry")
+    if entries is None:
+        return []
+    if not isinstance(entries, list):
+        raise FhirUnavailableError("Bundle.entry is not a list")
+    resources = []
+    for entry in entries:
+        resource = entry.get("resource") if isinstance(entry, Mapping) else None
+        if isinstance(resource, Mapping) and isinstance(resource.get("resourceType"), str) \
+                and resource["resourceType"] != "OperationOutcome":
+            resources.append(dict(resource))
+    return resources
+
+
+def next_link(document: Mapping[str, Any]) -> str | None:
+    """`Bundle.link` where relation is next; a malformed `link` is a malformed answer."""
+    links = document.get("link")
+    if links is None:
+        return None
+    if not isinstance(links, list):
+        raise FhirUnavailableError("Bundle.link is not a list")
+    for link in links:
+        if isinstance(link, Mapping) and link.get("relation") == "next":
+            url = link.get("url")
+            if not isinstance(url, str) or not url:
+                raise FhirUnavailableError("Bundle.link next has no URL")
+            return url
+    return None

@@ -1,73 +1,175 @@
-"""The prefetch templates the service asks for, and how it gets what an EHR did not send."""
+"""The prefetch templates each hook asks for, built from the rule set, and how the service gets a
+complete record: the prefetch where it is complete, the FHIR server for the rest (paging links
+included), or an error naming what is missing. A partial record is never evaluated."""
 
 from __future__ import annotations
 
+import asyncio
+import math
+import re
 from collections.abc import Mapping
 from datetime import date, timedelta
 from typing import Any
 
 from ..ruleset import RuleSet
-from .fhir_client import FhirClient, FhirUnavailableError
+from .fhir_client import FhirClient, FhirUnavailableError, bundle_resources, next_link
+from .needs import needs_of
 
-LOOKBACK_DAYS = 400  # a little more than the rules' largest look-back (372 days)
-
-
-def lab_codes(ruleset: RuleSet) -> str:
-    lab_concepts = [c.id for c in ruleset.terminology.concepts.values() if c.kind == "lab"]
-    pairs = ruleset.terminology.codes_of(lab_concepts)
-    return ",".join(f"{system}|{code}" for system, code in pairs if system == "http://loinc.org")
+FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+PAGE_SIZE = 100
+PATIENT_TOKEN = "{{context.patientId}}"
+_TODAY_MINUS = re.compile(r"\{\{today\(\) - (\d{1,5}) days\}\}")
 
 
-def templates(ruleset: RuleSet) -> dict[str, str]:
-    """Prefetch templates with CDS Hooks tokens: `{{context.patientId}}`, `{{today() - N days}}`."""
-    patient = "{{context.patientId}}"
-    return {
-        "patient": f"Patient/{patient}",
-        "observations": f"Observation?patient={patient}&code={lab_codes(ruleset)}"
-                        f"&date=ge{{{{today() - {LOOKBACK_DAYS} days}}}}&_count=200",
-        "conditions": f"Condition?patient={patient}",
-        "medicationRequests": f"MedicationRequest?patient={patient}",
-        "medicationStatements": f"MedicationStatement?patient={patient}",
-    }
+class RequestProblemError(Exception):
+    """The request itself is malformed (the service answers 400)."""
+
+
+class IncompleteRecordError(Exception):
+    """Part of the record could not be had (the service answers 412, naming what is missing)."""
+
+
+def lookback_days(ruleset: RuleSet) -> int:
+    """Days of Observations to ask for: the rule set's longest look-back, and one more day
+    because the search compares dates while the rules compare instants."""
+    return math.ceil(ruleset.max_lookback_days) + 1
+
+
+def _text_or_prefix_matching(ruleset: RuleSet, kinds: set[str]) -> bool:
+    """Whether concepts of these kinds can be recognised otherwise than by an exact code (the
+    record's own words, or a code prefix): a search by code would then miss records."""
+    term = ruleset.terminology
+    text = getattr(term, "_text", None)
+    prefixes = getattr(term, "_prefixes", None)
+    if not isinstance(text, list) or not isinstance(prefixes, dict):
+        return True  # cannot tell: ask for everything
+    concepts = [*(c for _, c in text), *(c for found in prefixes.values() for _, c in found)]
+    return any(term.concepts[c].kind in kinds for c in concepts if c in term.concepts)
+
+
+def _codes(ruleset: RuleSet, kinds: set[str]) -> str:
+    term = ruleset.terminology
+    pairs = term.codes_of(c.id for c in term.concepts.values() if c.kind in kinds)
+    return ",".join(f"{system}|{code}" for system, code in pairs)
+
+
+def _search(resource_type: str, ruleset: RuleSet, kinds: set[str], *extra: str) -> str:
+    query = [f"patient={PATIENT_TOKEN}", *extra]
+    if kinds and not _text_or_prefix_matching(ruleset, kinds):
+        query.append(f"code={_codes(ruleset, kinds)}")
+    return f"{resource_type}?{'&'.join([*query, f'_count={PAGE_SIZE}'])}"
+
+
+def templates(ruleset: RuleSet, hook: str) -> dict[str, str]:
+    """Prefetch templates for one hook, with CDS Hooks tokens (`{{context.patientId}}`,
+    `{{today() - N days}}`). Each asks only for what the hook's rules read."""
+    needs = needs_of(ruleset, hook)
+    found: dict[str, str] = {"patient": f"Patient/{PATIENT_TOKEN}"}
+    if needs.observations:
+        since = f"date=ge{{{{today() - {lookback_days(ruleset)} days}}}}"
+        found["observations"] = _search("Observation", ruleset, {"lab", "finding"}, since)
+    if needs.conditions:
+        found["conditions"] = _search("Condition", ruleset, {"condition", "finding"})
+    if needs.medications:
+        for key, kind in (("medicationRequests", "MedicationRequest"),
+                          ("medicationStatements", "MedicationStatement")):
+            found[key] = _search(kind, ruleset, set(), f"_include={kind}:medication")
+    has_procedures = any(c.kind == "procedure" for c in ruleset.terminology.concepts.values())
+    if needs.procedures and has_procedures:
+        found["procedures"] = _search("Procedure", ruleset, {"procedure"})
+    return found
 
 
 def fill(template: str, patient_id: str, today: date) -> str:
-    query = template.replace("{{context.patientId}}", patient_id)
-    marker = "{{today() - "
-    while marker in query:
-        start = query.index(marker)
-        end = query.index("}}", start)
-        days = int(query[start + len(marker):end].split()[0])
-        query = query[:start] + (today - timedelta(days=days)).isoformat() + query[end + 2:]
-    return query
+    if not FHIR_ID.match(patient_id):
+        raise RequestProblemError("context.patientId must be a FHIR id")
+    query = template.replace(PATIENT_TOKEN, patient_id)
+    return _TODAY_MINUS.sub(lambda m: (today - timedelta(days=int(m[1]))).isoformat(), query)
 
 
-def prefetched_resources(value: Any) -> list[dict[str, Any]] | None:
-    """Resources from one prefetch value; None when it cannot be used (missing, null, error)."""
-    if not isinstance(value, Mapping):
-        return None
-    if value.get("resourceType") == "OperationOutcome":
-        return None
-    if value.get("resourceType") == "Bundle":
-        return [dict(e["resource"]) for e in value.get("entry") or []
-                if isinstance(e, Mapping) and isinstance(e.get("resource"), Mapping)
-                and e["resource"].get("resourceType") != "OperationOutcome"]
-    return [dict(value)]
+def _page_of(key: str, value: Mapping[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
+    """Resources of one prefetched value, and its `next` link if it is page 1 of many."""
+    try:
+        if value.get("resourceType") == "Bundle":
+            resources = bundle_resources(value)
+            following = next_link(value)
+            if following is None and value.get("type") == "searchset":
+                total = value.get("total")
+                matches = sum(1 for e in value.get("entry") or []
+                              if isinstance(e, Mapping) and not (
+                                  isinstance(e.get("search"), Mapping)
+                                  and e["search"].get("mode") == "include"))
+                if isinstance(total, int) and not isinstance(total, bool) and total > matches:
+                    raise IncompleteRecordError(
+                        f"prefetch '{key}' holds {matches} of {total} results and no link to "
+                        "the rest")
+            return resources, following
+    except FhirUnavailableError as exc:
+        raise RequestProblemError(f"prefetch '{key}': {exc}") from None
+    return [dict(value)], None
 
 
-def gather(prefetch: Mapping[str, Any] | None, patient_id: str, ruleset: RuleSet,
-           client: FhirClient | None, today: date) -> list[dict[str, Any]]:
-    """Every resource the evaluation needs: from the prefetch where sent, else from FHIR."""
-    resources: list[dict[str, Any]] = []
+def _usable(value: Any) -> bool:
+    """A prefetch value the service can use; null or an OperationOutcome means the EHR's query
+    failed (the service then asks the FHIR server itself)."""
+    if value is None:
+        return False
+    if not isinstance(value, Mapping) or not isinstance(value.get("resourceType"), str):
+        raise RequestProblemError("every prefetch value must be a FHIR resource or null")
+    return value.get("resourceType") != "OperationOutcome"
+
+
+async def gather(prefetch: Mapping[str, Any] | None, patient_id: str, wanted: Mapping[str, str],
+                 client: FhirClient | None, today: date, *,
+                 no_client_reason: str) -> list[dict[str, Any]]:
+    """Every resource the hook's rules need: from the prefetch where complete, else from the
+    FHIR server. Raises IncompleteRecordError naming each part that could not be had."""
     prefetch = prefetch or {}
-    for value in prefetch.values():  # any key: EHRs also send data under their own keys
-        found = prefetched_resources(value)
-        if found:
+    resources: list[dict[str, Any]] = []
+    missing: list[str] = []
+    jobs: list[tuple[str, Any]] = []
+    for key, value in sorted(prefetch.items()):  # any key: EHRs also send their own queries
+        if not _usable(value):
+            continue
+        found, following = _page_of(key, value)
+        if following is None:
             resources += found
-    for key, template in templates(ruleset).items():
-        if prefetched_resources(prefetch.get(key)) is not None:
+        elif client is None:
+            missing.append(f"'{key}' (page 1 only: Bundle.link next)")
+        else:
+            jobs.append((key, client.complete(value, pages=1)))
+    for key, template in wanted.items():
+        if _usable(prefetch.get(key)):
             continue
         if client is None:
-            raise FhirUnavailableError(f"prefetch '{key}' missing and no fhirServer to ask")
-        resources += client.read(fill(template, patient_id, today))
-    return resources
+            missing.append(f"'{key}'")
+        else:
+            jobs.append((key, client.read(fill(template, patient_id, today))))
+    if missing:
+        for _, job in jobs:
+            job.close()  # never started
+        raise IncompleteRecordError(f"prefetch {', '.join(missing)} incomplete or missing, and "
+                                    f"{no_client_reason}")
+    results = await asyncio.gather(*(job for _, job in jobs), return_exceptions=True)
+    for (key, _), result in zip(jobs, results, strict=True):
+        if isinstance(result, FhirUnavailableError):
+            raise IncompleteRecordError(f"'{key}' could not be fetched: {result}")
+        if isinstance(result, BaseException):
+            raise result
+        resources += result
+    return _unique(resources)
+
+
+def _unique(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One copy of each resource (the same one can arrive under two prefetch keys)."""
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for resource in resources:
+        rid = resource.get("id")
+        if isinstance(rid, str):
+            key = (str(resource["resourceType"]), rid)
+            if key in seen:
+                continue
+            seen.add(key)
+        out.append(resource)
+    return out

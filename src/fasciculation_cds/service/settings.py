@@ -6,9 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import platformdirs
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+APP_NAME = "fasciculation-cds"
 
 
 class TrustedIssuer(BaseModel):
@@ -19,24 +22,48 @@ class TrustedIssuer(BaseModel):
     jwks_file: Path | None = None
 
 
+def default_feedback_database() -> Path:
+    """A per-user data folder (XDG_DATA_HOME on Linux), never the folder `serve` starts in."""
+    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)) / "feedback.db"
+
+
+def _default_feedback_url() -> str:
+    return f"sqlite:///{default_feedback_database()}"
+
+
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FASCICULATION_CDS_",
                                       env_nested_delimiter="__", extra="forbid")
 
-    audience: str = Field("http://127.0.0.1:8080/cds-services",
-                          description="This service's URL: the JWT `aud` it requires.")
+    public_base_url: str = Field(
+        "http://127.0.0.1:8080",
+        description="The URL the EHR reaches the service at, without `/cds-services`. A JWT's "
+                    "`aud` must be the exact URL of the endpoint called under it.")
     issuers: list[TrustedIssuer] = Field(default_factory=list)
     fhir_servers: list[str] = Field(default_factory=list,
                                     description="FHIR base URLs the service may call (SSRF).")
-    fhir_timeout_seconds: float = 10.0
-    fhir_max_pages: int = 10
+    fhir_timeout_seconds: float = Field(10.0, gt=0)
+    fhir_max_pages: int = Field(10, ge=1)
+    fhir_max_bytes: int = Field(20_000_000, ge=1_000,
+                                description="The largest FHIR answer read, per page.")
+    request_deadline_seconds: float = Field(
+        20.0, gt=0, description="The most time one hook call may take, FHIR paging included.")
     max_request_bytes: int = 2_000_000
-    clock_skew_seconds: int = 60
-    feedback_database_url: str = "sqlite:///fasciculation-cds-feedback.db"
+    clock_skew_seconds: int = Field(60, ge=0)
+    max_token_lifetime_seconds: int = Field(
+        300, ge=1, description="A JWT's `exp` may be at most this long after its `iat`.")
+    feedback_database_url: str = Field(default_factory=_default_feedback_url)
     log_level: str = "info"
     dev_insecure: bool = False
     rules_dir: Path | None = None
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
+    evaluation_workers: int = Field(
+        1, ge=1, description="Threads that evaluate records; each owns its own rule engine.")
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
 
     @classmethod
     def settings_customise_sources(
