@@ -80,3 +80,47 @@ def hook_request(hook: str, patient_id: str, prefetch: dict[str, Any] | None,
         body["prefetch"] = prefetch
     body.update(extra)
     return body
+
+
+FHIR_SERVER_DIR = Path(__file__).resolve().parent / "fhir_server"
+
+
+class FhirServer:
+    """The in-memory test FHIR server (tests/fhir_server) on a free loopback port."""
+
+    def __init__(self, files: list[Path], *, default_count: int = 20, slow_ms: int = 3000,
+                 token: str | None = None) -> None:
+        import shutil
+        import subprocess
+
+        import pytest
+
+        node = shutil.which("node")
+        if node is None or not (FHIR_SERVER_DIR / "node_modules").is_dir():
+            pytest.skip("test FHIR server not installed (npm ci --prefix tests/fhir_server)")
+        command = [node, "--experimental-websocket", str(FHIR_SERVER_DIR / "server.mjs"),
+                   "--port", "0", "--slow-ms", str(slow_ms), "--default-count",
+                   str(default_count), "--load", *map(str, files)]
+        if token is not None:
+            command += ["--token", token]
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True)
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line.startswith("LISTENING"):
+            self.stop()
+            pytest.fail(f"FHIR server did not start: {line}")
+        self.base = f"http://127.0.0.1:{line.split()[1]}"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.communicate(timeout=10)  # also closes the pipes
+
+
+def write_ndjson(path: Path, resources: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in resources))
+    return path
+
+
+def card_findings(cards: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return sorted((c["source"]["topic"]["code"], c["indicator"]) for c in cards)

@@ -56,6 +56,11 @@ def client(keys: Keys, tmp_path: Path, ruleset: RuleSet, recorder: Recorder) -> 
     return TestClient(create_app(settings, ruleset=ruleset, fhir_transport=recorder))
 
 
+def call(client: TestClient, keys: Keys, path: str, body: Any) -> httpx.Response:
+    """POST with a token made for exactly this endpoint (its URL is the `aud`)."""
+    return client.post(path, headers=keys.headers(path), json=body)
+
+
 def _example(name: str) -> dict[str, Any]:
     return json.loads((REPO / "fhir_examples" / name).read_text())
 
@@ -129,8 +134,8 @@ def test_cors_preflight(client: TestClient) -> None:
 def test_patient_view_with_prefetch_gives_cards(client: TestClient, keys: Keys,
                                                 recorder: Recorder) -> None:
     patient_id, prefetch = prefetch_from_bundle(_example("hypomagnesemia-omeprazole.json"))
-    answer = client.post(f"/cds-services/{PV}", headers=keys.headers(f"/cds-services/{PV}"),
-                         json=hook_request("patient-view", patient_id, prefetch))
+    answer = call(client, keys, f"/cds-services/{PV}",
+                  hook_request("patient-view", patient_id, prefetch))
     assert answer.status_code == 200, answer.text
     body = answer.json()
     jsonschema.validate(body, SCHEMA)
@@ -144,8 +149,8 @@ def test_missing_electrolytes_card_offers_service_requests(client: TestClient,
                                                            keys: Keys) -> None:
     patient_id, prefetch = prefetch_from_bundle(_example("sciatica-cramps.json"))
     prefetch["observations"] = {"resourceType": "Bundle", "type": "searchset", "entry": []}
-    answer = client.post(f"/cds-services/{PV}", headers=keys.headers(f"/cds-services/{PV}"),
-                         json=hook_request("patient-view", patient_id, prefetch))
+    answer = call(client, keys, f"/cds-services/{PV}",
+                  hook_request("patient-view", patient_id, prefetch))
     body = answer.json()
     jsonschema.validate(body, SCHEMA)
     [card] = [c for c in body["cards"]
@@ -160,8 +165,8 @@ def test_no_findings_gives_empty_cards(client: TestClient, keys: Keys) -> None:
     bundle = _example("benign-fasciculation.json")
     bundle["entry"] = [e for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient"]
     patient_id, prefetch = prefetch_from_bundle(bundle)
-    answer = client.post(f"/cds-services/{PV}", headers=keys.headers(f"/cds-services/{PV}"),
-                         json=hook_request("patient-view", patient_id, prefetch))
+    answer = call(client, keys, f"/cds-services/{PV}",
+                  hook_request("patient-view", patient_id, prefetch))
     assert answer.json() == {"cards": []}
 
 
@@ -176,8 +181,8 @@ def test_order_select_draft_order_caution(client: TestClient, keys: Keys) -> Non
                                "entry": [{"fullUrl": "urn:uuid:draft-1", "resource": draft}]},
                "selections": ["MedicationRequest/draft-1"]}
     for service, hook in ((OS, "order-select"), (SIGN, "order-sign")):
-        answer = client.post(f"/cds-services/{service}", headers=keys.headers(f"/cds-services/{service}"),
-                             json=hook_request(hook, patient_id, prefetch, context=context))
+        answer = call(client, keys, f"/cds-services/{service}",
+                      hook_request(hook, patient_id, prefetch, context=context))
         assert answer.status_code == 200, answer.text
         body = answer.json()
         jsonschema.validate(body, SCHEMA)
@@ -213,12 +218,11 @@ def test_invalid_requests(client: TestClient, keys: Keys) -> None:
                  "cds-hooks-request-order-select-bad.json"):
         request = json.loads(shared_data("invalid", name).read_text())
         service = {"patient-view": PV, "order-select": OS, "order-sign": SIGN}[request["hook"]]
-        answer = client.post(f"/cds-services/{service}", headers=keys.headers(f"/cds-services/{service}"), json=request)
+        answer = call(client, keys, f"/cds-services/{service}", request)
         assert answer.status_code == 400, (name, answer.text)
     assert client.post("/cds-services/nope", headers=keys.headers(), json={}).status_code == 404
     wrong_hook = hook_request("order-sign", "x", None)
-    assert client.post(f"/cds-services/{PV}", headers=keys.headers(f"/cds-services/{PV}"),
-                       json=wrong_hook).status_code == 400
+    assert call(client, keys, f"/cds-services/{PV}", wrong_hook).status_code == 400
 
 
 def test_fhir_server_failure_is_412(client: TestClient, keys: Keys, recorder: Recorder) -> None:
@@ -226,7 +230,7 @@ def test_fhir_server_failure_is_412(client: TestClient, keys: Keys, recorder: Re
                            fhirAuthorization={"access_token": "secret-token-xyz",
                                               "token_type": "Bearer", "expires_in": 300,
                                               "scope": "patient/*.read", "subject": "cds"})
-    answer = client.post(f"/cds-services/{PV}", headers=keys.headers(f"/cds-services/{PV}"), json=request)
+    answer = call(client, keys, f"/cds-services/{PV}", request)
     assert answer.status_code == 412
     assert recorder.calls
     assert recorder.calls[0].startswith("https://fhir.example.org/r4/")
@@ -235,14 +239,14 @@ def test_fhir_server_failure_is_412(client: TestClient, keys: Keys, recorder: Re
 def test_request_size_is_bounded(client: TestClient, keys: Keys) -> None:
     huge = hook_request("patient-view", "abc", {"patient": {"resourceType": "Patient", "id": "abc",
                                                             "text": {"div": "x" * 500_000}}})
-    answer = client.post(f"/cds-services/{PV}", headers=keys.headers(f"/cds-services/{PV}"), json=huge)
+    answer = call(client, keys, f"/cds-services/{PV}", huge)
     assert answer.status_code == 413
 
 
 def test_feedback_is_stored_and_reported(client: TestClient, keys: Keys) -> None:
     patient_id, prefetch = prefetch_from_bundle(_example("hypomagnesemia-omeprazole.json"))
-    cards = client.post(f"/cds-services/{PV}", headers=keys.headers(f"/cds-services/{PV}"),
-                        json=hook_request("patient-view", patient_id, prefetch)).json()["cards"]
+    cards = call(client, keys, f"/cds-services/{PV}",
+                  hook_request("patient-view", patient_id, prefetch)).json()["cards"]
     feedback = {"feedback": [
         {"card": cards[0]["uuid"], "outcome": "overridden",
          "overrideReason": {"reason": {"code": "already-addressed",
@@ -251,7 +255,7 @@ def test_feedback_is_stored_and_reported(client: TestClient, keys: Keys) -> None
          "outcomeTimestamp": "2026-11-26T10:00:00Z"},
         {"card": cards[1]["uuid"], "outcome": "accepted", "acceptedSuggestions": [],
          "outcomeTimestamp": "2026-11-26T10:01:00Z"}]}
-    answer = client.post(f"/cds-services/{PV}/feedback", headers=keys.headers(f"/cds-services/{PV}/feedback"), json=feedback)
+    answer = call(client, keys, f"/cds-services/{PV}/feedback", feedback)
     assert answer.json() == {"stored": 2}
     report = {row["rule_id"]: row for row in client.app.state.feedback.report()}  # type: ignore[attr-defined]
     first = report[cards[0]["source"]["topic"]["code"]]
@@ -285,9 +289,9 @@ def test_feedback_report_command(client: TestClient, keys: Keys, tmp_path: Path)
     import sys
 
     patient_id, prefetch = prefetch_from_bundle(_example("hypomagnesemia-omeprazole.json"))
-    cards = client.post(f"/cds-services/{PV}", headers=keys.headers(f"/cds-services/{PV}"),
-                        json=hook_request("patient-view", patient_id, prefetch)).json()["cards"]
-    client.post(f"/cds-services/{PV}/feedback", headers=keys.headers(f"/cds-services/{PV}/feedback"), json={"feedback": [
+    cards = call(client, keys, f"/cds-services/{PV}",
+                  hook_request("patient-view", patient_id, prefetch)).json()["cards"]
+    call(client, keys, f"/cds-services/{PV}/feedback", {"feedback": [
         {"card": cards[0]["uuid"], "outcome": "accepted",
          "outcomeTimestamp": "2026-11-26T10:00:00Z"}]})
     script = Path(sys.executable).parent / "fasciculation-cds"
@@ -312,7 +316,6 @@ def test_settings_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_bad_feedback_body_is_a_400_with_an_error(client: TestClient, keys: Keys) -> None:
-    answer = client.post(f"/cds-services/{PV}/feedback", headers=keys.headers(f"/cds-services/{PV}/feedback"),
-                         json={"feedback": [{"card": "x"}]})
+    answer = call(client, keys, f"/cds-services/{PV}/feedback", {"feedback": [{"card": "x"}]})
     assert answer.status_code == 400
     assert "error" in answer.json()
