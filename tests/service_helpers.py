@@ -89,7 +89,7 @@ class FhirServer:
     """The in-memory test FHIR server (tests/fhir_server) on a free loopback port."""
 
     def __init__(self, files: list[Path], *, default_count: int = 20, slow_ms: int = 3000,
-                 token: str | None = None) -> None:
+                 token: str | None = None, max_count: int = 0) -> None:
         import shutil
         import subprocess
 
@@ -100,7 +100,8 @@ class FhirServer:
             pytest.skip("test FHIR server not installed (npm ci --prefix tests/fhir_server)")
         command = [node, "--experimental-websocket", str(FHIR_SERVER_DIR / "server.mjs"),
                    "--port", "0", "--slow-ms", str(slow_ms), "--default-count",
-                   str(default_count), "--load", *map(str, files)]
+                   str(default_count), "--max-count", str(max_count),
+                   "--load", *map(str, files)]
         if token is not None:
             command += ["--token", token]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE,

@@ -25,13 +25,13 @@ const { getStatus, globalSchema, indexSearchParameterBundle, indexStructureDefin
 
 function usage(msg) {
   process.stderr.write(
-    `${msg}\nusage: node --experimental-websocket server.mjs --port PORT [--load FILE...] [--token TOKEN] [--slow-ms MS] [--default-count N] [--verbose]\n`
+    `${msg}\nusage: node --experimental-websocket server.mjs --port PORT [--load FILE...] [--token TOKEN] [--slow-ms MS] [--default-count N] [--max-count N] [--verbose]\n`
   );
   process.exit(2);
 }
 
 function parseArgs(argv) {
-  const opts = { port: 0, files: [], token: undefined, slowMs: 5000, defaultCount: 20, verbose: false };
+  const opts = { port: 0, files: [], token: undefined, slowMs: 5000, defaultCount: 20, maxCount: 0, verbose: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = () => {
@@ -42,6 +42,7 @@ function parseArgs(argv) {
     else if (a === '--token') opts.token = value();
     else if (a === '--slow-ms') opts.slowMs = Number(value());
     else if (a === '--default-count') opts.defaultCount = Number(value());
+    else if (a === '--max-count') opts.maxCount = Number(value());
     else if (a === '--verbose') opts.verbose = true;
     else if (a === '--load') {
       while (i + 1 < argv.length && !argv[i + 1].startsWith('--')) opts.files.push(argv[++i]);
@@ -50,6 +51,7 @@ function parseArgs(argv) {
   if (!Number.isInteger(opts.port) || opts.port < 0 || opts.port > 65535) usage('bad --port');
   if (!Number.isFinite(opts.slowMs) || opts.slowMs < 0) usage('bad --slow-ms');
   if (!Number.isInteger(opts.defaultCount) || opts.defaultCount < 1) usage('bad --default-count');
+  if (!Number.isInteger(opts.maxCount) || opts.maxCount < 0) usage('bad --max-count');
   return opts;
 }
 
@@ -343,6 +345,13 @@ async function handle(req, res) {
   if (isSearch && !new URLSearchParams(query).has('_count')) {
     // Page by default, as real servers do (first, so that a later _summary=count still wins).
     query = `_count=${opts.defaultCount}${query ? '&' + query : ''}`;
+  }
+  if (isSearch && opts.maxCount > 0) {
+    // Cap the page size whatever the client asked, as real servers do (--max-count).
+    const capped = new URLSearchParams(query);
+    const asked = Number.parseInt(capped.get('_count') ?? '', 10);
+    if (!(asked >= 0 && asked <= opts.maxCount)) capped.set('_count', String(opts.maxCount));
+    query = capped.toString();
   }
   const fhirReq = {
     method: isSearch ? 'GET' : method,
