@@ -1,0 +1,534 @@
+"""Attacks on the CDS Hooks service: SSRF through the FHIR allow-list and paging links, a stalled
+FHIR server, oversized answers, malformed input of every kind (always a 4xx JSON error, never a
+500 or a traceback), secrets and patient data in logs, and forged or misused tokens."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+import uvicorn
+from cryptography.hazmat.primitives import serialization
+from fastapi.testclient import TestClient
+
+from fasciculation_cds.ruleset import RuleSet
+from fasciculation_cds.service import create_app
+from fasciculation_cds.service.fhir_client import NotAllowedError, ServerUrl, allowed_base
+from fasciculation_cds.service.settings import TrustedIssuer
+
+from .conftest import REPO
+from .service_helpers import ISSUER, Keys, hook_request, prefetch_from_bundle
+
+PV = "fasciculation-cds-patient-view"
+OS = "fasciculation-cds-order-select"
+ALLOWED = "https://fhir.example.org/r4"
+FHIR_TOKEN = "fhir-secret-token-4711"
+
+
+class Recorder(httpx.MockTransport):
+    """Every request the service would have sent, answered by `answer` (default: 500)."""
+
+    def __init__(self, answer: Any = None) -> None:
+        self.calls: list[httpx.Request] = []
+        self._answer = answer or (lambda request: httpx.Response(500))
+        super().__init__(self._record)
+
+    def _record(self, request: httpx.Request) -> httpx.Response:
+        self.calls.append(request)
+        return self._answer(request)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Keys:
+    return Keys(tmp_path)
+
+
+def make_client(keys: Keys, tmp_path: Path, ruleset: RuleSet, transport: httpx.MockTransport,
+                **extra: Any) -> TestClient:
+    settings = keys.settings(feedback_database_url=f"sqlite:///{tmp_path / 'f.db'}",
+                             fhir_servers=[ALLOWED], **extra)
+    return TestClient(create_app(settings, ruleset=ruleset, fhir_transport=transport),
+                      raise_server_exceptions=False)
+
+
+def call(client: TestClient, keys: Keys, path: str, body: Any = None, *,
+         content: bytes | None = None) -> httpx.Response:
+    headers = {**keys.headers(path), "Content-Type": "application/json"}
+    if content is None:
+        content = json.dumps(body).encode()
+    return client.post(path, headers=headers, content=content)
+
+
+def example() -> tuple[str, dict[str, Any]]:
+    return prefetch_from_bundle(json.loads(
+        (REPO / "fhir_examples" / "hypomagnesemia-omeprazole.json").read_text()))
+
+
+def _auth(token: str = FHIR_TOKEN) -> dict[str, Any]:
+    return {"access_token": token, "token_type": "Bearer", "expires_in": 300,
+            "scope": "patient/*.read", "subject": "cds"}
+
+
+def assert_clean_4xx(answer: httpx.Response) -> None:
+    assert 400 <= answer.status_code < 500, answer.text
+    assert set(answer.json()) == {"error"}
+    assert "Traceback" not in answer.text
+
+
+# --- 8: the allow-list compares parsed URLs ------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", [
+    "https://fhir.example.org.attacker.test/r4",
+    "http://fhir.example.org/r4",  # scheme
+    "https://fhir.example.org:8443/r4",  # port
+    "https://fhir.example.org/r4x",
+    "https://fhir.example.org/",
+    "https://fhir.example.org/r4/../admin",
+    "https://fhir.example.org/r4/%2e%2e/admin",
+    "https://fhir.example.org@attacker.test/r4",
+    "https://user:pw@fhir.example.org/r4",
+    "https://fhir.example.org\\@attacker.test/r4",
+    "file:///etc/passwd",
+    "not a url",
+])
+def test_allow_list_refuses_look_alikes(url: str) -> None:
+    with pytest.raises(NotAllowedError):
+        allowed_base(url, [ALLOWED])
+
+
+def test_allow_list_normalises() -> None:
+    for url in ("https://FHIR.example.org/r4/", "https://fhir.example.org:443/r4",
+                "https://fhir.example.org./r4"):
+        assert allowed_base(url, [ALLOWED]).origin_and_path == ALLOWED
+    base = ServerUrl.parse(ALLOWED)
+    assert ServerUrl.parse(f"{ALLOWED}/Observation?_offset=2").is_at_or_below(base)
+    assert not ServerUrl.parse("https://fhir.example.org/r4-other/x").is_at_or_below(base)
+
+
+@pytest.mark.parametrize("link", [
+    "https://fhir.example.org.attacker.test/r4/Condition?page=2",
+    "http://fhir.example.org@attacker.test/r4/Condition?page=2",
+    "https://fhir.example.org/r4/../private/Condition",
+    "https://fhir.example.org:444/r4/Condition",
+    "http://fhir.example.org/r4/Condition?page=2",
+])
+def test_paging_links_never_leave_the_server(link: str, keys: Keys, tmp_path: Path,
+                                             ruleset: RuleSet) -> None:
+    recorder = Recorder()
+    client = make_client(keys, tmp_path, ruleset, recorder)
+    patient_id, prefetch = example()
+    prefetch["conditions"]["link"] = [{"relation": "next", "url": link}]
+    answer = call(client, keys, f"/cds-services/{PV}", hook_request(
+        "patient-view", patient_id, prefetch, fhirServer=ALLOWED, fhirAuthorization=_auth()))
+    assert answer.status_code == 412, answer.text
+    assert "outside the FHIR server" in answer.json()["error"] or "valid" in answer.text
+    assert recorder.calls == []  # the token went nowhere
+
+
+def test_allow_list_applies_only_when_the_server_is_contacted(keys: Keys, tmp_path: Path,
+                                                              ruleset: RuleSet) -> None:
+    recorder = Recorder()
+    client = make_client(keys, tmp_path, ruleset, recorder)
+    patient_id, prefetch = example()
+    answer = call(client, keys, f"/cds-services/{PV}", hook_request(
+        "patient-view", patient_id, prefetch, fhirServer="https://not-allowed.example.net/fhir"))
+    assert answer.status_code == 200, answer.text  # the prefetch is complete
+    assert answer.json()["cards"]
+    assert recorder.calls == []
+
+
+# --- 9: blocking work off the loop, a whole-request deadline, a size cap -------------------------
+
+
+class DripServer:
+    """A FHIR server that answers 1 byte every `interval` seconds (a stalled fallback)."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.listen(16)
+        self.base = f"http://127.0.0.1:{self.socket.getsockname()[1]}/fhir"
+        self.interval, self.stopped = interval, threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                connection, _ = self.socket.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._drip, args=(connection,), daemon=True).start()
+
+    def _drip(self, connection: socket.socket) -> None:
+        body = b'{"resourceType": "Bundle", "type": "searchset", "entry": []}' * 1000
+        try:
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\n"
+                               b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+            for byte in body:
+                if self.stopped.wait(self.interval):
+                    break
+                connection.sendall(bytes([byte]))
+        except OSError:
+            pass
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.socket.close()
+
+
+@pytest.fixture
+def drip() -> Iterator[DripServer]:
+    server = DripServer()
+    yield server
+    server.stop()
+
+
+class LiveService:
+    """The app under uvicorn in a thread, on a free loopback port (one event loop for all)."""
+
+    def __init__(self, app: Any) -> None:
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None,
+                                log_level="debug", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        for _ in range(200):
+            if self.server.started:
+                break
+            time.sleep(0.02)
+        [sock] = [s for server in self.server.servers for s in server.sockets][:1]
+        self.base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def test_stalled_fhir_server_neither_freezes_the_service_nor_outlives_the_deadline(
+        drip: DripServer, keys: Keys, tmp_path: Path, ruleset: RuleSet) -> None:
+    settings = keys.settings(feedback_database_url=f"sqlite:///{tmp_path / 'f.db'}",
+                             fhir_servers=[drip.base], request_deadline_seconds=3,
+                             fhir_timeout_seconds=2)  # each read is quick: only a deadline helps
+    settings = settings.model_copy(update={"public_base_url": "http://testserver"})
+    live = LiveService(create_app(settings, ruleset=ruleset))
+    try:
+        outcome: dict[str, Any] = {}
+
+        def stalled_call() -> None:
+            started = time.monotonic()
+            path = f"/cds-services/{PV}"
+            outcome["answer"] = httpx.post(
+                f"{live.base}{path}", headers=keys.headers(path), timeout=30,
+                json=hook_request("patient-view", "abc", None, fhirServer=drip.base))
+            outcome["seconds"] = time.monotonic() - started
+
+        worker = threading.Thread(target=stalled_call)
+        worker.start()
+        time.sleep(0.5)  # the call is now waiting on the drip
+        health = [httpx.get(f"{live.base}/healthz", timeout=5) for _ in range(5)]
+        assert worker.is_alive()  # still stalled while /healthz answered
+        assert all(h.status_code == 200 for h in health)
+        worker.join(timeout=30)
+        assert outcome["answer"].status_code == 412, outcome["answer"].text
+        assert "deadline" in outcome["answer"].json()["error"]
+        assert outcome["seconds"] < 10
+    finally:
+        live.stop()
+
+
+def test_fhir_answers_are_size_capped(keys: Keys, tmp_path: Path, ruleset: RuleSet) -> None:
+    big = {"resourceType": "Bundle", "type": "searchset",
+           "entry": [{"resource": {"resourceType": "Observation", "id": f"o{i}",
+                                   "status": "final"}} for i in range(2000)]}
+    recorder = Recorder(lambda request: httpx.Response(200, json=big))
+    client = make_client(keys, tmp_path, ruleset, recorder, fhir_max_bytes=10_000)
+    answer = call(client, keys, f"/cds-services/{PV}", hook_request(
+        "patient-view", "abc", None, fhirServer=ALLOWED, fhirAuthorization=_auth()))
+    assert answer.status_code == 412
+    assert "larger than" in answer.json()["error"]
+
+
+# --- 10: malformed input is a 4xx JSON error -----------------------------------------------------
+
+
+def _nested(depth: int) -> bytes:
+    return b'{"a":' * depth + b"{}" + b"}" * depth
+
+
+def _bad_requests() -> dict[str, tuple[str, Any]]:
+    patient_id, prefetch = example()
+    pv = f"/cds-services/{PV}"
+    os_ = f"/cds-services/{OS}"
+    fb = f"/cds-services/{PV}/feedback"
+
+    def with_prefetch(**changes: Any) -> dict[str, Any]:
+        return hook_request("patient-view", patient_id, {**prefetch, **changes})
+
+    draft_orders = {"resourceType": "Bundle", "entry": {"resource": {}}}
+    return {
+        "deep JSON": (pv, b'{"hook": "patient-view", "context": ' + _nested(1000) + b"}"),
+        "deep JSON in feedback": (fb, b'{"feedback": [' + _nested(1000) + b"]}"),
+        "JSON 100 deep": (pv, b'{"hook": "patient-view", "context": ' + _nested(100) + b"}"),
+        "not JSON": (pv, b"{not json"),
+        "JSON list": (pv, []),
+        "prefetch entry not a list": (pv, with_prefetch(
+            conditions={"resourceType": "Bundle", "type": "searchset", "entry": {"x": 1}})),
+        "prefetch link not a list": (pv, with_prefetch(
+            conditions={"resourceType": "Bundle", "type": "searchset", "entry": [],
+                        "link": "next"})),
+        "prefetch value not a resource": (pv, with_prefetch(conditions="Condition?x")),
+        "draftOrders entry not a list": (os_, hook_request(
+            "order-select", patient_id, prefetch,
+            context={"draftOrders": draft_orders, "selections": []})),
+        "draftOrders entry without resource": (os_, hook_request(
+            "order-select", patient_id, prefetch,
+            context={"draftOrders": {"resourceType": "Bundle", "entry": [{"x": 1}]},
+                     "selections": []})),
+        "patientId template": (pv, hook_request("patient-view", "{{today() - abc}}", None,
+                                                fhirServer=ALLOWED)),
+        "patientId query injection": (pv, hook_request("patient-view", "x&_count=1", None,
+                                                       fhirServer=ALLOWED)),
+        "patientId reference": (pv, hook_request("patient-view", "Patient/x", None)),
+        "patientId number": (pv, hook_request("patient-view", 7, None)),  # type: ignore[arg-type]
+        "context not an object": (pv, {"hook": "patient-view", "hookInstance": "x",
+                                       "context": []}),
+        "feedback reason not an object": (fb, {"feedback": [{
+            "card": "c", "outcome": "overridden", "outcomeTimestamp": "2026-11-30T10:00:00Z",
+            "overrideReason": {"reason": "already-addressed"}}]}),
+        "feedback outcome unknown": (fb, {"feedback": [{
+            "card": "c", "outcome": "liked", "outcomeTimestamp": "2026-11-30T10:00:00Z"}]}),
+        "feedback not a list": (fb, {"feedback": {"card": "c"}}),
+        "fhirAuthorization malformed": (pv, hook_request(
+            "patient-view", patient_id, prefetch, fhirAuthorization={"access_token": 1})),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_bad_requests()))
+def test_malformed_input_is_a_4xx(case: str, keys: Keys, tmp_path: Path,
+                                  ruleset: RuleSet) -> None:
+    recorder = Recorder()
+    client = make_client(keys, tmp_path, ruleset, recorder)
+    path, body = _bad_requests()[case]
+    answer = call(client, keys, path, content=body if isinstance(body, bytes) else None,
+                  body=body)
+    assert_clean_4xx(answer)
+    assert recorder.calls == []  # a malformed id never reaches a FHIR query
+
+
+def test_malformed_fhir_answers_are_412(keys: Keys, tmp_path: Path, ruleset: RuleSet) -> None:
+    for document in ({"resourceType": "Bundle", "entry": {"resource": {}}},
+                     {"resourceType": "Bundle", "entry": [], "link": {"relation": "next"}},
+                     [1, 2, 3], "text"):
+        recorder = Recorder(lambda request, d=document: httpx.Response(200, json=d))
+        client = make_client(keys, tmp_path, ruleset, recorder)
+        answer = call(client, keys, f"/cds-services/{PV}", hook_request(
+            "patient-view", "abc", None, fhirServer=ALLOWED, fhirAuthorization=_auth()))
+        assert answer.status_code == 412, (document, answer.text)
+        assert set(answer.json()) == {"error"}
+
+
+def test_token_kid_naming_a_key_of_another_type(keys: Keys, tmp_path: Path,
+                                                ruleset: RuleSet) -> None:
+    client = make_client(keys, tmp_path, ruleset, Recorder())
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": "http://testserver/cds-services", "iat": now,
+              "exp": now + 300, "jti": "k1"}
+    token = jwt.encode(claims, keys.ec, algorithm="ES384", headers={"kid": "rsa-1"})
+    answer = client.get("/cds-services", headers={"Authorization": f"Bearer {token}"})
+    assert answer.status_code == 401
+    assert_clean_4xx(answer)
+
+
+def test_missing_jwks_file_is_401(keys: Keys, tmp_path: Path, ruleset: RuleSet) -> None:
+    settings = keys.settings(feedback_database_url=f"sqlite:///{tmp_path / 'f.db'}")
+    settings = settings.model_copy(update={"issuers": [
+        TrustedIssuer(iss=ISSUER, jwks_file=tmp_path / "gone.json")]})
+    client = TestClient(create_app(settings, ruleset=ruleset), raise_server_exceptions=False)
+    answer = client.get("/cds-services", headers=keys.headers())
+    assert answer.status_code == 401
+    assert_clean_4xx(answer)
+
+
+# --- 11: no patient text, comment or token in any log line ---------------------------------------
+
+
+def test_logs_carry_no_patient_data_comment_or_token(keys: Keys, tmp_path: Path,
+                                                     ruleset: RuleSet,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    patient_id, prefetch = example()
+    prefetch["patient"]["name"] = [{"family": "Quuxington", "given": ["Zebulon"]}]
+    recorder = Recorder()
+    client = make_client(keys, tmp_path, ruleset, recorder)
+    bearer = keys.headers(f"/cds-services/{PV}")
+    client.post(f"/cds-services/{PV}", headers=bearer,
+                json=hook_request("patient-view", patient_id, prefetch))
+    # a FHIR fallback: httpx would log the search URL, with the patient id in it
+    call(client, keys, f"/cds-services/{PV}", hook_request(
+        "patient-view", patient_id, None, fhirServer=ALLOWED, fhirAuthorization=_auth()))
+    assert recorder.calls
+    # a refused token in the query string
+    client.get("/cds-services?access_token=query-secret-xyz")
+    # a comment that meets a database error
+    client.app.state.feedback.engine.dispose()  # type: ignore[attr-defined]
+    with client.app.state.feedback.engine.begin() as db:  # type: ignore[attr-defined]
+        db.exec_driver_sql("DROP TABLE feedback")
+    answer = call(client, keys, f"/cds-services/{PV}/feedback", {"feedback": [{
+        "card": "c", "outcome": "overridden", "outcomeTimestamp": "2026-11-30T10:00:00Z",
+        "overrideReason": {"userComment": "patient Zebulon told me a secret"}}]})
+    assert answer.status_code == 503
+    # every record but the test client's own (TestClient logs its requests through httpx2)
+    text = "\n".join(f"{r.name} {r.getMessage()} {r.exc_text or ''}" for r in caplog.records
+                     if not r.name.startswith("httpx2"))
+    for secret in (bearer["Authorization"][7:], FHIR_TOKEN, "query-secret-xyz", patient_id,
+                   "Zebulon", "Quuxington", "0.58"):
+        assert secret not in text, secret
+    assert "feedback" in text  # the failure itself is logged
+
+
+def test_access_log_drops_the_query_string(keys: Keys, tmp_path: Path, ruleset: RuleSet,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    settings = keys.settings(feedback_database_url=f"sqlite:///{tmp_path / 'f.db'}")
+    live = LiveService(create_app(settings, ruleset=ruleset))
+    try:
+        answer = httpx.get(f"{live.base}/cds-services?access_token=query-secret-xyz")
+        assert answer.status_code == 401
+    finally:
+        live.stop()
+    assert "GET /cds-services" in caplog.text
+    assert "query-secret-xyz" not in caplog.text
+
+
+# --- 12 and the classic token attacks ------------------------------------------------------------
+
+
+def _raw_token(keys: Keys, claims: dict[str, Any], *, alg: str = "RS384",
+               header: dict[str, Any] | None = None) -> str:
+    key = keys.ec if alg == "ES384" else keys.rsa
+    return jwt.encode(claims, key, algorithm=alg,
+                      headers={"kid": "ec-1" if alg == "ES384" else "rsa-1", **(header or {})})
+
+
+def _claims(**changes: Any) -> dict[str, Any]:
+    now = int(time.time())
+    return {"iss": ISSUER, "aud": "http://testserver/cds-services", "iat": now,
+            "exp": now + 300, "jti": f"j-{time.monotonic_ns()}", **changes}
+
+
+def _forged(keys: Keys, case: str) -> str:
+    now = int(time.time())
+    if case == "alg none":
+        return jwt.encode(_claims(), None, algorithm="none")
+    if case == "HS384 with the RSA public key as secret":
+        public = keys.rsa.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        header = json.dumps({"alg": "HS384", "typ": "JWT", "kid": "rsa-1"}).encode()
+        body = json.dumps(_claims()).encode()
+        signing = f"{jwt.utils.base64url_encode(header).decode()}." \
+                  f"{jwt.utils.base64url_encode(body).decode()}"
+        import hashlib
+        import hmac
+
+        signature = hmac.new(public, signing.encode(), hashlib.sha384).digest()
+        return f"{signing}.{jwt.utils.base64url_encode(signature).decode()}"
+    if case == "expired":
+        return _raw_token(keys, _claims(iat=now - 900, exp=now - 600))
+    if case == "numeric-string exp":
+        return _raw_token(keys, _claims(exp=str(now + 300)))
+    if case == "lifetime over 5 minutes":
+        return _raw_token(keys, _claims(exp=now + 3600))
+    if case == "issued in the future":
+        return _raw_token(keys, _claims(iat=now + 600, exp=now + 700))
+    if case == "no jti":
+        claims = _claims()
+        del claims["jti"]
+        return _raw_token(keys, claims)
+    if case == "untrusted issuer":
+        return _raw_token(keys, _claims(iss="https://evil.example.org"))
+    if case == "aud of another endpoint":
+        return _raw_token(keys, _claims(aud=f"http://testserver/cds-services/{PV}"))
+    if case == "aud of another host":
+        return _raw_token(keys, _claims(aud="https://other.example.org/cds-services"))
+    if case == "aud as a prefix":
+        return _raw_token(keys, _claims(aud="http://testserver"))
+    if case == "signed by an unknown key":
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        return jwt.encode(_claims(), other, algorithm="RS384", headers={"kid": "rsa-1"})
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", [
+    "alg none", "HS384 with the RSA public key as secret", "expired", "numeric-string exp",
+    "lifetime over 5 minutes", "issued in the future", "no jti", "untrusted issuer",
+    "aud of another endpoint", "aud of another host", "aud as a prefix",
+    "signed by an unknown key"])
+def test_forged_or_misused_tokens_are_refused(case: str, keys: Keys, tmp_path: Path,
+                                              ruleset: RuleSet) -> None:
+    client = make_client(keys, tmp_path, ruleset, Recorder())
+    answer = client.get("/cds-services", headers={"Authorization": f"Bearer {_forged(keys, case)}"})
+    assert answer.status_code == 401, case
+    assert_clean_4xx(answer)
+
+
+def test_replayed_token_is_refused(keys: Keys, tmp_path: Path, ruleset: RuleSet) -> None:
+    client = make_client(keys, tmp_path, ruleset, Recorder())
+    headers = keys.headers()
+    assert client.get("/cds-services", headers=headers).status_code == 200
+    assert client.get("/cds-services", headers=headers).status_code == 401
+
+
+def test_token_lifetime_is_configurable(keys: Keys, tmp_path: Path, ruleset: RuleSet) -> None:
+    client = make_client(keys, tmp_path, ruleset, Recorder(), max_token_lifetime_seconds=3600)
+    token = _raw_token(keys, _claims(exp=int(time.time()) + 3000))
+    assert client.get("/cds-services", headers={"Authorization": f"Bearer {token}"}) \
+        .status_code == 200
+
+
+def test_token_for_one_endpoint_is_refused_at_another(keys: Keys, tmp_path: Path,
+                                                      ruleset: RuleSet) -> None:
+    client = make_client(keys, tmp_path, ruleset, Recorder())
+    patient_id, prefetch = example()
+    body = hook_request("patient-view", patient_id, prefetch)
+    for minted_for in ("/cds-services", f"/cds-services/{OS}", f"/cds-services/{PV}/feedback"):
+        answer = client.post(f"/cds-services/{PV}", headers=keys.headers(minted_for), json=body)
+        assert answer.status_code == 401, minted_for
+    assert call(client, keys, f"/cds-services/{PV}", body).status_code == 200
+
+
+def test_sandbox_token_with_jku_is_verified_without_fetching_it(
+        keys: Keys, tmp_path: Path, ruleset: RuleSet) -> None:
+    """The sandbox's token (sandbox-shapes/jwt.md): ES384, a `jku`, `aud` the exact URL."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    listener.settimeout(0.2)
+    jku = f"http://127.0.0.1:{listener.getsockname()[1]}/.well-known/jwks.json"
+    try:
+        settings = keys.settings(feedback_database_url=f"sqlite:///{tmp_path / 'f.db'}")
+        client = TestClient(create_app(settings, ruleset=ruleset))
+        patient_id, prefetch = example()
+        path = f"/cds-services/{PV}"
+        token = keys.token(path, alg="ES384", header={"jku": jku}, sub="sandbox-client")
+        answer = client.post(path, headers={"Authorization": f"Bearer {token}"},
+                             json=hook_request("patient-view", patient_id, prefetch))
+        assert answer.status_code == 200, answer.text
+        with pytest.raises(TimeoutError):
+            listener.accept()  # nobody ever connected to the jku
+    finally:
+        listener.close()
