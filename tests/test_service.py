@@ -319,3 +319,178 @@ def test_bad_feedback_body_is_a_400_with_an_error(client: TestClient, keys: Keys
     answer = call(client, keys, f"/cds-services/{PV}/feedback", {"feedback": [{"card": "x"}]})
     assert answer.status_code == 400
     assert "error" in answer.json()
+
+
+# --- cards ---------------------------------------------------------------------------------------
+
+
+def _findings(name: str, ruleset: RuleSet) -> dict[str, Any]:
+    from datetime import datetime, timezone
+
+    from fasciculation_cds import evaluate
+
+    [assessment] = evaluate(REPO / "fhir_examples" / name, rules=ruleset,
+                            as_of=datetime.now(timezone.utc))
+    return {f.rule_id: f for f in assessment.findings}
+
+
+def test_cards_carry_the_findings_own_summary_links_and_source(
+        client: TestClient, keys: Keys, ruleset: RuleSet) -> None:
+    for name in ("als-red-flags-critical.json", "hypokalemia-hydrochlorothiazide.json",
+                 "hypomagnesemia-omeprazole.json"):
+        patient_id, prefetch = prefetch_from_bundle(_example(name))
+        cards = call(client, keys, f"/cds-services/{PV}",
+                     hook_request("patient-view", patient_id, prefetch)).json()["cards"]
+        findings = _findings(name, ruleset)
+        assert sorted(c["source"]["topic"]["code"] for c in cards) == sorted(findings)
+        for card in cards:
+            finding = findings[card["source"]["topic"]["code"]]
+            assert card["summary"] == finding.summary  # never cut
+            assert [link["url"] for link in card.get("links", [])] == \
+                [r.url for r in finding.references if r.url]
+            assert card["source"]["url"] == f"http://testserver/rules/{finding.rule_id}"
+            doc = client.get(card["source"]["url"].removeprefix("http://testserver"))
+            assert doc.status_code == 200
+            assert finding.rule_id in doc.text
+    [red_flag] = [c for c in call(client, keys, f"/cds-services/{PV}", hook_request(
+        "patient-view", *prefetch_from_bundle(_example("als-red-flags-critical.json"))))
+        .json()["cards"] if c["source"]["topic"]["code"] == "mnd.red-flags"]
+    assert red_flag["summary"].endswith("urgent neurology review")
+    detail = red_flag["detail"].splitlines()
+    first_item = next(i for i, line in enumerate(detail) if line.startswith("- "))
+    assert detail[first_item - 1] == ""  # a Markdown list, not a run-on paragraph
+
+
+def test_card_model_refuses_what_cds_hooks_refuses() -> None:
+    from pydantic import ValidationError
+
+    from fasciculation_cds.service.models import Card, Source
+
+    good = {"uuid": "u", "summary": "x" * 140, "indicator": "info",
+            "source": Source(label="fasciculation-cds")}
+    assert Card.model_validate(good).summary == "x" * 140
+    for bad in ({"summary": "x" * 141}, {"indicator": "danger"}, {"summary": ""}):
+        with pytest.raises(ValidationError):
+            Card.model_validate({**good, **bad})
+
+
+def test_markdown_lists_are_set_off() -> None:
+    from fasciculation_cds.service.cards import markdown_blocks
+
+    assert markdown_blocks("Seen with:\n- a\n- b\nThen text.") == \
+        "Seen with:\n\n- a\n- b\n\nThen text."
+
+
+# --- hooks and prefetch policy from the rules ----------------------------------------------------
+
+
+def test_order_hook_policy_comes_from_the_rules_hooks_field(ruleset: RuleSet) -> None:
+    from fasciculation_cds.service.needs import rules_for
+
+    order_select = {r.id for r in rules_for(ruleset, "order-select")}
+    patient_view = {r.id for r in rules_for(ruleset, "patient-view")}
+    assert "medication.order-caution" in order_select
+    assert "medication.order-caution" not in patient_view  # hooks: {order-select, order-sign}
+    assert "mnd.red-flags" in order_select  # can be critical, and order hooks show critical
+    assert "medication.fasciculation-trigger" not in order_select  # never critical
+    assert ruleset.rule("medication.order-caution").hooks == {"order-select": "info",
+                                                              "order-sign": "info"}
+
+
+def test_templates_ask_by_code_when_codes_are_all_the_rules_can_match(
+        tmp_path: Path) -> None:
+    """With no word or code-prefix matching, the searches name every code the rules read, labs
+    and coded signs alike; with it (the shipped rules), a search by code would lose records."""
+    import shutil
+
+    import yaml
+
+    from fasciculation_cds.ruleset import load_rules
+    from fasciculation_cds.service.prefetch import templates
+
+    from .conftest import RULES_DIR
+
+    rules = tmp_path / "rules"
+    shutil.copytree(RULES_DIR, rules)
+    (rules / "text-matches.yaml").write_text("text: {}\nbody_site: {}\n")
+    codes = yaml.safe_load((rules / "valuesets/codes.yaml").read_text())
+    for concept in codes["concepts"].values():
+        concept.pop("match_prefixes", None)
+    (rules / "valuesets/codes.yaml").write_text(yaml.safe_dump(codes))
+    coded = templates(load_rules(rules), "patient-view")
+    assert "http://loinc.org|19123-9" in coded["observations"]  # a lab (magnesium)
+    assert "http://snomed.info/sct|86854008" in coded["observations"]  # a sign (hyperreflexia)
+    assert "code=" in coded["conditions"]
+    shipped = templates(load_rules(RULES_DIR), "patient-view")
+    assert "code=" not in shipped["observations"]
+
+
+# --- order hooks ---------------------------------------------------------------------------------
+
+
+def _draft_context(patient_id: str, **draft_fields: Any) -> dict[str, Any]:
+    draft = {"resourceType": "MedicationRequest", "id": "draft-1", "status": "draft",
+             "intent": "order", "subject": {"reference": f"Patient/{patient_id}"},
+             "medicationCodeableConcept": {"coding": [{
+                 "system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "435",
+                 "display": "albuterol"}]}, **draft_fields}
+    return {"draftOrders": {"resourceType": "Bundle", "type": "collection",
+                            "entry": [{"resource": draft}]},
+            "selections": ["MedicationRequest/draft-1"]}
+
+
+def test_draft_fields_no_rule_reads_never_fail_a_call(client: TestClient, keys: Keys) -> None:
+    patient_id, prefetch = prefetch_from_bundle(_example("benign-fasciculation.json"))
+    context = _draft_context(patient_id, category={"coding": [{"code": "community"}]},
+                             dosageInstruction="twice a day", dispenseRequest=5,
+                             authoredOn="yesterday")
+    answer = call(client, keys, f"/cds-services/{OS}",
+                  hook_request("order-select", patient_id, prefetch, context=context))
+    assert answer.status_code == 200, answer.text
+    assert [c["source"]["topic"]["code"] for c in answer.json()["cards"]] == \
+        ["medication.order-caution"]
+    context["draftOrders"]["entry"][0]["resource"].pop("id")
+    answer = call(client, keys, f"/cds-services/{OS}",
+                  hook_request("order-select", patient_id, prefetch, context=context))
+    assert answer.status_code == 400  # a draft the card could not name is a request problem
+
+
+def test_shown_is_counted_once_per_card_per_order(client: TestClient, keys: Keys) -> None:
+    patient_id, prefetch = prefetch_from_bundle(_example("benign-fasciculation.json"))
+    context = _draft_context(patient_id)
+    uuids = set()
+    for _ in range(3):  # order-select fires again on every change of the order form
+        cards = call(client, keys, f"/cds-services/{OS}", hook_request(
+            "order-select", patient_id, prefetch, context=context)).json()["cards"]
+        uuids |= {c["uuid"] for c in cards}
+    call(client, keys, f"/cds-services/{SIGN}",
+         hook_request("order-sign", patient_id, prefetch, context=context))
+    assert len(uuids) == 1
+    report = {r["rule_id"]: r for r in client.app.state.feedback.report()}  # type: ignore[attr-defined]
+    assert report["medication.order-caution"]["shown"] == 2  # once on select, once on sign
+    other = _draft_context(patient_id)
+    other["selections"] = ["MedicationRequest/draft-1", "MedicationRequest/draft-2"]
+    call(client, keys, f"/cds-services/{OS}",
+         hook_request("order-select", patient_id, prefetch, context=other))
+    report = {r["rule_id"]: r for r in client.app.state.feedback.report()}  # type: ignore[attr-defined]
+    assert report["medication.order-caution"]["shown"] == 3  # another order
+
+
+# --- feedback database ---------------------------------------------------------------------------
+
+
+def test_default_feedback_database_is_per_user_and_announced(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ruleset: RuleSet,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from fasciculation_cds.service.settings import ServiceSettings
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+    settings = ServiceSettings()
+    expected = tmp_path / "data" / "fasciculation-cds" / "feedback.db"
+    assert settings.feedback_database_url == f"sqlite:///{expected}"
+    with TestClient(create_app(settings, ruleset=ruleset)) as client:
+        assert client.get("/healthz").status_code == 200
+    assert expected.is_file()
+    assert not list(tmp_path.glob("*.db"))  # nothing in the folder serve started in
+    assert f"feedback database sqlite:///{expected}" in capsys.readouterr().err
