@@ -42,11 +42,13 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy
 
-## bench: throughput and memory report in bench/results.md and bench/results.json
+## bench: throughput and memory report in bench/results.md and bench/results.json; service
+## latency in bench/service.md and bench/service.json
 bench: venv
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) bench/run_bench.py --patients 2000 --out bench
 	$(PY) bench/batch_bench.py --sizes 2000 20000 --out bench
+	$(PY) bench/service_bench.py --out bench
 
 ## docs: regenerate docs/rules/ from the rule files
 docs: venv
