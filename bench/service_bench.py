@@ -197,8 +197,12 @@ async def run(requests_per_level: int, stalled_calls: int) -> dict[str, Any]:
                 task.cancel()
             await asyncio.gather(*stalled, return_exceptions=True)
     finally:
-        process.terminate()
-        process.wait(timeout=20)
+        process.terminate()  # uvicorn waits for in-flight calls: those on the stalled server
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
         drip.close()
     return results
 

@@ -8,6 +8,7 @@ import json
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -38,12 +39,24 @@ class Authenticator:
         self._clients: dict[str, jwt.PyJWKClient] = {}
         self._seen: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._key_files: dict[Path, tuple[tuple[int, int], jwt.PyJWKSet]] = {}
+
+    def _key_set(self, path: Path) -> jwt.PyJWKSet:
+        """The JWKS file's keys, parsed again only when the file changes (mtime, size)."""
+        stat = path.stat()
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        cached = self._key_files.get(path)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        keys = jwt.PyJWKSet.from_dict(json.loads(path.read_text()))
+        self._key_files[path] = (stamp, keys)
+        return keys
 
     def _key(self, issuer: TrustedIssuer, token: str, kid: str | None, alg: str) -> Any:
         wanted_type = KEY_TYPE_OF_ALG[alg]
         if issuer.jwks_file is not None:
             try:
-                keys = jwt.PyJWKSet.from_dict(json.loads(issuer.jwks_file.read_text()))
+                keys = self._key_set(issuer.jwks_file)
             except (OSError, ValueError, jwt.PyJWTError):
                 log.error("the JWKS file configured for a trusted issuer cannot be read")
                 raise AuthError("the issuer's keys are not available") from None
