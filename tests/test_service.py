@@ -494,3 +494,17 @@ def test_default_feedback_database_is_per_user_and_announced(
     assert expected.is_file()
     assert not list(tmp_path.glob("*.db"))  # nothing in the folder serve started in
     assert f"feedback database sqlite:///{expected}" in capsys.readouterr().err
+
+
+def test_evaluation_in_worker_processes_gives_the_same_cards(keys: Keys, tmp_path: Path,
+                                                             ruleset: RuleSet) -> None:
+    patient_id, prefetch = prefetch_from_bundle(_example("als-red-flags-critical.json"))
+    body = hook_request("patient-view", patient_id, prefetch)
+    answers = []
+    for extra in ({}, {"evaluation_processes": 1}):
+        settings = keys.settings(feedback_database_url=f"sqlite:///{tmp_path / 'f.db'}", **extra)
+        with TestClient(create_app(settings, ruleset=ruleset)) as client:
+            answer = call(client, keys, f"/cds-services/{PV}", {**body, "hookInstance": "a"})
+            assert answer.status_code == 200, answer.text
+            answers.append(answer.json())
+    assert answers[0] == answers[1]

@@ -7,34 +7,30 @@ thread-safe). A whole-request deadline bounds every hook call.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from typing import Any
 
 import anyio
 import httpx
+import orjson
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from ..assessment import Assessment
-from ..evaluate import Evaluator, PatientError, new_grouper
 from ..rule_docs import rule_page
 from ..ruleset import RuleSet, load_rules
-from ..sources import RawResource
 from .auth import Authenticator, AuthError
 from .cards import card_uuid, to_cards
 from .drafts import order_key, read_draft_orders
+from .evaluation import EvaluationPool
 from .feedback import FeedbackStore, FeedbackStoreError
 from .fhir_client import FhirClient, NotAllowedError, allowed_base
 from .guard import BodyLimit, Guard, parse_json, quiet_logs
@@ -69,6 +65,13 @@ USAGE = ("Send the prefetch, or fhirServer with fhirAuthorization. A prefetch th
          "missing.")
 
 
+class ORJSONBody(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
 def _problem(status: int, message: str) -> HTTPException:
     return HTTPException(status, message)
 
@@ -89,45 +92,6 @@ def _model(model: type[BaseModel], document: Any, what: str) -> Any:
         raise _problem(400, _validation_message(exc, what)) from None
 
 
-class EvaluationPool:
-    """Worker threads, each with its own compiled Evaluator (one rule engine per thread)."""
-
-    def __init__(self, ruleset: RuleSet, workers: int) -> None:
-        self.ruleset = ruleset
-        self._local = threading.local()
-        self.executor = ThreadPoolExecutor(max_workers=workers,
-                                           thread_name_prefix="fasciculation-evaluate")
-
-    def _evaluator(self) -> Evaluator:
-        evaluator = getattr(self._local, "evaluator", None)
-        if evaluator is None:
-            evaluator = self._local.evaluator = Evaluator(self.ruleset)
-        return evaluator
-
-    def assess(self, resources: list[dict[str, Any]], drafts: list[dict[str, Any]],
-               patient_id: str, as_of: datetime) -> Assessment:
-        """The same path as `evaluate` over the same resources, for one patient."""
-        grouper = new_grouper(self.ruleset, as_of, strict=False)
-        for index, resource in enumerate(resources):
-            grouper.add(RawResource(resource, "prefetch", f"item {index}"))
-        for index, draft in enumerate(drafts):
-            grouper.add(RawResource(draft, "draftOrders", f"entry[{index}]", draft_order=True))
-        result = grouper.finish()
-        record = next((r for r in result.patients if r.reference == f"Patient/{patient_id}"),
-                      None)
-        if record is None or record.patient is None:
-            raise IncompleteRecordError("the Patient resource was neither prefetched nor fetched")
-        outcome = self._evaluator().assess(record, result.medications, as_of)
-        if isinstance(outcome, PatientError):
-            raise IncompleteRecordError(f"the patient's data could not be read: "
-                                        f"{outcome.message[:300]}")
-        return outcome
-
-    async def run(self, *args: Any) -> Assessment:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self.assess, *args)
-
-
 def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | None = None,
                fhir_transport: httpx.AsyncBaseTransport | None = None,
                clock: Callable[[], datetime] | None = None) -> FastAPI:
@@ -137,7 +101,8 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
     now = clock or (lambda: datetime.now(timezone.utc))
     authenticator = Authenticator(settings)
     store = FeedbackStore(settings.feedback_database_url)
-    pool = EvaluationPool(rules, settings.evaluation_workers)
+    pool = EvaluationPool(rules, threads=settings.evaluation_workers,
+                          processes=settings.evaluation_processes)
     hook_templates: dict[str, dict[str, str]] = {hook: templates(rules, hook) for hook in HOOKS}
     service_of = {sid: hook for hook, (sid, _, _) in SERVICES.items()}
     base = settings.public_base_url
@@ -147,7 +112,7 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         print(f"fasciculation-cds: feedback database {store.location}", file=sys.stderr)
         yield
-        pool.executor.shutdown(wait=False, cancel_futures=True)
+        pool.close()
 
     app = FastAPI(title="fasciculation-cds CDS Hooks service", version="0.2.0",
                   description="CDS Hooks 2.0 service for muscle twitching, cramps and spasms.",
@@ -199,7 +164,7 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
                              for hook, (sid, title, text) in SERVICES.items()]}
 
     @app.post("/cds-services/{service_id}")
-    async def call(service_id: str, http_request: Request) -> dict[str, Any]:
+    async def call(service_id: str, http_request: Request) -> Response:
         hook = hook_of(service_id)
         authenticate(http_request, f"/cds-services/{service_id}")
         started = time.perf_counter()
@@ -219,7 +184,8 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
             raise _problem(412, str(exc)) from None
         log.info("hook=%s cards=%d ms=%.0f", hook, len(cards),
                  (time.perf_counter() - started) * 1000)  # no patient data, no tokens
-        return {"cards": [card.to_json() for card in cards]}
+        # a ready JSON body: FastAPI's response validation would walk every card again
+        return ORJSONBody({"cards": [card.to_json() for card in cards]})
 
     async def _answer(service_id: str, hook: str, request: HookRequest) -> list[Card]:
         patient_id = request.context.get("patientId")
@@ -240,7 +206,8 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
         else:  # order-select re-fires on every change of the form: one showing per order
             key = card_uuid(f"{service_id}|Patient/{patient_id}",
                             order_key(request.context, drafts))
-        cards = to_cards(assessment, rules, hook, key, f"{base}/rules")
+        draft_references = frozenset(f"{d['resourceType']}/{d['id']}" for d in drafts)
+        cards = to_cards(assessment, rules, hook, key, f"{base}/rules", draft_references)
         try:
             await run_in_threadpool(store.cards_shown, service_id,
                                     [c.to_json() for c in cards])

@@ -62,7 +62,7 @@ def _detail(finding: RuleFinding) -> str:
 
 
 def _suggestions(finding: RuleFinding, assessment: Assessment, ruleset: RuleSet,
-                 card_key: str) -> list[CardSuggestion]:
+                 card_key: str, drafts: frozenset[str]) -> list[CardSuggestion]:
     suggestions: list[CardSuggestion] = []
     patient = assessment.patient.reference
     for suggestion in finding.suggestions:
@@ -85,8 +85,9 @@ def _suggestions(finding: RuleFinding, assessment: Assessment, ruleset: RuleSet,
                     actions=[Action(type="create", description=f"Order {label}",
                                     resource=resource)]))
         elif suggestion.kind == "remove-draft-order":
-            drafts = sorted({e.reference for e in finding.evidence if e.status == "draft"})
-            for draft in drafts:
+            # the drafts of this call that the finding cites (known by reference, not by a
+            # status string in the evidence)
+            for draft in sorted({e.reference for e in finding.evidence} & drafts):
                 suggestions.append(CardSuggestion(
                     label=suggestion.label, uuid=card_uuid(card_key, f"{finding.rule_id}|{draft}"),
                     actions=[Action(type="delete", description=f"Remove {draft}",
@@ -95,10 +96,10 @@ def _suggestions(finding: RuleFinding, assessment: Assessment, ruleset: RuleSet,
 
 
 def to_card(finding: RuleFinding, assessment: Assessment, ruleset: RuleSet, card_key: str,
-            rules_url: str) -> Card:
+            rules_url: str, drafts: frozenset[str] = frozenset()) -> Card:
     """One card. The summary is the finding's own: rules write it to fit 140 characters, and a
     longer one is a rule error (the model refuses it) rather than cut mid-sentence."""
-    suggestions = _suggestions(finding, assessment, ruleset, card_key)
+    suggestions = _suggestions(finding, assessment, ruleset, card_key, drafts)
     # the finding's own references: the rules pick those of the alternative that fired
     links = [Link(label=_short(r.citation), url=r.url) for r in finding.references if r.url]
     return Card(
@@ -125,6 +126,7 @@ def _short(citation: str) -> str:
 
 
 def to_cards(assessment: Assessment, ruleset: RuleSet, hook: str, card_key: str,
-             rules_url: str) -> list[Card]:
-    return [to_card(f, assessment, ruleset, card_key, rules_url) for f in assessment.findings
-            if worth_showing(f, ruleset, hook)]
+             rules_url: str, drafts: frozenset[str] = frozenset()) -> list[Card]:
+    """The hook's cards. `drafts`: references of the call's draft orders (`Type/id`)."""
+    return [to_card(f, assessment, ruleset, card_key, rules_url, drafts)
+            for f in assessment.findings if worth_showing(f, ruleset, hook)]

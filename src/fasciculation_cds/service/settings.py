@@ -59,6 +59,9 @@ class ServiceSettings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
     evaluation_workers: int = Field(
         1, ge=1, description="Threads that evaluate records; each owns its own rule engine.")
+    evaluation_processes: int = Field(
+        0, ge=0, description="Worker processes that evaluate records instead of threads "
+                             "(0: threads); each loads the rules and compiles its own engine.")
 
     @field_validator("public_base_url")
     @classmethod
