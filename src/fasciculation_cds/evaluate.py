@@ -126,7 +126,8 @@ class Evaluator:
             named = {name: by_key[str(message["id"])] for name, message in bound.items()
                      if name != "context"}
             hits_by_rule.setdefault(compiled.rule_id, []).append(RuleHit(compiled, named))
-        return [build_finding(self.ruleset.rule(rule_id), hits, facts, context)
+        return [build_finding(self.ruleset.rule(rule_id), hits, facts, context,
+                              self.ruleset.units)
                 for rule_id, hits in sorted(hits_by_rule.items())]
 
 

@@ -28,7 +28,17 @@ from .facts import (
     Problem,
 )
 from .fhir_time import iso_day
+from .quantity_text import (
+    as_sent,
+    format_significant,
+    measured_text,
+    provenance,
+    range_text,
+    shown_text,
+    used_text,
+)
 from .rule_schema import SEVERITY_RANK, Rule
+from .units import UnitTable
 
 SUMMARY_LIMIT = 140
 _SPACES = re.compile(r"\s+")
@@ -43,7 +53,10 @@ class RuleHit:
 
 
 def format_number(value: float) -> str:
-    """Readable, stable numbers: 0.699, 2.12, 13.5, 135."""
+    """Short numbers with trailing zeros dropped (0.699, 2.12, 13.5, 135).
+
+    Kept for callers outside the rules; lab values are written by `quantity_text`, which keeps
+    significant digits (2.00, not 2)."""
     magnitude = abs(value)
     digits = 0 if magnitude >= 100 else 1 if magnitude >= 10 else 2 if magnitude >= 1 else 3
     text = f"{value:.{digits}f}"
@@ -53,28 +66,24 @@ def format_number(value: float) -> str:
 def _environment() -> SandboxedEnvironment:
     env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False,
                                trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False)
-    env.filters["num"] = format_number
+    env.filters["num"] = format_significant
     return env
 
 
 _ENV = _environment()
 
 
-def _reported(fact: LabResult) -> str:
-    prefix = f"{fact.comparator} " if fact.comparator else ""
-    unit = f" {fact.original_unit}" if fact.original_unit else ""
-    return f"{prefix}{fact.original_value}{unit}"
-
-
-def _view(fact: ClinicalFact | RuleFinding) -> dict[str, Any]:
+def _view(fact: ClinicalFact | RuleFinding, units: UnitTable) -> dict[str, Any]:
     """What a template may say about a fact."""
     if isinstance(fact, RuleFinding):
         return {"rule_id": fact.rule_id, "title": fact.title, "severity": fact.severity,
                 "summary": fact.summary}
     view: dict[str, Any] = {"reference": fact.reference}
     if isinstance(fact, LabResult):
-        view.update(label=fact.label, value=format_number(fact.value), unit=fact.unit,
-                    reported=_reported(fact), date=iso_day(fact.effective),
+        view.update(label=fact.label, value=format_significant(fact.value), unit=fact.unit,
+                    reported=as_sent(fact), measured=measured_text(fact, units),
+                    used=used_text(fact, units), shown=shown_text(fact, units),
+                    provenance=provenance(fact), date=iso_day(fact.effective),
                     note=fact.note or "", concept=fact.concept)
     elif isinstance(fact, Medication):
         view.update(label=fact.label, display=fact.display or fact.label, concept=fact.concept,
@@ -87,20 +96,13 @@ def _view(fact: ClinicalFact | RuleFinding) -> dict[str, Any]:
     return view
 
 
-def evidence_of(fact: ClinicalFact) -> Evidence | None:
+def evidence_of(fact: ClinicalFact, units: UnitTable) -> Evidence | None:
     if isinstance(fact, LabResult):
-        rng = None
-        if fact.reference_low is not None or fact.reference_high is not None:
-            low, high = fact.reference_low, fact.reference_high
-            if low is not None and high is not None:
-                rng = f"{format_number(low)}-{format_number(high)} {fact.unit}"
-            elif high is not None:
-                rng = f"≤ {format_number(high)} {fact.unit}"
-            else:
-                rng = f"≥ {format_number(low or 0.0)} {fact.unit}"
+        rng = range_text(fact.reference_low, fact.reference_high, fact.unit)
         return Evidence(reference=fact.reference, concept=fact.concept, label=fact.label,
-                        value=round(fact.value, 4), unit=fact.unit, reported=_reported(fact),
-                        effective=iso_day(fact.effective), note=fact.note, reference_range=rng)
+                        value=round(fact.value, 4), unit=fact.unit, reported=as_sent(fact),
+                        shown=shown_text(fact, units), effective=iso_day(fact.effective),
+                        note=fact.note, reference_range=rng)
     if isinstance(fact, DraftOrder):
         return Evidence(reference=fact.reference, concept=fact.concept, label=fact.label,
                         display=fact.display, status="draft", matched_by=fact.matched_by)
@@ -121,6 +123,7 @@ def build_finding(
     hits: Sequence[RuleHit],
     facts: Sequence[ClinicalFact],
     context: PatientContext,
+    units: UnitTable,
 ) -> RuleFinding:
     """Gather every match of one rule into a finding at the highest severity that fired."""
     ordered = sorted(hits, key=lambda h: (-SEVERITY_RANK[h.compiled.severity],
@@ -130,9 +133,9 @@ def build_finding(
     every: dict[str, dict[str, dict[str, Any]]] = {}
     for hit in ordered:
         for name, fact in hit.facts.items():
-            view = _view(fact)
+            view = _view(fact, units)
             every.setdefault(name, {}).setdefault(_fact_key(fact), view)
-            items = fact.evidence if isinstance(fact, RuleFinding) else [evidence_of(fact)]
+            items = fact.evidence if isinstance(fact, RuleFinding) else [evidence_of(fact, units)]
             for item in items:
                 if item is not None:
                     evidence.setdefault((item.reference, item.concept), item)
@@ -145,10 +148,10 @@ def build_finding(
                     or fact.above_upper_limit != collect.above_upper_limit
                     or not fact.is_latest):
                 continue
-            item = evidence_of(fact)
+            item = evidence_of(fact, units)
             if item is not None:
                 evidence.setdefault((item.reference, item.concept), item)
-    variables: dict[str, Any] = {name: _view(fact) for name, fact in primary.facts.items()}
+    variables: dict[str, Any] = {name: _view(fact, units) for name, fact in primary.facts.items()}
     variables["all"] = {name: [] for match in rule.match for name in match.facts}
     variables["all"].update({name: list(views.values()) for name, views in sorted(every.items())})
     variables["severity"] = primary.compiled.severity
