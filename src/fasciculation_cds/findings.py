@@ -67,10 +67,25 @@ def _environment() -> SandboxedEnvironment:
     env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False,
                                trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False)
     env.filters["num"] = format_significant
+    env.filters["listing"] = listing
     return env
 
 
+def listing(items: Sequence[Any], most: int = 3, word: str = "and") -> str:
+    """`a, b and c`; beyond `most` items `a, b, c and 2 more` (summaries must fit 140)."""
+    names = [str(i) for i in items]
+    if len(names) > most:
+        names = [*names[:most], f"{len(names) - most} more"]
+    if len(names) <= 1:
+        return "".join(names)
+    return f"{', '.join(names[:-1])} {word} {names[-1]}"
+
+
 _ENV = _environment()
+
+
+class SummaryTooLong(ValueError):
+    """A filled summary is longer than a card allows: the rule's template must be rewritten."""
 
 
 def _view(fact: ClinicalFact | RuleFinding, units: UnitTable) -> dict[str, Any]:
@@ -139,6 +154,7 @@ def build_finding(
             for item in items:
                 if item is not None:
                     evidence.setdefault((item.reference, item.concept), item)
+    also: dict[str, dict[str, Any]] = {}
     for collect in rule.evidence_also:
         for fact in facts:
             if fact.kind != collect.fact or getattr(fact, "concept", None) not in collect.concepts:
@@ -151,6 +167,7 @@ def build_finding(
             item = evidence_of(fact, units)
             if item is not None:
                 evidence.setdefault((item.reference, item.concept), item)
+                also.setdefault(_fact_key(fact), _view(fact, units))
     variables: dict[str, Any] = {name: _view(fact, units) for name, fact in primary.facts.items()}
     variables["all"] = {name: [] for match in rule.match for name in match.facts}
     variables["all"].update({name: list(views.values()) for name, views in sorted(every.items())})
@@ -158,9 +175,17 @@ def build_finding(
     variables["presentation"] = list(context.presentation)
     variables["alternative"] = rule.match[primary.compiled.match_index].label or ""
     variables["not_measured_within"] = functools.partial(_not_measured_within, context)
+    variables["also"] = [also[key] for key in sorted(also)]
+    variables["present"] = list(context.concepts_present)
+    variables["matches"] = _matches(rule, ordered, units)
     summary = _SPACES.sub(" ", render(rule.summary, variables, rule.id, "summary")).strip()
     if len(summary) > SUMMARY_LIMIT:
-        summary = summary[: SUMMARY_LIMIT - 1].rstrip() + "…"
+        raise SummaryTooLong(f"rule {rule.id}: summary is {len(summary)} characters, more than "
+                             f"{SUMMARY_LIMIT}: {summary!r}")
+    fired = sorted({h.compiled.match_index for h in hits})
+    citations: dict[tuple[str, str | None], Citation] = {}
+    for ref in [*rule.references, *(r for i in fired for r in rule.match[i].references)]:
+        citations.setdefault((ref.citation, ref.url), Citation(citation=ref.citation, url=ref.url))
     return RuleFinding(
         rule_id=rule.id,
         category=rule.category,
@@ -173,8 +198,21 @@ def build_finding(
         recommendations=list(rule.recommendations),
         suggestions=[Suggestion(kind=s.kind, label=s.label, concepts=list(s.concepts))
                      for s in rule.suggestions],
-        references=[Citation(citation=r.citation, url=r.url) for r in rule.references],
+        references=list(citations.values()),
     )
+
+
+def _matches(rule: Rule, hits: Sequence[RuleHit], units: UnitTable) -> list[dict[str, Any]]:
+    """Each distinct match, highest severity first: its alternative and the facts it bound,
+    so a template can pair what belongs together (a drug with the electrolyte it lowers)."""
+    out: dict[tuple[str, ...], dict[str, Any]] = {}
+    for hit in hits:
+        key = (str(hit.compiled.match_index), *_hit_key(hit))
+        if key not in out:
+            out[key] = {"alternative": rule.match[hit.compiled.match_index].label or "",
+                        "severity": hit.compiled.severity,
+                        **{name: _view(fact, units) for name, fact in hit.facts.items()}}
+    return list(out.values())
 
 
 def _not_measured_within(context: PatientContext, days: float, concepts: list[str]) -> list[str]:
