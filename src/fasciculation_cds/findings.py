@@ -84,7 +84,7 @@ def listing(items: Sequence[Any], most: int = 3, word: str = "and") -> str:
 _ENV = _environment()
 
 
-class SummaryTooLong(ValueError):
+class SummaryTooLongError(ValueError):
     """A filled summary is longer than a card allows: the rule's template must be rewritten."""
 
 
@@ -180,8 +180,9 @@ def build_finding(
     variables["matches"] = _matches(rule, ordered, units)
     summary = _SPACES.sub(" ", render(rule.summary, variables, rule.id, "summary")).strip()
     if len(summary) > SUMMARY_LIMIT:
-        raise SummaryTooLong(f"rule {rule.id}: summary is {len(summary)} characters, more than "
-                             f"{SUMMARY_LIMIT}: {summary!r}")
+        raise SummaryTooLongError(
+            f"rule {rule.id}: summary is {len(summary)} characters, more than {SUMMARY_LIMIT}: "
+            f"{summary!r}")
     fired = sorted({h.compiled.match_index for h in hits})
     citations: dict[tuple[str, str | None], Citation] = {}
     for ref in [*rule.references, *(r for i in fired for r in rule.match[i].references)]:
