@@ -12,6 +12,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .content_schema import SystemSpec, TextMatches, ValueSets
+
 _WORD = re.compile(r"[a-z0-9]+")
 
 # How a coded element reached its concept, strongest first; reported with the evidence.
@@ -61,61 +63,65 @@ class Terminology:
     @classmethod
     def build(
         cls,
-        codes: Mapping[str, Any],
-        systems: Mapping[str, Any],
-        text_matches: Mapping[str, Any],
+        codes: ValueSets,
+        systems: Mapping[str, SystemSpec],
+        text_matches: TextMatches,
     ) -> Terminology:
         class_members: dict[str, tuple[str, ...]] = {
-            name: tuple(members) for name, members in (codes.get("classes") or {}).items()
+            name: tuple(members) for name, members in codes.classes.items()
         }
         group_members: dict[str, tuple[str, ...]] = {
-            name: tuple(members) for name, members in (codes.get("groups") or {}).items()
+            name: tuple(members) for name, members in codes.groups.items()
         }
         concepts: dict[str, Concept] = {}
-        for cid, spec in codes["concepts"].items():
+        for cid, spec in codes.concepts.items():
             concepts[cid] = Concept(
                 id=cid,
-                kind=str(spec["kind"]),
-                label=str(spec["label"]),
+                kind=spec.kind,
+                label=spec.label,
                 classes=tuple(sorted(n for n, m in class_members.items() if cid in m)),
                 groups=tuple(sorted(n for n, m in group_members.items() if cid in m)),
             )
+        for kind, named in (("class", class_members), ("group", group_members)):
+            for name, listed in named.items():
+                unknown = sorted(set(listed) - set(concepts))
+                if unknown:
+                    raise ValueError(
+                        f"codes.yaml {kind} {name!r} names unknown concepts: {unknown}")
         term = cls(concepts=concepts, classes=class_members, groups=group_members)
-        for sys_name, spec in systems.items():
+        for sys_name, system_spec in systems.items():
             system = _System(
                 key=sys_name,
-                uri=spec["uri"],
-                dotless=bool(spec.get("dotless")),
-                ingredient_fallback=bool(spec.get("ingredient_fallback")),
+                uri=system_spec.uri,
+                dotless=system_spec.dotless,
+                ingredient_fallback=system_spec.ingredient_fallback,
             )
-            for uri in [spec["uri"], *spec.get("aliases", [])]:
+            for uri in [system_spec.uri, *system_spec.aliases]:
                 term._systems_by_uri[uri.rstrip("/")] = system
         codes_index: dict[tuple[str, str], list[str]] = {}
-        for cid, spec in codes["concepts"].items():
-            for coding in spec.get("codings") or []:
-                found = term._systems_by_uri.get(str(coding["system"]).rstrip("/"))
+        for cid, spec in codes.concepts.items():
+            for coding in spec.codings:
+                found = term._systems_by_uri.get(coding.system.rstrip("/"))
                 if found is None:
                     continue
-                members = codes_index.setdefault(
-                    (found.key, term._norm(found, str(coding["code"]))), [])
-                if cid not in members:
-                    members.append(cid)
-            for sys_key, prefixes in (spec.get("match_prefixes") or {}).items():
+                coded = codes_index.setdefault((found.key, term._norm(found, coding.code)), [])
+                if cid not in coded:
+                    coded.append(cid)
+            for sys_key, prefixes in (spec.match_prefixes or {}).items():
                 by_key = next((s for s in term._systems_by_uri.values() if s.key == sys_key), None)
                 if by_key is None:
                     continue
                 for prefix in prefixes:
-                    term._prefixes.setdefault(sys_key, []).append(
-                        (term._norm(by_key, str(prefix)), cid))
-            if spec["kind"] == "medication":
+                    term._prefixes.setdefault(sys_key, []).append((term._norm(by_key, prefix), cid))
+            if spec.kind == "medication":
                 term._ingredients.append((tuple(_WORD.findall(cid.replace("-", " "))), cid))
         term._codes = {k: tuple(v) for k, v in codes_index.items()}
-        for cid, phrases in (text_matches.get("text") or {}).items():
+        for cid, phrases in text_matches.text.items():
             for phrase in phrases:
                 term._text.append((tuple(_WORD.findall(phrase.lower())), cid))
-        for cid, spec in (text_matches.get("body_site") or {}).items():
-            words = tuple(w.lower() for w in spec["site_words"])
-            term.body_site_rules.append((str(spec["when_concept"]), words, cid))
+        for cid, rule in text_matches.body_site.items():
+            words = tuple(w.lower() for w in rule.site_words)
+            term.body_site_rules.append((rule.when_concept, words, cid))
         unknown = [c for _, c in term._text if c not in concepts]
         unknown += [c for _, _, c in term.body_site_rules if c not in concepts]
         if unknown:
