@@ -284,7 +284,7 @@ def check_references(rule: Rule, ruleset: RuleSet, file: Path) -> None:
         if pattern.rule and pattern.rule not in known_rules:
             fail(f"unknown rule {pattern.rule!r}", where)
         if pattern.times_upper_limit is not None:
-            ck = str((ruleset.derived.get("creatine_kinase_upper_limit") or {}).get("concept"))
+            ck = ruleset.derived.creatine_kinase_upper_limit.concept
             concepts = [*(pattern.concepts or []), *([pattern.concept] if pattern.concept else [])]
             if concepts != [ck]:
                 fail(f"times_upper_limit applies only to {ck!r}", where)
