@@ -174,11 +174,43 @@ class CreatineKinaseUpperLimit(_Strict):
     default: Quantity
 
 
+class DerivedConcept(_Strict):
+    """A concept normalization derives; rules name it like a value-set concept."""
+
+    kind: ConceptKind
+    label: str
+    groups: list[str] = Field(default_factory=list)
+
+
+class UnconfirmedDiagnosis(_Strict):
+    verification: list[str] = Field(min_length=1)
+    yields: str
+
+
+class RecentOnly(_Strict):
+    days: int = Field(ge=0)
+    concepts: list[str] = Field(default_factory=list)
+
+
+class NotCounted(_Strict):
+    group: str
+    when_present: str
+
+
+class GroupSet(_Strict):
+    groups: list[str] = Field(min_length=1)
+    not_counted: list[NotCounted] = Field(default_factory=list)
+
+
 class DerivedFile(_Strict):
     albumin_corrected_calcium: AlbuminCorrection
     diabetes_by_hba1c: DiabetesByHbA1c
     creatine_kinase_upper_limit: CreatineKinaseUpperLimit
     sign_lookback_days: int = Field(ge=0)
     presentation_group: str
-    counted_group_sets: dict[str, list[str]] = Field(default_factory=dict)
+    derived_concepts: dict[str, DerivedConcept] = Field(default_factory=dict)
+    unconfirmed_diagnoses: dict[str, UnconfirmedDiagnosis] = Field(default_factory=dict)
+    recorded_conditions: dict[str, str] = Field(default_factory=dict)
+    recent_only_conditions: RecentOnly = Field(default_factory=lambda: RecentOnly(days=0))
+    counted_group_sets: dict[str, GroupSet] = Field(default_factory=dict)
     lab_families: dict[str, list[str]] = Field(default_factory=dict)

@@ -23,7 +23,8 @@ from .sources import RawResource
 from .strict_checks import strict_problems
 from .terminology import Terminology
 
-CODED_TYPES: Mapping[str, str] = {"Observation": "code", "Condition": "code"}
+CODED_TYPES: Mapping[str, str] = {"Observation": "code", "Condition": "code",
+                                  "Procedure": "code"}
 MEDICATION_USE_TYPES = frozenset({"MedicationRequest", "MedicationStatement"})
 _ABSOLUTE_REF = re.compile(
     r"(?:^|/)(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")

@@ -140,7 +140,8 @@ def _load_rules_cached(directory: Path) -> RuleSet:
     text_matches = read_content(directory / "text-matches.yaml", TextMatches)
     derived = read_content(directory / "derived.yaml", DerivedFile)
     try:
-        terminology = Terminology.build(codes, systems.root, text_matches)
+        terminology = Terminology.build(codes, systems.root, text_matches,
+                                        derived.derived_concepts)
     except ValueError as exc:
         raise RuleFileError(str(exc), file=str(directory / "valuesets")) from None
     units_file = read_content(directory / "units.yaml", UnitsFile)
@@ -217,10 +218,26 @@ def check_derived(derived: DerivedFile, term: Terminology, units: UnitTable, fil
     quantity(ck.concept, ck.default.value, ck.default.unit, "creatine_kinase_upper_limit.default")
     if derived.presentation_group not in term.groups:
         fail(f"unknown concept group {derived.presentation_group!r}", "presentation_group")
-    for name, groups in derived.counted_group_sets.items():
-        for group in groups:
+    for name, group_set in derived.counted_group_sets.items():
+        for group in group_set.groups:
             if group not in term.groups:
-                fail(f"unknown concept group {group!r}", f"counted_group_sets.{name}")
+                fail(f"unknown concept group {group!r}", f"counted_group_sets.{name}.groups")
+        for index, rule in enumerate(group_set.not_counted):
+            where = f"counted_group_sets.{name}.not_counted.{index}"
+            if rule.group not in group_set.groups:
+                fail(f"group {rule.group!r} is not in the set", where)
+            concept(rule.when_present, where)
+    for cid, unconfirmed in derived.unconfirmed_diagnoses.items():
+        concept(cid, f"unconfirmed_diagnoses.{cid}", "condition")
+        if unconfirmed.yields not in derived.derived_concepts:
+            fail(f"{unconfirmed.yields!r} is not in derived_concepts",
+                 f"unconfirmed_diagnoses.{cid}.yields")
+    for cid, recorded in derived.recorded_conditions.items():
+        concept(cid, f"recorded_conditions.{cid}", "condition")
+        if recorded not in derived.derived_concepts:
+            fail(f"{recorded!r} is not in derived_concepts", f"recorded_conditions.{cid}")
+    for cid in derived.recent_only_conditions.concepts:
+        concept(cid, "recent_only_conditions.concepts", "condition")
     for name, members in derived.lab_families.items():
         for member in members:
             concept(member, f"lab_families.{name}", "lab")

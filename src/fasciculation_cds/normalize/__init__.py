@@ -2,7 +2,8 @@
 
 One module per concern, each a function that returns what it makes: `labs` (lab Observations,
 units), `calcium` (albumin correction), `conditions` (Conditions and sign Observations),
-`derived` (facts from facts), `medications`, `context` (the closed-world PatientContext).
+`derived` (facts from facts), `medications`, `procedures`, `context` (the closed-world
+PatientContext).
 Constants come from rules/derived.yaml; nothing here holds a threshold of its own.
 """
 
@@ -18,11 +19,12 @@ from ..ingest import PatientRecord, SourcedResource
 from ..ruleset import RuleSet
 from .calcium import corrected_calcium
 from .common import COUNTING_OBSERVATION_STATUS, Content, Notice, effective_time, reference_of
-from .conditions import Coded, condition_facts, dedupe, observation_facts
+from .conditions import Coded, condition_facts, dedupe, observation_facts, recorded_concepts
 from .context import patient_context
 from .derived import body_site_findings, diabetes_from_hba1c
 from .labs import LabReading, lab_facts, read_lab
 from .medications import draft_order_facts, medication_facts
+from .procedures import procedure_facts
 
 __all__ = ["NormalizedPatient", "Normalizer", "Notice"]
 
@@ -56,6 +58,8 @@ class Normalizer:
         coded: list[Coded] = []
         notices: list[Notice] = []
         medications = []
+        procedures = []
+        recorded: set[str] = set()
         for sourced in sorted(record.resources, key=reference_of):
             resource_type = sourced.resource["resourceType"]
             if resource_type == "Observation":
@@ -64,7 +68,13 @@ class Normalizer:
                 coded += observed.coded
                 notices += observed.notices
             elif resource_type == "Condition":
-                coded += condition_facts(content, sourced, as_of)
+                from_condition, recorded_by = condition_facts(content, sourced, as_of)
+                coded += from_condition
+                recorded |= recorded_by
+            elif resource_type == "Procedure":
+                performed, procedure_notices = procedure_facts(content, sourced, as_of)
+                procedures += performed
+                notices += procedure_notices
             elif resource_type in ("MedicationRequest", "MedicationStatement"):
                 medications += medication_facts(content, sourced, as_of)
         corrected, calcium_notices = corrected_calcium(content, readings)
@@ -73,9 +83,12 @@ class Normalizer:
         coded += diabetes_from_hba1c(content, labs)
         coded += body_site_findings(content, coded)
         patient = _patient(record, as_of)
-        facts: list[ClinicalFact] = [patient, *labs, *medications, *dedupe(coded),
+        coded = dedupe(coded)
+        recorded |= recorded_concepts(content, coded)
+        facts: list[ClinicalFact] = [patient, *labs, *medications, *coded, *procedures,
                                      *draft_order_facts(content, record.draft_orders)]
-        context = patient_context(content, record.reference, facts, assume_presentation)
+        context = patient_context(content, record.reference, facts, assume_presentation,
+                                  recorded)
         return NormalizedPatient(patient, facts, context, notices)
 
     def _observation(self, sourced: SourcedResource, as_of: datetime) -> _Observed:
@@ -102,7 +115,9 @@ class Normalizer:
                 out.notices += notices
                 if reading is not None:
                     out.labs.append(reading)
-        out.coded = observation_facts(content, resource, matches, reference, effective, as_of)
+        out.coded, notices = observation_facts(content, resource, matches, reference, effective,
+                                               as_of)
+        out.notices += notices
         return out
 
 

@@ -16,9 +16,12 @@ def patient_context(
     reference: str,
     facts: Iterable[ClinicalFact],
     assume_presentation: bool,
+    recorded: Iterable[str] = (),
 ) -> PatientContext:
+    """`recorded`: derived concepts present whatever the facts say (e.g. MND recorded in any
+    status), from `conditions.recorded_concepts`."""
     term, derived = content.term, content.ruleset.derived
-    present: set[str] = set()
+    present: set[str] = set(recorded)
     days: dict[str, float] = {}
     for fact in facts:
         if isinstance(fact, (Problem, Finding)):
@@ -33,8 +36,11 @@ def patient_context(
     presentation = tuple(sorted(c for c in present if c in presentation_group))
     group_counts = {g: sum(1 for c in members if c in present)
                     for g, members in term.groups.items()}
-    set_counts = {name: sum(1 for g in groups if group_counts.get(g, 0) > 0)
-                  for name, groups in derived.counted_group_sets.items()}
+    set_counts = {}
+    for name, group_set in derived.counted_group_sets.items():
+        explained = {rule.group for rule in group_set.not_counted if rule.when_present in present}
+        set_counts[name] = sum(1 for g in group_set.groups
+                               if g not in explained and group_counts.get(g, 0) > 0)
     return PatientContext(
         reference=reference, presenting=assume_presentation or bool(presentation),
         presentation=presentation, concepts_present=tuple(sorted(present)),

@@ -72,11 +72,13 @@ def draft_order_facts(content: Content, drafts: list[SourcedResource]) -> list[D
 def ingredient_matches(
     content: Content, codeable: Mapping[str, Any] | None
 ) -> list[ConceptMatch]:
-    """Ingredients of a medication: by code, else (last resort) by name in its display."""
+    """Ingredients of a medication: by code; else (last resort) by name in an RxNorm display;
+    else, for a medication given as text only, by name in its text (names and variants)."""
     term = content.term
     matches = [m for m in term.match_codeable(codeable)
                if term.concepts[m.concept].kind == "medication"]
-    return matches or term.match_ingredient_name(codeable)
+    return (matches or term.match_ingredient_name(codeable)
+            or term.match_medication_text(codeable))
 
 
 def medication_code(sourced: SourcedResource) -> tuple[Mapping[str, Any] | None, str | None]:
