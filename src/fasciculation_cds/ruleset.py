@@ -21,6 +21,7 @@ from .content_schema import DerivedFile, Systems, TextMatches, UnitsFile, ValueS
 from .errors import RuleFileError
 from .rule_schema import ContextPattern, FactPattern, Rule
 from .terminology import Terminology
+from .thresholds import ThresholdLadder, ValueTest, rule_ladders
 from .units import UnitTable, parse_number
 
 CONTENT_FILES = ("valuesets/codes.yaml", "valuesets/systems.yaml", "units.yaml", "derived.yaml",
@@ -74,6 +75,25 @@ class RuleSet:
                         if spec:
                             days.append(float(spec.days))
         return max(days) + float(self.derived.albumin_corrected_calcium.max_days_apart)
+
+    def lab_thresholds(self, concept: str) -> tuple[ThresholdLadder, ...]:
+        """The value tests the active rules (and derived.yaml) apply to a lab concept."""
+        return self._ladders.get(concept, ())
+
+    @functools.cached_property
+    def _ladders(self) -> Mapping[str, tuple[ThresholdLadder, ...]]:
+        by_concept: dict[str, list[ThresholdLadder]] = {}
+        for rule in self.active_rules():
+            for ladder in rule_ladders(rule, self.units, self.lab_families):
+                by_concept.setdefault(ladder.concept, []).append(ladder)
+        diabetes = self.derived.diabetes_by_hba1c
+        at_least = self.units.to_canonical(diabetes.concept, diabetes.at_least.exact,
+                                           diabetes.at_least.unit)
+        if at_least is not None:
+            by_concept.setdefault(diabetes.concept, []).append(ThresholdLadder(
+                "derived.yaml diabetes_by_hba1c", diabetes.concept,
+                ValueTest("value", (("gte", at_least),)), "info"))
+        return {concept: tuple(ladders) for concept, ladders in by_concept.items()}
 
     def active_rules(self) -> tuple[Rule, ...]:
         """Rules that run: every status but deprecated."""

@@ -17,8 +17,9 @@ from ..facts import PatientContext as PatientContext
 from ..fhir_time import parse_date
 from ..ingest import PatientRecord, SourcedResource
 from ..ruleset import RuleSet
-from .calcium import corrected_calcium
+from .calcium import with_corrected_calcium
 from .common import COUNTING_OBSERVATION_STATUS, Content, Notice, effective_time, reference_of
+from .comparators import resolve_comparators
 from .conditions import Coded, condition_facts, dedupe, observation_facts, recorded_concepts
 from .context import patient_context
 from .derived import body_site_findings, diabetes_from_hba1c
@@ -77,9 +78,10 @@ class Normalizer:
                 notices += procedure_notices
             elif resource_type in ("MedicationRequest", "MedicationStatement"):
                 medications += medication_facts(content, sourced, as_of)
-        corrected, calcium_notices = corrected_calcium(content, readings)
-        notices += calcium_notices
-        labs: list[LabResult] = lab_facts(content, [*readings, *corrected], as_of)
+        readings, calcium_notices = with_corrected_calcium(content, readings)
+        readings, comparator_notices = resolve_comparators(content, readings)
+        notices += calcium_notices + comparator_notices
+        labs: list[LabResult] = lab_facts(content, readings, as_of)
         coded += diabetes_from_hba1c(content, labs)
         coded += body_site_findings(content, coded)
         patient = _patient(record, as_of)

@@ -71,6 +71,7 @@ class Constants:
     sign_lookback_days: float
     ca_per_albumin: Fraction
     reference_albumin: Fraction
+    reference_albumin_text: str
     plausible_albumin_low: Fraction
     plausible_albumin_high: Fraction | None
     albumin_window_days: int
@@ -102,6 +103,8 @@ class Constants:
             / canonical("albumin", 1, correction.slope.per),
             reference_albumin=canonical("albumin", correction.reference_albumin.value,
                                         correction.reference_albumin.unit),
+            reference_albumin_text=(f"{correction.reference_albumin.value} "
+                                    f"{correction.reference_albumin.unit}"),
             plausible_albumin_low=canonical("albumin", correction.plausible_albumin_at_least.value,
                                             correction.plausible_albumin_at_least.unit),
             plausible_albumin_high=canonical("albumin", high.value, high.unit) if high else None,

@@ -6,10 +6,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from fractions import Fraction
-from typing import Any
+from typing import Any, Literal
 
 from ..facts import LabResult
 from .common import Content, Notice, days_between, number, status_code
+
+Provenance = Literal["measured", "corrected", "lab-corrected"]
+# Concepts the calcium correction reads and makes (units.yaml analytes, derived.yaml).
+TOTAL_CALCIUM, CORRECTED_CALCIUM, ALBUMIN = "calcium-total", "calcium-corrected", "albumin"
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,16 @@ class LabReading:
     interpretation: str | None
     derived_from: tuple[str, ...] = ()
     note: str | None = None
+    provenance: Provenance = "measured"
+    measured_value: Fraction | None = None
+    albumin_reported: str | None = None
+
+    @property
+    def reported(self) -> str:
+        """The value as the lab sent it: "< 12 ng/mL"."""
+        comparator = f"{self.comparator} " if self.comparator else ""
+        unit = f" {self.original_unit}" if self.original_unit else ""
+        return f"{comparator}{self.original_value}{unit}"
 
 
 def read_lab(
@@ -68,6 +82,7 @@ def read_lab(
         concept=concept, value=canonical, original_value=str(raw_value), original_unit=unit,
         comparator=comparator if isinstance(comparator, str) else None, effective=effective,
         reference=reference, low=low, high=high, interpretation=_interpretation(resource),
+        provenance="lab-corrected" if concept == CORRECTED_CALCIUM else "measured",
     ), []
 
 
@@ -97,9 +112,10 @@ def lab_facts(content: Content, readings: list[LabReading], as_of: datetime) -> 
     constants = content.constants
     facts = []
     for concept in sorted(by_concept):
-        # newest first; same instant: the lowest value first, then by reference (deterministic)
+        # newest first; same instant: the more abnormal first (RULES.md v2), then by reference
         ordered = sorted(by_concept[concept],
-                         key=lambda lab: (-lab.effective.timestamp(), lab.value, lab.reference))
+                         key=lambda lab: (-lab.effective.timestamp(), *_abnormal_first(
+                             content, lab), lab.reference))
         seen: set[tuple[str, str]] = set()
         label = content.term.concepts[concept].label
         unit = content.units.canonical_unit(concept) or ""
@@ -120,5 +136,29 @@ def lab_facts(content: Content, readings: list[LabReading], as_of: datetime) -> 
                 reference_low=float(lab.low) if lab.low is not None else None,
                 reference_high=float(lab.high) if lab.high is not None else None,
                 interpretation=lab.interpretation, above_upper_limit=above,
-                derived_from=lab.derived_from, note=lab.note))
+                derived_from=lab.derived_from, note=lab.note, provenance=lab.provenance,
+                measured_value=(float(lab.measured_value) if lab.measured_value is not None
+                                else None),
+                albumin_reported=lab.albumin_reported))
     return facts
+
+
+def upper_limit(content: Content, lab: LabReading) -> Fraction | None:
+    """The CK upper limit: the lab's referenceRange.high, else derived.yaml's default."""
+    constants = content.constants
+    if lab.concept != constants.ck_concept:
+        return None
+    return lab.high if lab.high is not None and lab.high > 0 else constants.ck_default
+
+
+def _abnormal_first(content: Content, lab: LabReading) -> tuple[int, Fraction]:
+    """Sort key among same-time results: the highest severity any rule gives first; at equal
+    severity the more extreme value in that rule's direction (the lowest when none fires)."""
+    limit = upper_limit(content, lab)
+    ratio = lab.value / limit if limit else None
+    rank, upward = 0, False
+    for ladder in content.ruleset.lab_thresholds(lab.concept):
+        at = ladder.rank_at(lab.value, ratio)
+        if at > rank:
+            rank, upward = at, ladder.test.upward or any(s.upward for _, s in ladder.steps)
+    return -rank, -lab.value if upward else lab.value
