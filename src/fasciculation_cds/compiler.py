@@ -282,7 +282,7 @@ def fact_matches(pattern: FactPattern, fact: ClinicalFact, ruleset: RuleSet) -> 
     concept = str(getattr(fact, "concept", ""))
     concepts = _expand(ruleset, [*([pattern.concept] if pattern.concept else []),
                                  *(pattern.concepts or [])])
-    if concepts and concept not in concepts or concept in pattern.exclude_concepts:
+    if (concepts and concept not in concepts) or concept in pattern.exclude_concepts:
         return False
     if pattern.in_class and pattern.in_class not in getattr(fact, "classes", ()):
         return False

@@ -84,7 +84,7 @@ def listing(items: Sequence[Any], most: int = 3, word: str = "and") -> str:
 _ENV = _environment()
 
 
-class SummaryTooLong(ValueError):
+class SummaryTooLongError(ValueError):
     """A filled summary is longer than a card allows: the rule's template must be rewritten."""
 
 
@@ -107,7 +107,8 @@ def _view(fact: ClinicalFact | RuleFinding, units: UnitTable) -> dict[str, Any]:
         view.update(label=fact.label, display=fact.display or fact.label, concept=fact.concept)
     elif isinstance(fact, (Problem, Finding)):
         when = fact.onset if isinstance(fact, Problem) else fact.effective
-        view.update(label=fact.label, concept=fact.concept, date=iso_day(when) if when else "")
+        view.update(label=fact.label, concept=fact.concept, date=iso_day(when) if when else "",
+                    groups=list(fact.groups))
     return view
 
 
@@ -180,8 +181,9 @@ def build_finding(
     variables["matches"] = _matches(rule, ordered, units)
     summary = _SPACES.sub(" ", render(rule.summary, variables, rule.id, "summary")).strip()
     if len(summary) > SUMMARY_LIMIT:
-        raise SummaryTooLong(f"rule {rule.id}: summary is {len(summary)} characters, more than "
-                             f"{SUMMARY_LIMIT}: {summary!r}")
+        raise SummaryTooLongError(
+            f"rule {rule.id}: summary is {len(summary)} characters, more than {SUMMARY_LIMIT}: "
+            f"{summary!r}")
     fired = sorted({h.compiled.match_index for h in hits})
     citations: dict[tuple[str, str | None], Citation] = {}
     for ref in [*rule.references, *(r for i in fired for r in rule.match[i].references)]:

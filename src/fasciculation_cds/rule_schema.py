@@ -193,7 +193,7 @@ class Rule(_Strict):
     evidence_also: list[EvidenceCollect] = Field(default_factory=list)
     references: list[Reference] = Field(
         default_factory=list,
-        description="Sources for the rule as a whole; with the matches' own references at least one.")
+        description="Sources for the rule as a whole (at least one, here or on every match).")
     notes: str | None = Field(default=None, description="Where sources differ; known limits.")
 
     @field_validator("id")
