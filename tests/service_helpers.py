@@ -68,7 +68,8 @@ def prefetch_from_bundle(bundle: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return patient["id"], {"patient": patient, "observations": search("Observation"),
                            "conditions": search("Condition"),
                            "medicationRequests": search("MedicationRequest"),
-                           "medicationStatements": search("MedicationStatement")}
+                           "medicationStatements": search("MedicationStatement"),
+                           "procedures": search("Procedure")}
 
 
 def hook_request(hook: str, patient_id: str, prefetch: dict[str, Any] | None,

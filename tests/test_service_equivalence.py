@@ -182,11 +182,12 @@ def _thresholds(ruleset: RuleSet) -> dict[str, set[tuple[Fraction, str]]]:
     return found
 
 
-def _coded(ruleset: RuleSet, kinds: set[str], systems: set[str]) -> list[tuple[str, str, str]]:
+def _coded(ruleset: RuleSet, kinds: set[str],
+           systems: set[str] | None = None) -> list[tuple[str, str, str]]:
     term = ruleset.terminology
     out = []
     for concept in sorted(c.id for c in term.concepts.values() if c.kind in kinds):
-        pairs = [(s, c) for s, c in term.codes_of([concept]) if s in systems]
+        pairs = [(s, c) for s, c in term.codes_of([concept]) if systems is None or s in systems]
         if pairs:
             out.append((pairs[0][0], pairs[0][1], term.concepts[concept].label))
     return out
@@ -246,6 +247,14 @@ def patient_records(draw: st.DrawFn, ruleset: RuleSet) -> list[dict[str, Any]]:
             "code": {"coding": [{"system": LOINC, "code": loinc[0]}]},
             "valueQuantity": {"value": value, "unit": unit,
                               "system": "http://unitsofmeasure.org", "code": unit}})
+    procedures = _coded(ruleset, {"procedure"})
+    for index in range(draw(st.integers(0, 1)) if procedures else 0):
+        system, code, label = draw(st.sampled_from(procedures))
+        records.append({
+            "resourceType": "Procedure", "id": f"{pid}-p{index}", "subject": subject,
+            "status": draw(st.sampled_from(["completed", "in-progress", "not-done"])),
+            "code": {"coding": [{"system": system, "code": code, "display": label}]},
+            "performedDateTime": when(draw(days_ago))})
     drugs = _coded(ruleset, {"medication"}, {RXNORM})
     for index in range(draw(st.integers(0, 3))):
         system, code, label = draw(st.sampled_from(drugs))

@@ -31,7 +31,7 @@ def assess_one(evaluator: Evaluator, resources: list[dict[str, Any]],
     record = next((r for r in result.patients if r.reference == f"Patient/{patient_id}"), None)
     if record is None or record.patient is None:
         raise IncompleteRecordError("the Patient resource was neither prefetched nor fetched")
-    outcome = evaluator.assess(record, result.medications, as_of)
+    outcome = evaluator.assess(record, as_of)
     if isinstance(outcome, PatientError):
         raise IncompleteRecordError(f"the patient's data could not be read: "
                                     f"{outcome.message[:300]}")

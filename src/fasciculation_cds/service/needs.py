@@ -103,8 +103,8 @@ def _closure(ruleset: RuleSet, shown: Iterable[Rule]) -> list[Rule]:
 
 def _kinds_read(ruleset: RuleSet, rule: Rule) -> set[str]:
     kinds: set[str] = set()
-    if rule.requires_presentation:
-        group = ruleset.terminology.groups.get(str(ruleset.derived["presentation_group"]), ())
+    if any(rule.presentation_required(m) for m in rule.match):
+        group = ruleset.terminology.groups.get(ruleset.derived.presentation_group, ())
         kinds |= _concept_kinds(ruleset, group)
     for match in rule.match:
         for pattern in [*match.facts.values(), *(p for e in match.escalate
@@ -128,10 +128,14 @@ def _context_kinds(ruleset: RuleSet, context: ContextPattern | None) -> set[str]
     kinds = _concept_kinds(ruleset, [*context.presents, *context.presents_any, *context.absent])
     if context.measured_within or context.not_measured_within:
         kinds.add("lab")
-    sets = ruleset.derived.get("counted_group_sets") or {}
+    sets = ruleset.derived.counted_group_sets
     for name in context.group_sets:
-        for group in sets.get(name) or []:
+        if name not in sets:
+            continue
+        for group in sets[name].groups:
             kinds |= _concept_kinds(ruleset, ruleset.terminology.groups.get(group, ()))
+        # a group left uncounted when a condition is present (derived.yaml not_counted)
+        kinds |= _concept_kinds(ruleset, [n.when_present for n in sets[name].not_counted])
     return kinds
 
 
