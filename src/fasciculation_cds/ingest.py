@@ -25,6 +25,9 @@ from .terminology import Terminology
 
 CODED_TYPES: Mapping[str, str] = {"Observation": "code", "Condition": "code"}
 MEDICATION_USE_TYPES = frozenset({"MedicationRequest", "MedicationStatement"})
+# Every resource type `is_relevant` can accept, from the same tables: a Bulk Data file declared
+# to hold another type cannot give any rule anything, so batch need not read it.
+READ_TYPES = frozenset({"Patient", "Medication", *CODED_TYPES, *MEDICATION_USE_TYPES})
 _ABSOLUTE_REF = re.compile(
     r"(?:^|/)(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
 
@@ -195,6 +198,19 @@ class Grouper:
                 self._skipped_by_ref[subject] = self._skipped_by_ref.get(subject, 0) + 1
         else:
             self.counts["skipped"] += 1
+
+    def note_skipped(self, reference: str, count: int, source: str, entry: str,
+                     latest_time: datetime | None) -> None:
+        """`count` resources of `reference` that no rule can use, summarised where they were
+        read (batch): counted, and their latest time kept for `as_of=auto`, as `add` would."""
+        self.counts["resources"] += count
+        self.counts["skipped"] += count
+        self._first_seen.setdefault(canonical_reference(reference),
+                                    SourcedResource({}, source, entry))
+        self._skipped_by_ref[reference] = self._skipped_by_ref.get(reference, 0) + count
+        if self._track_times and latest_time is not None and (
+                reference not in self._times_by_ref or latest_time > self._times_by_ref[reference]):
+            self._times_by_ref[reference] = latest_time
 
     def _owner_of(
         self, resource: Mapping[str, Any], raw: RawResource, subject: str | None
