@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
@@ -81,13 +82,36 @@ def is_relevant(resource: Mapping[str, Any], terminology: Terminology) -> bool:
         return True
     if resource_type in CODED_TYPES:
         code = resource.get(CODED_TYPES[str(resource_type)])
-        return isinstance(code, dict) and terminology.has_relevant_code(code)
+        return isinstance(code, dict) and _has_relevant_code(code, terminology)
     if resource_type in MEDICATION_USE_TYPES:
         if isinstance(resource.get("medicationReference"), dict):
             return True
         medication = resource.get("medicationCodeableConcept")
-        return isinstance(medication, dict) and terminology.has_relevant_code(medication)
+        return isinstance(medication, dict) and _has_relevant_code(medication, terminology)
     return False
+
+
+# A population repeats the same few hundred CodeableConcepts (one per kind of test or drug)
+# hundreds of thousands of times: the answer, a pure function of the concept's JSON, is kept.
+_MEMO_LIMIT = 1 << 16
+_memos: dict[int, tuple[Terminology, dict[bytes, bool]]] = {}
+
+
+def _has_relevant_code(codeable: dict[str, Any], terminology: Terminology) -> bool:
+    held = _memos.get(id(terminology))
+    if held is None or held[0] is not terminology:
+        held = _memos[id(terminology)] = (terminology, {})
+    memo = held[1]
+    try:
+        key = orjson.dumps(codeable)
+    except TypeError:  # not JSON (a caller's own objects): no memo
+        return terminology.has_relevant_code(codeable)
+    found = memo.get(key)
+    if found is None:
+        if len(memo) >= _MEMO_LIMIT:
+            memo.clear()
+        found = memo[key] = terminology.has_relevant_code(codeable)
+    return found
 
 
 def validate(raw: SourcedResource) -> InputError | None:
