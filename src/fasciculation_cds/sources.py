@@ -55,9 +55,10 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
         path = Path(raw)
         if path.is_dir():
             for child in sorted(path.rglob("*")):
-                # a broken link with a data file's name is kept: reading it is then a problem
-                if child.is_dir() or child.name.lower() in SKIPPED_IN_FOLDERS:
+                if child.name.lower() in SKIPPED_IN_FOLDERS:
                     continue
+                # a data file's name that cannot be read (a broken link, a folder) is kept, so
+                # that reading it is a problem rather than a silent gap
                 if child.name.lower().endswith((".json", ".json.gz")) or is_ndjson(child):
                     files.append(child)
         elif path.exists():

@@ -30,7 +30,7 @@ EXIT_INTERNAL = 1
 
 def run_batch_command(options: BatchOptions, err: Console) -> int:
     def fail(message: str, code: int) -> int:
-        err.print(f"error: {message}", highlight=False, soft_wrap=True)
+        err.print(f"error: {message}", highlight=False, soft_wrap=True, markup=False)
         return code
 
     resume = (f"; finished shards are kept in {options.out / WORK}: run the same command with "

@@ -42,7 +42,8 @@ class Workers:
             for args in calls:
                 yield fn(*args)
             return
-        self.futures = [self.executor.submit(fn, *args) for args in calls]
+        with _sigint_blocked():  # processes start here: see _sigint_blocked
+            self.futures = [self.executor.submit(fn, *args) for args in calls]
         try:
             for future in as_completed(self.futures):
                 yield future.result()
@@ -68,6 +69,21 @@ class Workers:
     def close(self) -> None:
         if self.executor is not None:
             self.executor.shutdown(wait=True)
+
+
+@contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Workers start with SIGINT blocked (the mask survives exec), until `watch_parent` ignores
+    it: a Ctrl-C during their start-up is the parent's alone, with no traceback from a child.
+    A Ctrl-C meanwhile reaches the parent when the mask is restored."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 @contextmanager

@@ -67,8 +67,11 @@ def _fingerprint(files: list[Path], options: BatchOptions, rules_version: str) -
     "now" resumes at the interrupted run's instant)."""
     digest = hashlib.sha256()
     for path in files:
-        stat = path.stat()
-        digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        try:
+            stat = path.stat()
+            digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        except OSError as exc:  # read later, and then a problem of the run
+            digest.update(f"{path}|{exc.errno}\n".encode())
     digest.update(f"{options.as_of or 'now'}|{options.assume_presentation}|{options.strict}|"
                   f"{options.output_format}|{rules_version}|{options.engine}".encode())
     return digest.hexdigest()

@@ -40,6 +40,8 @@ def watch_parent(parent: int) -> None:
     group: the parent decides what stops, so workers ignore SIGINT.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # blocked while the process started (pool.py)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)
