@@ -84,6 +84,10 @@ def test_bad_lines_and_orphans_become_error_rows_or_problems(tmp_path: Path) -> 
     assert "no Patient resource" in str(orphan["error"])
     problems = (tmp_path / "out" / "problems.ndjson").read_text()
     assert "Observation.ndjson: line 1503" in problems
+    # the broken line could have been anyone's: no other row may say `ok`
+    others = [r for r in rows if r["patient"] != "Patient/nobody"]
+    assert {r["status"] for r in others} == {"partial"}
+    assert all("Observation.ndjson: line 1503" in str(r["error"]) for r in others)
 
 
 def test_gzip_input_gives_the_same_rows(tmp_path: Path) -> None:

@@ -259,7 +259,8 @@ def batch(
     strict: Annotated[bool, typer.Option("--strict")] = False,
 ) -> None:
     """Evaluate whole extracts: one assessment row per input patient, plus findings rows."""
-    from .batch import BatchOptions, run_batch  # pyarrow is only needed here
+    from .batch import BatchOptions
+    from .batch.cli_run import run_batch_command  # pyarrow is only needed here
 
     _load(rules_dir)
     _check_as_of(as_of)
@@ -267,29 +268,7 @@ def batch(
                            workers=workers, engine=engine.value, as_of=as_of,
                            assume_presentation=assume_presentation, rules_dir=rules_dir,
                            resume=resume, strict=strict)
-    try:
-        summary = run_batch(options, console=err)
-    except (InputError, ValueError) as exc:
-        err.print(f"error: {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_BAD_INPUT) from None
-    if summary.patients == 0:
-        err.print(f"error: {', '.join(map(str, inputs))}: no FHIR patients found"
-                  f"{f' ({len(summary.problems)} problems)' if summary.problems else ''}",
-                  highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_BAD_INPUT)
-    table = Table("patients", "evaluated", "errors", "problems", *summary.severities,
-                  title="batch summary")
-    table.add_row(str(summary.patients), str(summary.evaluated), str(summary.errors),
-                  str(len(summary.problems)), *(str(v) for v in summary.severities.values()))
-    err.print(table)
-    if summary.top_rules:
-        rules = Table("rule", "patients", title="top rules")
-        for rule_id, count in summary.top_rules:
-            rules.add_row(rule_id, str(count))
-        err.print(rules)
-    err.print(f"wrote {', '.join(summary.outputs.values())} and {out / 'run.json'}",
-              highlight=False, soft_wrap=True)
-    raise typer.Exit(EXIT_BAD_INPUT if summary.errors or summary.problems else EXIT_OK)
+    raise typer.Exit(run_batch_command(options, err))
 
 
 @rules_app.command("list")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+import orjson
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
@@ -26,6 +27,9 @@ from .terminology import Terminology
 CODED_TYPES: Mapping[str, str] = {"Observation": "code", "Condition": "code",
                                   "Procedure": "code"}
 MEDICATION_USE_TYPES = frozenset({"MedicationRequest", "MedicationStatement"})
+# Every resource type `is_relevant` can accept, from the same tables: a Bulk Data file declared
+# to hold another type cannot give any rule anything, so batch need not read it.
+READ_TYPES = frozenset({"Patient", "Medication", *CODED_TYPES, *MEDICATION_USE_TYPES})
 _ABSOLUTE_REF = re.compile(
     r"(?:^|/)(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
 
@@ -82,13 +86,36 @@ def is_relevant(resource: Mapping[str, Any], terminology: Terminology) -> bool:
         return True
     if resource_type in CODED_TYPES:
         code = resource.get(CODED_TYPES[str(resource_type)])
-        return isinstance(code, dict) and terminology.has_relevant_code(code)
+        return isinstance(code, dict) and _has_relevant_code(code, terminology)
     if resource_type in MEDICATION_USE_TYPES:
         if isinstance(resource.get("medicationReference"), dict):
             return True
         medication = resource.get("medicationCodeableConcept")
-        return isinstance(medication, dict) and terminology.has_relevant_code(medication)
+        return isinstance(medication, dict) and _has_relevant_code(medication, terminology)
     return False
+
+
+# A population repeats the same few hundred CodeableConcepts (one per kind of test or drug)
+# hundreds of thousands of times: the answer, a pure function of the concept's JSON, is kept.
+_MEMO_LIMIT = 1 << 16
+_memos: dict[int, tuple[Terminology, dict[bytes, bool]]] = {}
+
+
+def _has_relevant_code(codeable: dict[str, Any], terminology: Terminology) -> bool:
+    held = _memos.get(id(terminology))
+    if held is None or held[0] is not terminology:
+        held = _memos[id(terminology)] = (terminology, {})
+    memo = held[1]
+    try:
+        key = orjson.dumps(codeable)
+    except TypeError:  # not JSON (a caller's own objects): no memo
+        return terminology.has_relevant_code(codeable)
+    found = memo.get(key)
+    if found is None:
+        if len(memo) >= _MEMO_LIMIT:
+            memo.clear()
+        found = memo[key] = terminology.has_relevant_code(codeable)
+    return found
 
 
 def validate(raw: SourcedResource) -> InputError | None:
@@ -201,6 +228,19 @@ class Grouper:
                 self._skipped_by_ref[subject] = self._skipped_by_ref.get(subject, 0) + 1
         else:
             self.counts["skipped"] += 1
+
+    def note_skipped(self, reference: str, count: int, source: str, entry: str,
+                     latest_time: datetime | None) -> None:
+        """`count` resources of `reference` that no rule can use, summarised where they were
+        read (batch): counted, and their latest time kept for `as_of=auto`, as `add` would."""
+        self.counts["resources"] += count
+        self.counts["skipped"] += count
+        self._first_seen.setdefault(canonical_reference(reference),
+                                    SourcedResource({}, source, entry))
+        self._skipped_by_ref[reference] = self._skipped_by_ref.get(reference, 0) + count
+        if self._track_times and latest_time is not None and (
+                reference not in self._times_by_ref or latest_time > self._times_by_ref[reference]):
+            self._times_by_ref[reference] = latest_time
 
     def _owner_of(
         self, resource: Mapping[str, Any], raw: RawResource, subject: str | None

@@ -7,6 +7,8 @@ any later error can name the exact entry. Parsing is orjson; nothing here valida
 from __future__ import annotations
 
 import gzip
+import re
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,11 @@ from .strict_checks import bundle_problems
 # it is named on its own.
 SKIPPED_IN_FOLDERS = frozenset({"log.ndjson", "log.ndjson.gz", "manifest.json"})
 _BUNDLE_SKIP_TYPES = frozenset({"OperationOutcome"})
+# What a damaged file raises while it is read: OSError (unreadable, BadGzipFile, CRC), EOFError
+# (a gzip member cut short) and zlib.error (corrupt deflate data).
+READ_ERRORS = (OSError, EOFError, zlib.error)
+# Bulk Data names files by resource type: Observation.ndjson, Observation.000.ndjson.gz, ...
+_TYPE_IN_NAME = re.compile(r"^([A-Z][A-Za-z]+)(?:[._-]|$)")
 
 
 @dataclass(frozen=True)
@@ -48,8 +55,10 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
         path = Path(raw)
         if path.is_dir():
             for child in sorted(path.rglob("*")):
-                if not child.is_file() or child.name.lower() in SKIPPED_IN_FOLDERS:
+                if child.name.lower() in SKIPPED_IN_FOLDERS:
                     continue
+                # a data file's name that cannot be read (a broken link, a folder) is kept, so
+                # that reading it is a problem rather than a silent gap
                 if child.name.lower().endswith((".json", ".json.gz")) or is_ndjson(child):
                     files.append(child)
         elif path.exists():
@@ -65,8 +74,14 @@ def _read_bytes(path: Path) -> bytes:
             with gzip.open(path, "rb") as handle:
                 return handle.read()
         return path.read_bytes()
-    except (OSError, EOFError) as exc:
-        raise InputError(f"cannot read: {exc}", source=str(path)) from None
+    except READ_ERRORS as exc:
+        raise InputError(f"cannot read: {_reason(exc)}", source=str(path)) from None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, EOFError):
+        return f"the file ends early (truncated or corrupt compressed data: {exc})"
+    return str(exc) or type(exc).__name__
 
 
 def read_file(path: Path, *, strict: bool = False) -> Iterator[RawResource | InputError]:
@@ -90,8 +105,8 @@ def _open_lines(path: Path) -> Iterator[bytes]:
         opener = gzip.open if path.name.lower().endswith(".gz") else open
         with opener(path, "rb") as handle:
             yield from handle
-    except (OSError, EOFError) as exc:
-        raise InputError(f"cannot read: {exc}", source=str(path)) from None
+    except READ_ERRORS as exc:
+        raise InputError(f"cannot read: {_reason(exc)}", source=str(path)) from None
 
 
 def _read_ndjson(path: Path) -> Iterator[RawResource | InputError]:
@@ -180,3 +195,52 @@ def manifest_outputs(path: Path) -> list[Path]:
                              entry=f"output[{index}]")
         files.append(found)
     return files
+
+
+def declared_types(paths: Iterable[str | Path]) -> dict[Path, str]:
+    """The resource type each Bulk Data manifest says its files hold (`output[].type`), by
+    resolved path.
+
+    Read from a manifest.json named as an input and from the manifest.json of each input
+    folder (its files are read by walking the folder, but the manifest still says their types).
+    """
+    types: dict[Path, str] = {}
+    for raw in paths:
+        path = Path(raw)
+        manifests = sorted(path.rglob("manifest.json")) if path.is_dir() else [path]
+        for manifest in manifests:
+            if manifest.name.lower() != "manifest.json":
+                continue
+            try:
+                document = orjson.loads(_read_bytes(manifest))
+            except (InputError, orjson.JSONDecodeError):
+                continue  # named on its own, expand_paths reports it; in a folder it is not data
+            if not isinstance(document, dict) or not _is_bulk_manifest(document):
+                continue
+            for item in document["output"]:
+                if isinstance(item, dict) and isinstance(item.get("url"), str) \
+                        and isinstance(item.get("type"), str):
+                    local = Path(str(item["url"]).removeprefix("file://"))
+                    for candidate in (local if local.is_absolute() else manifest.parent / local,
+                                      manifest.parent / local.name):
+                        types[candidate.resolve()] = item["type"]
+    return types
+
+
+def type_from_name(path: Path) -> str | None:
+    """The resource type a Bulk Data file name declares (`Observation.000.ndjson.gz`), if any.
+
+    Only NDJSON files: a Bundle file holds resources of every type whatever its name.
+    """
+    if not is_ndjson(path):
+        return None
+    match = _TYPE_IN_NAME.match(path.name)
+    if match is None:
+        return None
+    from fhir.resources.R4B import get_fhir_model_class
+
+    try:
+        get_fhir_model_class(match[1])
+    except (ValueError, KeyError):
+        return None
+    return match[1]

@@ -4,6 +4,7 @@ Both engines call the package's own evaluation (`evaluate.new_grouper` + `evalua
 on the resources of one patient at a time, and write the same rows (`rows.py`).
 """
 
-from .run import BatchOptions, BatchSummary, run_batch
+from .options import BatchOptions, BatchSummary
+from .run import run_batch
 
 __all__ = ["BatchOptions", "BatchSummary", "run_batch"]

@@ -5,16 +5,18 @@ Shared by the local partitioner and the Spark job so that both group resources i
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from ..fhir_time import PERIOD_FIELDS, TIME_FIELDS
-from ..ingest import canonical_reference, is_relevant, patient_reference_of
+from ..ingest import canonical_reference, patient_reference_of
 from ..sources import RawResource
-from ..terminology import Terminology
 
 MEDICATION = "\x00medication"  # not a patient: shared by every patient that refers to it
 UNOWNED = "\x00unowned"  # Practitioner, Organization...: no rule reads them
+
+# every resource of a patient names the same reference: parse it once
+_canonical = functools.lru_cache(maxsize=1 << 16)(canonical_reference)
 
 
 def bundle_aliases(items: Iterable[RawResource]) -> dict[str, str]:
@@ -39,23 +41,7 @@ def patient_key(resource: Mapping[str, Any], full_url: str | None,
     reference = patient_reference_of(resource)
     if reference is None:
         return UNOWNED
-    return aliases.get(reference) or canonical_reference(reference)
-
-
-# What ingest still reads of a resource no rule can use: whose it is, and when (as_of=auto).
-_SLIM_FIELDS = ("resourceType", "id", "subject", "patient", *TIME_FIELDS, *PERIOD_FIELDS)
-
-
-def slim(raw: RawResource, terminology: Terminology | None) -> RawResource:
-    """The resource, or, when no rule can use it, only the fields ingest reads of it.
-
-    Keeps shards (and Spark shuffles) small: most of a record is encounters, claims and vital
-    signs. With `terminology` None (strict mode) every resource is kept whole for validation.
-    """
-    if terminology is None or is_relevant(raw.resource, terminology):
-        return raw
-    kept = {k: raw.resource[k] for k in _SLIM_FIELDS if k in raw.resource}
-    return RawResource(kept, raw.source, raw.entry, raw.full_url)
+    return aliases.get(reference) or _canonical(reference)
 
 
 def keyed(items: list[RawResource]) -> Iterator[tuple[str, RawResource]]:

@@ -1,26 +1,39 @@
 """Streaming hash-partition of the input by patient into shard files, with bounded memory.
 
-Each resource is written, with where it came from, to shard `crc32(patient key) % shards`, so
-every resource of a patient lands in the same shard whatever file it came from (Bulk Data puts
-each resource type in its own file). Medication resources go to a side file every shard reads.
+Each line is parsed once. A resource some rule can use is written to shard
+`crc32(patient key) % shards` as the bytes it was read as (an NDJSON line is not re-encoded);
+every other resource of a patient is only counted, and each input file writes one summary
+record per patient instead (with the latest time, for `--as-of auto`). So every resource of a
+patient lands in the same shard whatever file it came from (Bulk Data puts each resource type
+in its own file), and the shards hold only what the evaluation reads. Medication resources go to
+a side file every shard reads.
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import io
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import orjson
 
 from ..errors import InputError
+from ..fhir_time import latest_recorded_time, parse_as_of
+from ..ingest import is_relevant
 from ..ruleset import load_rules
-from ..sources import RawResource, is_ndjson, read_file
-from .keys import MEDICATION, UNOWNED, keyed, slim
+from ..sources import READ_ERRORS, RawResource, is_ndjson, parse_ndjson_line, read_file
+from ..terminology import Terminology
+from .keys import MEDICATION, UNOWNED, keyed, patient_key
+from .options import OutputError, Settings
 
 MEDICATIONS_FILE = "medications.ndjson"
+RESOURCE, SKIPPED = "r", "s"
 
 
 @dataclass
@@ -30,41 +43,44 @@ class PartitionResult:
     resources: int
     skipped_unowned: int
     problems: list[str] = field(default_factory=list)
+    inputs: list[dict[str, Any]] = field(default_factory=list)
 
 
 def shard_of(key: str, shards: int) -> int:
     return zlib.crc32(key.encode()) % shards
 
 
-def encode_line(key: str, item: RawResource) -> bytes:
-    return orjson.dumps({"k": key, "s": item.source, "e": item.entry, "u": item.full_url,
-                         "r": item.resource}) + b"\n"
+def encode_record(key: str, source: str, entry: str, full_url: str | None,
+                  resource: bytes) -> bytes:
+    """A shard record: a compact JSON header, a tab, the resource's JSON (one line)."""
+    return orjson.dumps([RESOURCE, key, source, entry, full_url]) + b"\t" + resource + b"\n"
 
 
-def decode_line(line: bytes) -> tuple[str, RawResource]:
-    data = orjson.loads(line)
-    return data["k"], RawResource(data["r"], data["s"], data["e"], data["u"])
+def encode_skipped(key: str, source: str, entry: str, count: int,
+                   latest: datetime | None) -> bytes:
+    return orjson.dumps([SKIPPED, key, source, entry, count,
+                         latest.isoformat() if latest else None]) + b"\n"
 
 
-def _items(path: Path, strict: bool) -> Iterator[tuple[str, RawResource] | InputError]:
-    """Keyed resources of one file: NDJSON streamed line by line, a Bundle as a whole."""
-    try:
-        if is_ndjson(path):
-            for item in read_file(path, strict=strict):
-                if isinstance(item, InputError):
-                    yield item
-                else:
-                    yield from keyed([item])
-            return
-        items: list[RawResource] = []
-        for item in read_file(path, strict=strict):
-            if isinstance(item, InputError):
-                yield item
-            else:
-                items.append(item)
-        yield from keyed(items)
-    except InputError as exc:
-        yield exc
+@dataclass(frozen=True)
+class Skipped:
+    """Resources of one patient in one file that no rule can use (see Grouper.note_skipped)."""
+
+    key: str
+    source: str
+    entry: str
+    count: int
+    latest: datetime | None
+
+
+def decode_record(line: bytes) -> RawResource | Skipped:
+    tab = line.find(b"\t")
+    if tab < 0:
+        _, key, source, entry, count, latest = orjson.loads(line)
+        return Skipped(key, source, entry, count,
+                       datetime.fromisoformat(latest) if latest else None)
+    _, _, source, entry, full_url = orjson.loads(line[:tab])
+    return RawResource(orjson.loads(line[tab + 1:]), source, entry, full_url)
 
 
 @dataclass
@@ -75,46 +91,227 @@ class FilePartition:
     skipped_unowned: int = 0
     keys: set[str] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
+    sha256: str | None = None
 
 
-def task_folder(work: Path, task: int) -> Path:
-    return work / f"t{task:05d}"
+@dataclass(frozen=True)
+class PartitionTask:
+    path: str
+    work: str
+    task: int
+    shards: int
+    settings: Settings
 
 
-def partition_file(path: str, work: str, task: int, shards: int,
-                   rules_dir: str | None, strict: bool) -> FilePartition:
+class _HashingReader(io.RawIOBase):
+    """Hashes the file's bytes as they are read, so an input is read from disk once."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw, self.digest = raw, hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        count: int = self.raw.readinto(buffer)  # type: ignore[attr-defined]
+        self.digest.update(memoryview(buffer)[:count])
+        return count
+
+
+class Relevance:
+    """Which resources a shard keeps whole: those some rule can use (all of them with
+    `--strict`, which validates every resource), minus Observations older than every look-back."""
+
+    def __init__(self, settings: Settings) -> None:
+        ruleset = load_rules(settings.rules_dir)
+        self.terminology: Terminology | None = None if settings.strict else ruleset.terminology
+        self.track_times = settings.as_of == "auto"
+        self.since: datetime | None = None
+        if settings.as_of not in (None, "auto"):
+            self.since = parse_as_of(settings.as_of) - timedelta(days=ruleset.max_lookback_days)
+
+    def keeps(self, resource: dict[str, Any]) -> bool:
+        if self.terminology is None:
+            return True
+        if not is_relevant(resource, self.terminology):
+            return False
+        if self.since is not None and resource.get("resourceType") == "Observation":
+            # the grouper would skip it unvalidated too
+            when = latest_recorded_time(resource)
+            return when is None or when >= self.since
+        return True
+
+
+class Router:
+    """Routes one file's resources: kept whole, summed up per patient, or dropped.
+
+    `emit(key, record)` receives each shard record and `close()` the summaries; the local engine
+    writes them to shard files (`ShardWriter`), Spark collects them.
+    """
+
+    def __init__(self, settings: Settings, emit: Callable[[str, bytes], None]) -> None:
+        self.relevance = Relevance(settings)
+        self.emit = emit
+        self.skipped: dict[str, list[Any]] = {}  # key -> [source, entry, count, latest]
+        self.result = FilePartition()
+
+    def route(self, key: str, resource: dict[str, Any], source: str, entry: str,
+              full_url: str | None, line: bytes | None) -> None:
+        self.result.resources += 1
+        if key == UNOWNED:
+            self.result.skipped_unowned += 1
+            return
+        relevant = self.relevance.keeps(resource)
+        if key != MEDICATION:
+            self.result.keys.add(key)
+        elif not relevant:
+            return
+        if relevant:
+            self.emit(key, encode_record(key, source, entry, full_url,
+                                         line or orjson.dumps(resource)))
+            return
+        latest = latest_recorded_time(resource) if self.relevance.track_times else None
+        seen = self.skipped.get(key)
+        if seen is None:
+            self.skipped[key] = [source, entry, 1, latest]
+            return
+        seen[2] += 1
+        if latest is not None and (seen[3] is None or latest > seen[3]):
+            seen[3] = latest
+
+    def close(self) -> None:
+        for key, (source, entry, count, latest) in self.skipped.items():
+            self.emit(key, encode_skipped(key, source, entry, count, latest))
+
+
+class ShardWriter:
+    """One task's shard files (and its Medication side file) in its own folder."""
+
+    def __init__(self, folder: Path, shards: int) -> None:
+        self.folder, self.shards = folder, shards
+        self.handles: dict[int, IO[bytes]] = {}
+        self.medications = (folder / MEDICATIONS_FILE).open("wb")
+
+    def __call__(self, key: str, record: bytes) -> None:
+        if key == MEDICATION:
+            self.medications.write(record)
+            return
+        shard = shard_of(key, self.shards)
+        handle = self.handles.get(shard)
+        if handle is None:
+            handle = self.handles[shard] = (self.folder / shard_name(shard)).open("wb")
+        handle.write(record)
+
+    def close(self) -> None:
+        for handle in self.handles.values():
+            handle.close()
+        self.medications.close()
+
+
+def route_file(path: Path, router: Router) -> str | None:
+    """Route every resource of one input file; its SHA-256. A file that cannot be read to its
+    end is a problem of the run (whose lines were lost is unknown), never a silent gap."""
+    try:
+        if is_ndjson(path):
+            return _ndjson(path, router, str(path))
+        _bundle(path, router, str(path))
+        return _sha256(path)
+    except InputError as exc:
+        router.result.problems.append(exc.describe())
+        return None
+
+
+def _ndjson(path: Path, router: Router, source: str) -> str:
+    """Route every line of an NDJSON file; the file's SHA-256 (raises InputError on a read
+    error, after the lines before it were routed)."""
+    try:
+        with path.open("rb") as file:
+            hashing = _HashingReader(file)
+            buffered = io.BufferedReader(hashing, 1 << 20)
+            handle: IO[bytes] = (gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[assignment]
+                                 if path.name.lower().endswith(".gz") else buffered)
+            for number, line in enumerate(handle, start=1):
+                try:
+                    resource = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    if line.strip():
+                        router.result.problems.append(
+                            _line_problem(line, source, number).describe())
+                    continue
+                if not isinstance(resource, dict) or \
+                        not isinstance(resource.get("resourceType"), str):
+                    router.result.problems.append(
+                        _line_problem(line, source, number).describe())
+                    continue
+                try:
+                    router.route(patient_key(resource, None, {}), resource, source,
+                                 f"line {number}", None, line.rstrip(b"\r\n"))
+                except OSError as exc:  # writing a shard, not reading the input
+                    raise OutputError(f"cannot write a shard file: {exc}") from None
+            return hashing.digest.hexdigest()
+    except READ_ERRORS as exc:
+        # the shard files are written by the router, not here: this is the input failing
+        reason = (f"the file ends early (truncated or corrupt compressed data: {exc})"
+                  if isinstance(exc, EOFError) else str(exc) or type(exc).__name__)
+        raise InputError(f"cannot read: {reason}", source=source) from None
+
+
+def _line_problem(line: bytes, source: str, number: int) -> InputError:
+    parsed = parse_ndjson_line(line, source, number)
+    return parsed if isinstance(parsed, InputError) else InputError(
+        "not a FHIR resource", source=source, entry=f"line {number}")
+
+
+def _bundle(path: Path, router: Router, source: str) -> None:
+    items: list[RawResource] = []
+    for item in read_file(path, strict=router.relevance.terminology is None):
+        if isinstance(item, InputError):
+            router.result.problems.append(item.describe())
+        else:
+            items.append(item)
+    try:
+        for key, raw in keyed(items):
+            router.route(key, raw.resource, raw.source, raw.entry, raw.full_url, None)
+    except OSError as exc:
+        raise OutputError(f"cannot write a shard file: {exc}") from None
+
+
+def _sha256(path: Path) -> str | None:
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def partition_file(task: PartitionTask) -> FilePartition:
     """Hash-partition one input file into `work/tNNNNN/shard-*.ndjson` (one task of many).
 
     Runs in worker processes, so large exports are partitioned on every core; a shard is the
     union of its files across tasks, read in task order.
     """
-    terminology = None if strict else load_rules(rules_dir).terminology
-    folder = task_folder(Path(work), task)
-    folder.mkdir(parents=True, exist_ok=True)
-    handles: dict[int, IO[bytes]] = {}
-    result = FilePartition()
+    folder = task_folder(Path(task.work), task.task)
     try:
-        with (folder / MEDICATIONS_FILE).open("wb") as medications:
-            for item in _items(Path(path), strict):
-                if isinstance(item, InputError):
-                    result.problems.append(item.describe())
-                    continue
-                key, raw = item[0], slim(item[1], terminology)
-                result.resources += 1
-                if key == MEDICATION:
-                    medications.write(encode_line(key, raw))
-                elif key == UNOWNED:
-                    result.skipped_unowned += 1
-                else:
-                    result.keys.add(key)
-                    shard = shard_of(key, shards)
-                    if shard not in handles:
-                        handles[shard] = (folder / shard_name(shard)).open("wb")
-                    handles[shard].write(encode_line(key, raw))
+        folder.mkdir(parents=True, exist_ok=True)
+        writer = ShardWriter(folder, task.shards)
+    except OSError as exc:
+        raise OutputError(f"cannot write {folder}: {exc}") from None
+    router = Router(task.settings, writer)
+    try:
+        router.result.sha256 = route_file(Path(task.path), router)
+        router.close()
+    except OSError as exc:
+        raise OutputError(f"cannot write {folder}: {exc}") from None
     finally:
-        for handle in handles.values():
-            handle.close()
-    return result
+        writer.close()
+    return router.result
+
+
+def task_folder(work: Path, task: int) -> Path:
+    return work / f"t{task:05d}"
 
 
 def shard_name(shard: int) -> str:
@@ -128,6 +325,13 @@ def shard_files(work: Path, shard: int) -> list[Path]:
 
 def medication_files(work: Path) -> list[Path]:
     return sorted(work.glob(f"t*/{MEDICATIONS_FILE}"))
+
+
+def read_records(paths: Sequence[Path]) -> Iterator[RawResource | Skipped]:
+    for path in paths:
+        with path.open("rb") as handle:
+            for line in handle:
+                yield decode_record(line)
 
 
 def merge_file_results(results: Sequence[FilePartition], shards: int) -> PartitionResult:

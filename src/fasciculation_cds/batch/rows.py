@@ -31,6 +31,7 @@ ASSESSMENTS_SCHEMA = pa.schema([
 
 FINDINGS_SCHEMA = pa.schema([
     pa.field("patient", pa.string()),
+    pa.field("status", pa.string()),
     pa.field("rule_id", pa.string()),
     pa.field("category", pa.string()),
     pa.field("severity", pa.string()),
@@ -58,10 +59,35 @@ def assessment_row(outcome: Assessment | PatientError, as_of: str, rules_version
 def finding_rows(outcome: Assessment | PatientError) -> list[Row]:
     if isinstance(outcome, PatientError):
         return []
-    return [{"patient": outcome.patient.reference, "rule_id": f.rule_id, "category": f.category,
-             "severity": f.severity, "summary": f.summary,
+    return [{"patient": outcome.patient.reference, "status": "ok", "rule_id": f.rule_id,
+             "category": f.category, "severity": f.severity, "summary": f.summary,
              "evidence": [e.reference for e in f.evidence]} for f in outcome.findings]
 
 
 def sort_key(row: Row) -> tuple[str, str]:
     return (str(row.get("patient") or ""), str(row.get("rule_id") or ""))
+
+
+def incomplete_note(problems: list[str]) -> str | None:
+    """Why every `ok` row of a run with input problems is `partial` instead, or None.
+
+    Which lines a damaged file held is unknown (a Bulk Data file mixes patients), so any
+    patient's data could have been in it: every patient of the run is affected.
+    """
+    if not problems:
+        return None
+    more = f" (and {len(problems) - 1} more, see problems.ndjson)" if len(problems) > 1 else ""
+    return (f"incomplete input: {problems[0]}{more}; any patient's data could have been in "
+            "what was not read")
+
+
+def mark_partial(rows: list[Row], note: str | None) -> list[Row]:
+    """`ok` rows become `partial`, with `note` in `error` (assessments rows only)."""
+    if note is None:
+        return rows
+    for row in rows:
+        if row.get("status") == "ok":
+            row["status"] = "partial"
+            if "error" in row:
+                row["error"] = note
+    return rows

@@ -1,21 +1,21 @@
-"""A batch run: partition (or resume), evaluate shards on the chosen engine, merge, report."""
+"""A batch run: plan the inputs, partition (or resume), evaluate shards on the chosen engine,
+merge, report. Outputs appear only complete: staged, moved into place, run.json last."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import platform
 import shutil
 import time
 from collections import Counter
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import datetime
 from importlib import metadata
-from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 from rich.console import Console
@@ -24,73 +24,57 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .._version import __version__
 from ..evaluate import fix_as_of
 from ..fhir_time import iso_instant
+from ..ingest import READ_TYPES
 from ..ruleset import load_rules
-from ..sources import expand_paths
-from .outputs import merge_parts, read_rows, shard_finished
+from ..sources import declared_types, expand_paths, type_from_name
+from .options import (
+    BatchOptions,
+    BatchSummary,
+    MissingDependencyError,
+    OutputError,
+    Settings,
+)
+from .outputs import (
+    RUN_REPORT,
+    atomic_write,
+    clear_outputs,
+    merge_parts,
+    part_problems,
+    publish,
+    read_rows,
+    shard_finished,
+    write_problems,
+)
 from .partition import (
+    FilePartition,
     PartitionResult,
+    PartitionTask,
     merge_file_results,
     partition_file,
     shard_files,
     shard_name,
 )
-from .worker import Settings, ShardResult, run_shard
+from .pool import Workers, sigterm_stops, workers_of
+from .rows import incomplete_note
+from .worker import run_shard
 
-Engine = Literal["local", "spark"]
 WORK = "_work"
-SHARD_TARGET_BYTES = 32 << 20  # of input per shard; a worker holds one (slimmed) shard at a time
+SHARD_TARGET_BYTES = 32 << 20  # of input per shard; a worker holds one shard at a time
 
 
-@dataclass(frozen=True)
-class BatchOptions:
-    inputs: list[Path]
-    out: Path
-    output_format: Literal["parquet", "ndjson"] = "parquet"
-    workers: int | None = None
-    engine: Engine = "local"
-    as_of: str | None = None
-    assume_presentation: bool = False
-    rules_dir: Path | None = None
-    resume: bool = False
-    strict: bool = False
-    shards: int | None = None
-
-
-@dataclass
-class BatchSummary:
-    patients: int
-    evaluated: int
-    errors: int
-    severities: dict[str, int]
-    top_rules: list[tuple[str, int]]
-    problems: list[str]
-    outputs: dict[str, str]
-    seconds: dict[str, float] = field(default_factory=dict)
-
-
-def _fingerprint(options: BatchOptions, rules_version: str) -> str:
+def _fingerprint(files: list[Path], options: BatchOptions, rules_version: str) -> str:
     """What must not change between a run and its resumption (the requested as_of included;
     "now" resumes at the interrupted run's instant)."""
     digest = hashlib.sha256()
-    for path in expand_paths(options.inputs):
-        stat = path.stat()
-        digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    for path in files:
+        try:
+            stat = path.stat()
+            digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        except OSError as exc:  # read later, and then a problem of the run
+            digest.update(f"{path}|{exc.errno}\n".encode())
     digest.update(f"{options.as_of or 'now'}|{options.assume_presentation}|{options.strict}|"
                   f"{options.output_format}|{rules_version}|{options.engine}".encode())
     return digest.hexdigest()
-
-
-def describe_inputs(paths: list[Path]) -> list[dict[str, object]]:
-    """Each input file with its size and SHA-256, for run.json."""
-    described = []
-    for path in expand_paths(paths):
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        described.append({"path": str(path), "bytes": path.stat().st_size,
-                          "sha256": digest.hexdigest()})
-    return described
 
 
 def _as_of_label(as_of: Any) -> str:
@@ -99,20 +83,60 @@ def _as_of_label(as_of: Any) -> str:
     return iso_instant(as_of) if isinstance(as_of, datetime) else str(as_of)
 
 
-def _shard_count(options: BatchOptions, workers: int) -> int:
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _shard_count(options: BatchOptions, read: list[Path], workers: int) -> int:
     if options.shards:
         return options.shards
     # uncompressed size, roughly: FHIR NDJSON gzips about 8 to 1
-    size = sum(p.stat().st_size * (8 if p.name.endswith(".gz") else 1)
-               for p in expand_paths(options.inputs))
+    size = sum(_size(p) * (8 if p.name.endswith(".gz") else 1) for p in read)
     return max(4 * workers, -(-size // SHARD_TARGET_BYTES))
 
 
+def plan_inputs(files: list[Path], options: BatchOptions, as_of: Any) -> list[dict[str, Any]]:
+    """Each input file, its declared resource type, and whether it is read.
+
+    A file declared (by its Bulk Data manifest, else its name) to hold a type no rule reads is
+    not read, unless a patient's "now" comes from every resource (`--as-of auto`) or every
+    resource is validated (`--strict`).
+    """
+    manifest = declared_types(options.inputs)
+    every_file = as_of == "auto" or options.strict
+    planned = []
+    for path in files:
+        declared = manifest.get(path.resolve()) or type_from_name(path)
+        read = every_file or declared is None or declared in READ_TYPES
+        planned.append({"path": str(path), "bytes": _size(path), "type": declared,
+                        "read": read})
+    return planned
+
+
+def check_engine(options: BatchOptions) -> None:
+    if options.engine != "spark":
+        return
+    if importlib.util.find_spec("pyspark") is None:
+        raise MissingDependencyError(
+            "--engine spark needs pyspark: pip install 'fasciculation-cds[spark]'")
+    if "PYSPARK_GATEWAY_PORT" not in os.environ and not (
+            shutil.which("java") or os.environ.get("JAVA_HOME")):
+        raise MissingDependencyError(
+            "--engine spark needs a Java runtime (Java 17): put java on the PATH or set JAVA_HOME")
+
+
 def run_batch(options: BatchOptions, console: Console | None = None) -> BatchSummary:
+    """Raises InputError (an input cannot be read), ValueError (--resume refused),
+    MissingDependencyError, OutputError, WorkerDiedError, KeyboardInterrupt or Stopped."""
     console = console or Console(stderr=True)
     started = time.perf_counter()
+    check_engine(options)
     ruleset = load_rules(options.rules_dir)
     workers = options.workers or os.cpu_count() or 1
+    files = expand_paths(options.inputs)
     out = options.out
     work = out / WORK
     state_file = work / "state.json"
@@ -121,46 +145,77 @@ def run_batch(options: BatchOptions, console: Console | None = None) -> BatchSum
         state = json.loads(state_file.read_text())
     as_of = state.get("as_of") if state else fix_as_of(options.as_of)
     label = _as_of_label(as_of)
-    fingerprint = _fingerprint(options, ruleset.version)
+    fingerprint = _fingerprint(files, options, ruleset.version)
     if state and state.get("fingerprint") != fingerprint:
         raise ValueError(f"{out}: --resume refused: the inputs or options differ from the "
                          "interrupted run (start afresh without --resume)")
     settings = Settings(str(options.rules_dir) if options.rules_dir else None, as_of, label,
                         options.assume_presentation, options.strict, options.output_format)
-    timings: dict[str, float] = {}
-    shards = int(state["shards"]) if state.get("partition") else _shard_count(options, workers)
-    with _pool(workers) as pool:
-        if state.get("partition"):
-            parted = PartitionResult(**{**state["partition"], "shards": [
-                Path(p) for p in state["partition"]["shards"]]})
-            console.log(f"resuming: {shards} shards already partitioned")
-        else:
-            if work.exists():
-                shutil.rmtree(work)
-            work.mkdir(parents=True)
-            t0 = time.perf_counter()
-            if options.engine == "spark":
-                parted = PartitionResult(shards=[], patients=0, resources=0, skipped_unowned=0)
-            else:
-                parted = _partition(options, work / "shards", shards, pool, settings)
-            timings["partition"] = time.perf_counter() - t0
-            state = {"fingerprint": fingerprint, "as_of": label, "shards": shards,
-                     "partition": _jsonable(parted)}
-            state_file.write_text(json.dumps(state, indent=2))
-        t1 = time.perf_counter()
-        if options.engine == "spark":
-            from .spark import run_spark
-
-            outputs = run_spark(options, settings, work, console)
-        else:
-            _run_local(parted, work, settings, shards, pool, console)
-            outputs = merge_parts(work / "parts", out, options.output_format)
-    timings["evaluate"] = time.perf_counter() - t1
-    summary = _summarize(outputs, options.output_format, parted, work)
-    summary.seconds = {**timings, "total": time.perf_counter() - started}
-    _write_report(options, summary, parted, ruleset.version, label, workers)
-    shutil.rmtree(work)  # finished: the shards (a copy of the input) are no longer needed
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        clear_outputs(out)
+        with sigterm_stops(), workers_of(workers) as pool:
+            summary = _run(options, files, state, fingerprint, settings, work, pool, console)
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot write the output: {exc.strerror or exc}") from None
+    summary.seconds["total"] = time.perf_counter() - started
+    _write_report(options, summary, ruleset.version, label, workers)
+    shutil.rmtree(work, ignore_errors=True)  # finished: the shards are no longer needed
     return summary
+
+
+def _run(options: BatchOptions, files: list[Path], state: dict[str, Any], fingerprint: str,
+         settings: Settings, work: Path, pool: Workers, console: Console) -> BatchSummary:
+    timings: dict[str, float] = {}
+    planned = plan_inputs(files, options, settings.as_of)
+    read = [Path(p["path"]) for p in planned if p["read"]]
+    if state.get("partition"):
+        shards = int(state["shards"])
+        parted = PartitionResult(**{**state["partition"], "shards": [
+            Path(p) for p in state["partition"]["shards"]]})
+        console.log(f"resuming: {shards} shards already partitioned")
+    else:
+        shards = _shard_count(options, read, pool.size)
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        t0 = time.perf_counter()
+        if options.engine == "spark":
+            parted = PartitionResult(shards=[], patients=0, resources=0, skipped_unowned=0)
+        else:
+            parted = _partition(read, work / "shards", shards, pool, settings)
+        parted.inputs = _describe(planned, parted.inputs)
+        timings["partition"] = time.perf_counter() - t0
+        state = {"fingerprint": fingerprint, "as_of": settings.as_of_label, "shards": shards,
+                 "partition": _jsonable(parted)}
+        atomic_write(work / "state.json",
+                     lambda target: target.write_text(json.dumps(state, indent=2)))
+    t1 = time.perf_counter()
+    staging = work / "final"
+    if options.engine == "spark":
+        from .spark import run_spark
+
+        problems = run_spark(options, settings, work, staging, read, console)
+        parted.problems = problems
+    else:
+        _run_local(parted, work, settings, shards, pool, console)
+        timings["evaluate"] = time.perf_counter() - t1
+        problems = parted.problems + part_problems(work / "parts")
+        merge_parts(work / "parts", staging, options.output_format, incomplete_note(problems))
+    write_problems(staging / "problems.ndjson", problems)
+    outputs = publish(staging, options.out, options.output_format)
+    timings["merge" if options.engine == "local" else "evaluate"] = (
+        time.perf_counter() - t1 - timings.get("evaluate", 0.0))
+    summary = _summarize(outputs, options.output_format, problems)
+    summary.seconds = timings
+    summary.inputs = parted.inputs
+    summary.resources, summary.skipped_unowned = parted.resources, parted.skipped_unowned
+    return summary
+
+
+def _describe(planned: list[dict[str, Any]], read: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    digests = {entry["path"]: entry.get("sha256") for entry in read}
+    return [{**entry, "sha256": digests.get(entry["path"])} for entry in planned]
 
 
 def _jsonable(parted: PartitionResult) -> dict[str, Any]:
@@ -169,51 +224,24 @@ def _jsonable(parted: PartitionResult) -> dict[str, Any]:
     return data
 
 
-class _Serial:
-    """The pool interface, in this process (one worker: no process start-up to pay)."""
-
-    def submit(self, fn: Any, *args: Any) -> Future[Any]:
-        future: Future[Any] = Future()
-        future.set_result(fn(*args))
-        return future
-
-    def __enter__(self) -> _Serial:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _pool(workers: int) -> Any:
-    # spawn, not fork: each worker builds its own durable-rules host from scratch
-    if workers == 1:
-        return _Serial()
-    return ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
-
-
-def _partition(options: BatchOptions, work: Path, shards: int, pool: Any,
+def _partition(files: list[Path], work: Path, shards: int, pool: Workers,
                settings: Settings) -> PartitionResult:
-    files = expand_paths(options.inputs)
-    futures = [pool.submit(partition_file, str(path), str(work), task, shards,
-                           settings.rules_dir, options.strict)
-               for task, path in enumerate(files)]
-    try:
-        return merge_file_results([f.result() for f in futures], shards)
-    except KeyboardInterrupt:
-        _cancel(pool, futures)
-        raise
+    tasks = [(PartitionTask(str(path), str(work), task, shards, settings),)
+             for task, path in enumerate(files)]
+    results = dict(pool.unordered(_partition_one, tasks))
+    ordered = [results[i] for i in range(len(tasks))]  # input order, whatever finished first
+    merged = merge_file_results(ordered, shards)
+    merged.inputs = [{"path": str(path), "sha256": result.sha256}
+                     for path, result in zip(files, ordered, strict=True)]
+    return merged
 
 
-def _cancel(pool: Any, futures: list[Future[Any]]) -> None:
-    """Ctrl-C: drop queued work at once; finished parts stay for --resume."""
-    for future in futures:
-        future.cancel()
-    if isinstance(pool, ProcessPoolExecutor):
-        pool.shutdown(wait=False, cancel_futures=True)
+def _partition_one(task: PartitionTask) -> tuple[int, FilePartition]:
+    return task.task, partition_file(task)
 
 
-def _run_local(parted: PartitionResult, work: Path, settings: Settings, shards: int, pool: Any,
-               console: Console) -> None:
+def _run_local(parted: PartitionResult, work: Path, settings: Settings, shards: int,
+               pool: Workers, console: Console) -> None:
     parts = work / "parts"
     todo = [i for i in range(shards)
             if not shard_finished(parts, Path(shard_name(i)).stem, settings.output_format)]
@@ -221,23 +249,23 @@ def _run_local(parted: PartitionResult, work: Path, settings: Settings, shards: 
     with _Progress(console, total) as progress:
         progress.already_done(
             total - _patients_in([p for i in todo for p in shard_files(work / "shards", i)]))
-        futures = [pool.submit(run_shard, i, str(work / "shards"), str(parts), settings)
-                   for i in todo]
-        try:
-            for future in as_completed(futures):
-                finished: ShardResult = future.result()
-                progress.advance(finished.patients)
-        except KeyboardInterrupt:
-            _cancel(pool, futures)
-            raise
+        for finished in pool.unordered(run_shard_task, [(i, str(work / "shards"), str(parts),
+                                                         settings) for i in todo]):
+            progress.advance(finished.patients)
+
+
+def run_shard_task(shard: int, work: str, parts: str, settings: Settings) -> Any:
+    # looked up at call time, so a test can stand in for run_shard
+    return run_shard(shard, work, parts, settings)
 
 
 def _patients_in(files: list[Path]) -> int:
-    keys: set[bytes] = set()
+    keys: set[str] = set()
     for path in files:
         with path.open("rb") as handle:
             for line in handle:
-                keys.add(line[: line.find(b'","s"')])
+                tab = line.find(b"\t")
+                keys.add(orjson.loads(line[:tab] if tab >= 0 else line)[1])
     return len(keys)
 
 
@@ -283,25 +311,23 @@ class _Progress:
             self.bar.__exit__(None, None, None)
 
 
-def _summarize(outputs: dict[str, Path], output_format: str, parted: PartitionResult,
-               work: Path) -> BatchSummary:
+def _summarize(outputs: dict[str, Path], output_format: str,
+               problems: list[str]) -> BatchSummary:
     rows = read_rows([outputs["assessments"]], output_format)
     severities: Counter[str] = Counter()
     rules: Counter[str] = Counter()
-    errors = 0
+    errors = partial = 0
     for row in rows:
         if row["status"] == "error":
             errors += 1
-        else:
-            severities[row["highest_severity"] or "none"] += 1
-            rules.update(row["rule_ids"] or [])
-    problems = list(parted.problems)
-    for path in sorted((work / "parts").glob("problems-*.json")):
-        problems += orjson.loads(path.read_bytes())
+            continue
+        partial += row["status"] == "partial"
+        severities[row["highest_severity"] or "none"] += 1
+        rules.update(row["rule_ids"] or [])
     return BatchSummary(patients=len(rows), evaluated=len(rows) - errors, errors=errors,
                         severities=dict(sorted(severities.items())),
                         top_rules=rules.most_common(10), problems=problems,
-                        outputs={k: str(v) for k, v in outputs.items()})
+                        outputs={k: str(v) for k, v in outputs.items()}, partial=partial)
 
 
 def _versions() -> dict[str, str]:
@@ -314,16 +340,16 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _write_report(options: BatchOptions, summary: BatchSummary, parted: PartitionResult,
-                  rules_version: str, as_of: str, workers: int) -> None:
-    out = options.out
-    (out / "problems.ndjson").write_bytes(b"".join(
-        orjson.dumps({"problem": p}) + b"\n" for p in summary.problems))
+def _write_report(options: BatchOptions, summary: BatchSummary, rules_version: str,
+                  as_of: str, workers: int) -> None:
+    """run.json, written last: its presence says the outputs beside it are complete."""
     report = {
-        "inputs": describe_inputs(options.inputs),
+        "inputs": summary.inputs,
         "counts": {"patients": summary.patients, "evaluated": summary.evaluated,
+                   "ok": summary.evaluated - summary.partial, "partial": summary.partial,
                    "errors": summary.errors, "problems": len(summary.problems),
-                   "resources": parted.resources, "skipped_unowned": parted.skipped_unowned,
+                   "resources": summary.resources,
+                   "skipped_unowned": summary.skipped_unowned,
                    "by_highest_severity": summary.severities,
                    "top_rules": dict(summary.top_rules)},
         "rules_version": rules_version, "as_of": as_of, "engine": options.engine,
@@ -332,4 +358,9 @@ def _write_report(options: BatchOptions, summary: BatchSummary, parted: Partitio
         "timings_seconds": {k: round(v, 3) for k, v in summary.seconds.items()},
         "outputs": summary.outputs, "versions": _versions(),
     }
-    (out / "run.json").write_text(json.dumps(report, indent=2) + "\n")
+    payload = json.dumps(report, indent=2) + "\n"
+    try:
+        atomic_write(options.out / RUN_REPORT, lambda target: target.write_text(payload))
+    except OSError as exc:
+        raise OutputError(f"{options.out}: cannot write the output: {exc.strerror or exc}"
+                          ) from None

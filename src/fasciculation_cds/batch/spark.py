@@ -1,81 +1,52 @@
 """The same batch job on Apache Spark (pyspark): group by patient, evaluate in the executors.
 
-Reads NDJSON with Spark (plain or gzipped; any Hadoop file system), Bundles from a shared file
-system; keys resources with the same function as the local partitioner and evaluates each
-patient's group with the package's own evaluation, one durable-rules host per Python worker.
+Each input file is read in an executor by the same router as the local partitioner (the same
+relevance, the same per-patient summaries of what no rule reads, the same problems for a file
+that cannot be read to its end), so files must be on a file system every executor sees at the
+same path. Each patient's group is evaluated with the package's own evaluation, one
+durable-rules host per Python worker.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.console import Console
 
-from ..errors import InputError
 from ..ruleset import load_rules
-from ..sources import RawResource, expand_paths, is_ndjson, parse_ndjson_line, read_file
-from ..terminology import Terminology
-from .keys import MEDICATION, UNOWNED, keyed, slim
-from .outputs import TABLES
-from .partition import decode_line, encode_line
-from .rows import assessment_row, finding_rows
-from .worker import Settings, evaluate_group
-
-if TYPE_CHECKING:
-    from .run import BatchOptions
+from ..sources import RawResource
+from .keys import MEDICATION
+from .options import BatchOptions, Settings
+from .outputs import TABLES, extension
+from .partition import Router, decode_record, route_file
+from .rows import assessment_row, finding_rows, incomplete_note, mark_partial
+from .worker import evaluate_group
 
 PROBLEM = "\x00problem"
 
 
-def _terminology(settings: Settings) -> Terminology | None:
-    return None if settings.strict else load_rules(settings.rules_dir).terminology
-
-
-def _keyed_ndjson(source: str, settings: Settings,
-                  items: Iterable[tuple[str, int]]) -> Iterator[tuple[str, Any]]:
-    """One partition of (line, index) pairs: the rule set is looked up once per partition."""
-    terminology = _terminology(settings)
-    for line, index in items:
-        if not line.strip():
-            continue
-        parsed = parse_ndjson_line(line, source, index + 1)
-        if isinstance(parsed, InputError):
-            yield PROBLEM, parsed.describe()
-            continue
-        # shuffled as the same compact lines the local shards hold (cheaper than pickled dicts)
-        for key, raw in keyed([parsed]):
-            yield key, encode_line(key, slim(raw, terminology))
-
-
-def _keyed_bundle(settings: Settings, path: str) -> list[tuple[str, Any]]:
-    items: list[RawResource] = []
-    problems: list[tuple[str, Any]] = []
-    try:
-        for item in read_file(Path(path)):
-            if isinstance(item, InputError):
-                problems.append((PROBLEM, item.describe()))
-            else:
-                items.append(item)
-    except InputError as exc:
-        problems.append((PROBLEM, exc.describe()))
-    terminology = _terminology(settings)
-    return problems + [(key, encode_line(key, slim(raw, terminology)))
-                       for key, raw in keyed(items)]
+def _keyed_file(settings: Settings, path: str) -> list[tuple[str, Any]]:
+    """(key, shard record) pairs of one input file, and (PROBLEM, text) for its problems."""
+    records: list[tuple[str, Any]] = []
+    router = Router(settings, lambda key, record: records.append((key, record)))
+    route_file(Path(path), router)
+    router.close()
+    return [(PROBLEM, problem) for problem in router.result.problems] + records
 
 
 def _evaluate_partition(groups: Iterable[tuple[str, Iterable[Any]]], medications: list[Any],
                         settings: Settings) -> Iterator[tuple[str, dict[str, Any]]]:
     ruleset = load_rules(settings.rules_dir)
-    shared = [decode_line(line)[1] for line in medications]
+    shared = [r for r in (decode_record(line) for line in medications)
+              if isinstance(r, RawResource)]
     for _, lines in groups:
-        raws = [decode_line(line)[1] for line in lines]
-        for outcome in evaluate_group(raws, shared, ruleset, settings):
+        for outcome in evaluate_group((decode_record(line) for line in lines), shared,
+                                      ruleset, settings):
             if getattr(outcome, "patient", "") is None:
                 yield "problem", {"problem": outcome.message}  # type: ignore[union-attr]
                 continue
@@ -122,8 +93,13 @@ def _session(workers: int) -> Any:
     return (builder.master(master) if master else builder).getOrCreate()
 
 
-def run_spark(options: BatchOptions, settings: Settings, work: Path,
-              console: Console) -> dict[str, Path]:
+def _stamped(note: str | None, row: dict[str, Any]) -> dict[str, Any]:
+    return mark_partial([dict(row)], note)[0]
+
+
+def run_spark(options: BatchOptions, settings: Settings, work: Path, staging: Path,
+              files: list[Path], console: Console) -> list[str]:
+    """Write the tables to `staging` (to be moved into place by the caller); the problems."""
     from pyspark.sql import SparkSession
 
     workers = options.workers or os.cpu_count() or 1
@@ -132,45 +108,35 @@ def run_spark(options: BatchOptions, settings: Settings, work: Path,
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     spark = SparkSession.getActiveSession() or _session(workers)
     context = spark.sparkContext
-    files = expand_paths(options.inputs)
-    parts = []
-    for path in files:
-        if is_ndjson(path):
-            lines = context.textFile(str(path)).zipWithIndex()
-            parts.append(lines.mapPartitions(
-                functools.partial(_keyed_ndjson, str(path), settings)))
-    bundles = [str(p) for p in files if not is_ndjson(p)]
-    if bundles:
-        parts.append(context.parallelize(bundles, max(1, min(len(bundles), 4 * workers)))
-                     .flatMap(functools.partial(_keyed_bundle, settings)))
-    everything = context.union(parts) if parts else context.emptyRDD()
+    paths = [str(p) for p in files]
+    everything = (context.parallelize(paths, max(1, min(len(paths), 4 * workers)))
+                  .flatMap(functools.partial(_keyed_file, settings))
+                  if paths else context.emptyRDD())
     everything.cache()
     medications = everything.filter(lambda kv: kv[0] == MEDICATION).values().collect()
     shared = context.broadcast(medications)
     problems = everything.filter(lambda kv: kv[0] == PROBLEM).values().collect()
-    patients = everything.filter(lambda kv: kv[0] not in (MEDICATION, UNOWNED, PROBLEM))
+    patients = everything.filter(lambda kv: kv[0] not in (MEDICATION, PROBLEM))
     rows = patients.groupByKey(numPartitions=max(1, 4 * workers)).mapPartitions(
         lambda groups: _evaluate_partition(groups, shared.value, settings))
     rows.cache()
-    outputs: dict[str, Path] = {}
+    problems += [p["problem"] for p in rows.filter(lambda kv: kv[0] == "problem").values()
+                 .collect()]
+    note = incomplete_note(problems)
+    staging.mkdir(parents=True, exist_ok=True)
     for table in TABLES:
         names = TABLES[table].names
         frame = spark.createDataFrame(
-            rows.filter(functools.partial(_is_table, table)).values().map(
-                functools.partial(_as_tuple, names)), _spark_schema(table))
-        target = options.out / f"{table}.{options.output_format}"
+            rows.filter(functools.partial(_is_table, table)).values()
+            .map(functools.partial(_stamped, note))
+            .map(functools.partial(_as_tuple, names)), _spark_schema(table))
+        target = staging / f"{table}.{extension(options.output_format)}"
         writer = frame.orderBy(*(["patient", "rule_id"] if table == "findings" else ["patient"]))
         if options.output_format == "parquet":
             writer.write.mode("overwrite").parquet(str(target))
         else:
             writer.write.mode("overwrite").option("ignoreNullFields", "false").json(str(target))
-        outputs[table] = target
-    problems += [p["problem"] for p in rows.filter(lambda kv: kv[0] == "problem").values()
-                 .collect()]
-    (work / "parts").mkdir(parents=True, exist_ok=True)
-    (work / "parts" / "problems-spark.json").write_text(
-        json.dumps(problems))
     everything.unpersist()
     rows.unpersist()
     console.log(f"spark: evaluated on {context.master}")
-    return outputs
+    return problems

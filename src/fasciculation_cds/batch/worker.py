@@ -1,92 +1,91 @@
-"""Evaluate one shard: the resources of a set of whole patients, with the package's evaluation."""
+"""Evaluate one shard: the resources of a set of whole patients, with the package's evaluation.
+
+Also what each worker process does when it starts: it must never outlive the batch process.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
+import sys
+import threading
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
 
-from ..assessment import Assessment
-from ..evaluate import AsOf, Outcome, PatientError, assess_all, new_grouper
+from ..evaluate import Outcome, PatientError, assess_all, new_grouper
 from ..ruleset import RuleSet, load_rules
+from ..sources import RawResource
+from .options import Settings
 from .outputs import write_part
-from .partition import decode_line, medication_files, shard_files, shard_name
+from .partition import Skipped, medication_files, read_records, shard_files, shard_name
 from .rows import assessment_row, finding_rows
 
-
-@dataclass(frozen=True)
-class Settings:
-    rules_dir: str | None
-    as_of: AsOf | Literal["auto"]
-    as_of_label: str
-    assume_presentation: bool
-    strict: bool
-    output_format: str
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass
 class ShardResult:
     shard: str
-    patients: int = 0
-    errors: int = 0
-    severities: Counter[str] = field(default_factory=Counter)
-    rules: Counter[str] = field(default_factory=Counter)
-    problems: list[str] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=dict)
+    patients: int
 
 
-def read_lines(paths: list[Path]) -> list[Any]:
-    raws = []
-    for path in paths:
-        with path.open("rb") as handle:
-            raws += [decode_line(line)[1] for line in handle if line.strip()]
-    return raws
+def watch_parent(parent: int) -> None:
+    """Worker start-up: die with the batch process, even when it is killed with SIGKILL.
+
+    On Linux the kernel sends SIGKILL when the parent dies (PR_SET_PDEATHSIG); elsewhere, and
+    as a second line on Linux, a thread polls the parent id. Ctrl-C reaches the whole process
+    group: the parent decides what stops, so workers ignore SIGINT.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):  # blocked while the process started (pool.py)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+
+    def poll() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=poll, name="parent-watch", daemon=True).start()
 
 
-def evaluate_group(raws: list[Any], medications: list[Any], ruleset: RuleSet,
-                   settings: Settings) -> list[Outcome]:
+def evaluate_group(records: Iterable[RawResource | Skipped], medications: Iterable[RawResource],
+                   ruleset: RuleSet, settings: Settings) -> list[Outcome]:
     """Outcomes for the resources of whole patients (the unit both engines evaluate)."""
     grouper = new_grouper(ruleset, settings.as_of, strict=settings.strict)
     for raw in medications:
         grouper.add(raw)
-    for raw in raws:
-        grouper.add(raw)
+    for record in records:
+        if isinstance(record, Skipped):
+            grouper.note_skipped(record.key, record.count, record.source, record.entry,
+                                 record.latest)
+        else:
+            grouper.add(record)
     return list(assess_all(grouper.finish(), ruleset, settings.as_of,
                            assume_presentation=settings.assume_presentation))
 
 
-def summarize(outcomes: list[Outcome], result: ShardResult) -> None:
-    for outcome in outcomes:
-        if isinstance(outcome, PatientError) and outcome.patient is None:
-            result.problems.append(outcome.message)
-            continue
-        result.patients += 1
-        if isinstance(outcome, PatientError):
-            result.errors += 1
-        elif isinstance(outcome, Assessment):
-            result.severities[outcome.highest_severity or "none"] += 1
-            result.rules.update(f.rule_id for f in outcome.findings)
-
-
 def run_shard(shard: int, work: str, parts: str, settings: Settings) -> ShardResult:
     """Worker entry point (one process; one durable-rules host per process)."""
-    started = time.perf_counter()
     ruleset = load_rules(settings.rules_dir)
-    medications = read_lines(medication_files(Path(work)))
-    raws = read_lines(shard_files(Path(work), shard))
-    read = time.perf_counter()
-    outcomes = evaluate_group(raws, medications, ruleset, settings)
-    evaluated = time.perf_counter()
-    result = ShardResult(shard=shard_name(shard))
-    summarize(outcomes, result)
+    medications = [r for r in read_records(medication_files(Path(work)))
+                   if isinstance(r, RawResource)]
+    outcomes = evaluate_group(read_records(shard_files(Path(work), shard)), medications,
+                              ruleset, settings)
+    problems = [o.message for o in outcomes if isinstance(o, PatientError) and o.patient is None]
     kept = [o for o in outcomes if not (isinstance(o, PatientError) and o.patient is None)]
-    stem = Path(shard_name(shard)).stem
-    write_part(Path(parts), stem, [assessment_row(o, settings.as_of_label, ruleset.version)
-                                   for o in kept],
-               [row for o in kept for row in finding_rows(o)], result.problems,
+    write_part(Path(parts), Path(shard_name(shard)).stem,
+               [assessment_row(o, settings.as_of_label, ruleset.version) for o in kept],
+               [row for o in kept for row in finding_rows(o)], problems,
                settings.output_format)
-    result.seconds = {"read": read - started, "evaluate": evaluated - read,
-                      "write": time.perf_counter() - evaluated}
-    return result
+    return ShardResult(shard=shard_name(shard), patients=len(kept))

@@ -1,0 +1,78 @@
+"""What a batch run is asked to do, what it reports and how it can fail (both engines)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ..evaluate import AsOf
+
+Engine = Literal["local", "spark"]
+
+# Exit codes of `fasciculation-cds batch` (docs/batch.md, "Guarantees and exit codes").
+EXIT_INCOMPLETE = 2  # the run finished, but some row is not `ok` or the input had problems
+EXIT_UNREADABLE_INPUT = 3  # an input named on the command line cannot be read: nothing written
+EXIT_OUTPUT_FAILED = 4  # the output folder cannot be written (full disk, permissions)
+EXIT_MISSING_DEPENDENCY = 5  # e.g. --engine spark without pyspark or Java
+EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C)
+EXIT_TERMINATED = 143  # SIGTERM
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    inputs: list[Path]
+    out: Path
+    output_format: Literal["parquet", "ndjson"] = "parquet"
+    workers: int | None = None
+    engine: Engine = "local"
+    as_of: str | None = None
+    assume_presentation: bool = False
+    rules_dir: Path | None = None
+    resume: bool = False
+    strict: bool = False
+    shards: int | None = None
+
+
+@dataclass
+class BatchSummary:
+    patients: int
+    evaluated: int
+    errors: int
+    severities: dict[str, int]
+    top_rules: list[tuple[str, int]]
+    problems: list[str]
+    outputs: dict[str, str]
+    seconds: dict[str, float] = field(default_factory=dict)
+    partial: int = 0  # evaluated, but the run had input problems (see docs/batch.md)
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    resources: int = 0
+    skipped_unowned: int = 0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every worker (process or Spark executor) needs to know of the run."""
+
+    rules_dir: str | None
+    as_of: AsOf | Literal["auto"]
+    as_of_label: str
+    assume_presentation: bool
+    strict: bool
+    output_format: str
+
+
+class OutputError(Exception):
+    """The output folder could not be written; no output of this run looks complete."""
+
+
+class MissingDependencyError(Exception):
+    """An optional dependency the chosen engine needs is not installed."""
+
+
+class Stopped(BaseException):
+    """SIGTERM, turned into an exception so the run stops as cleanly as on Ctrl-C."""
+
+    def __init__(self, signal_number: int) -> None:
+        super().__init__(f"stopped by signal {signal_number}")
+        self.signal_number = signal_number

@@ -1,0 +1,114 @@
+"""The worker processes of the local engine, and stopping them on Ctrl-C, SIGTERM or failure."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from multiprocessing import get_context
+from types import FrameType
+from typing import Any, TypeVar
+
+from .options import Stopped
+from .worker import watch_parent
+
+T = TypeVar("T")
+
+
+class WorkerDiedError(Exception):
+    """A worker process ended without finishing its task (killed, out of memory)."""
+
+
+class Workers:
+    """`workers` processes started with spawn (each builds its own durable-rules host), or the
+    calling process itself for one worker (no start-up to pay)."""
+
+    def __init__(self, workers: int) -> None:
+        self.executor: ProcessPoolExecutor | None = None
+        self.size = workers
+        if workers > 1:
+            self.executor = ProcessPoolExecutor(
+                max_workers=workers, mp_context=get_context("spawn"),
+                initializer=watch_parent, initargs=(os.getpid(),))
+        self.futures: list[Future[Any]] = []
+
+    def unordered(self, fn: Callable[..., T], calls: Sequence[tuple[Any, ...]]) -> Iterator[T]:
+        """fn(*args) for each call, as they finish. Looks `fn` up at call time in serial mode."""
+        if self.executor is None:
+            for args in calls:
+                yield fn(*args)
+            return
+        with _sigint_blocked():  # processes start here: see _sigint_blocked
+            self.futures = [self.executor.submit(fn, *args) for args in calls]
+        try:
+            for future in as_completed(self.futures):
+                yield future.result()
+        except BrokenProcessPool:
+            raise WorkerDiedError("a worker process ended unexpectedly (killed, or out of memory?)"
+                             ) from None
+
+    def stop(self) -> None:
+        """Now: drop queued tasks and end the processes (a shard being evaluated is redone by
+        --resume; its part is written whole or not at all)."""
+        if self.executor is None:
+            return
+        for future in self.futures:
+            future.cancel()
+        # the executor has no public way to end busy workers before Python 3.14
+        processes = list(getattr(self.executor, "_processes", {}).values())
+        for process in processes:
+            process.terminate()
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        for process in processes:
+            process.join(timeout=5)
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
+
+
+@contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Workers start with SIGINT blocked (the mask survives exec), until `watch_parent` ignores
+    it: a Ctrl-C during their start-up is the parent's alone, with no traceback from a child.
+    A Ctrl-C meanwhile reaches the parent when the mask is restored."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+@contextmanager
+def workers_of(count: int) -> Iterator[Workers]:
+    pool = Workers(count)
+    try:
+        yield pool
+    except BaseException:
+        pool.stop()
+        raise
+    pool.close()
+
+
+@contextmanager
+def sigterm_stops() -> Iterator[None]:
+    """SIGTERM raises Stopped in the main thread, so the run unwinds as on Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signal_number: int, frame: FrameType | None) -> None:
+        raise Stopped(signal_number)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
