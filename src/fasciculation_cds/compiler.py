@@ -10,11 +10,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any
 
 from .facts import ClinicalFact, DraftOrder, LabResult, Medication, PatientContext, PatientFact
 from .rule_schema import SEVERITY_RANK, Comparison, ContextPattern, FactPattern, Match, Rule
+from .rule_thresholds import threshold_to_canonical
 from .ruleset import RuleSet
 
 _UNSAFE = re.compile(r"[^a-z0-9]+")
@@ -146,10 +146,7 @@ def _pattern_conditions(ruleset: RuleSet, pattern: FactPattern) -> list[JsonDict
         for concept in concepts:
 
             def convert(bound: float, concept: str = concept) -> float:
-                canonical = ruleset.units.to_canonical(
-                    concept, Fraction(repr(bound)),
-                    value.unit or ruleset.units.canonical_unit(concept),
-                )
+                canonical = threshold_to_canonical(ruleset.units, concept, bound, value.unit)
                 if canonical is None:
                     raise ValueError(f"cannot convert threshold for {concept}")
                 return float(canonical)

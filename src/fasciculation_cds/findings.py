@@ -28,6 +28,7 @@ from .facts import (
     Problem,
 )
 from .fhir_time import iso_day
+from .presentation import order_findings
 from .rule_schema import SEVERITY_RANK, Rule
 
 SUMMARY_LIMIT = 140
@@ -203,4 +204,4 @@ def _hit_key(hit: RuleHit) -> tuple[str, ...]:
 
 
 def sort_findings(findings: Sequence[RuleFinding]) -> list[RuleFinding]:
-    return sorted(findings, key=lambda f: (-SEVERITY_RANK[f.severity], f.rule_id))
+    return order_findings(findings)

@@ -5,16 +5,15 @@ Rendering (HTML, Markdown, FHIR) only formats this view; it never re-reads FHIR.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from fractions import Fraction
 
 from ..assessment import Assessment, RuleFinding
 from ..facts import LabResult, Medication
 from ..fhir_time import iso_day
 from ..findings import format_number
-from ..rule_schema import SEVERITY_RANK
+from ..presentation import order_findings
+from ..rule_thresholds import lab_thresholds
 from ..ruleset import RuleSet
 
 # Analytes with a trend chart, in the order a clinician scans them. Calcium is charted as the
@@ -78,26 +77,12 @@ class PatientView:
 def thresholds_for(ruleset: RuleSet, concept: str) -> list[Threshold]:
     """Threshold lines for a chart, read from the rule files (converted to canonical units)."""
     lines: dict[float, Threshold] = {}
-    for rule in ruleset.active_rules():
-        for match in rule.match:
-            patterns = [(match.severity, p) for p in match.facts.values()]
-            patterns += [(e.severity, p) for e in match.escalate for p in e.facts.values()]
-            for severity, pattern in patterns:
-                concepts = [*([pattern.concept] if pattern.concept else []),
-                            *(pattern.concepts or [])]
-                if concept not in concepts or pattern.value is None:
-                    continue
-                for op in ("lt", "lte", "gt", "gte"):
-                    bound = getattr(pattern.value, op)
-                    if bound is None:
-                        continue
-                    canonical = ruleset.units.to_canonical(
-                        concept, Fraction(repr(bound)),
-                        pattern.value.unit or ruleset.units.canonical_unit(concept))
-                    if canonical is not None:
-                        value = float(canonical)
-                        shown = f"{format_number(bound)} {pattern.value.unit or ''}".strip()
-                        lines.setdefault(value, Threshold(value, f"{severity} {shown}"))
+    for found in lab_thresholds(ruleset.active_rules(), ruleset.units, concept):
+        if found.operator == "eq":
+            continue
+        value = float(found.canonical)
+        shown = f"{format_number(found.bound)} {found.unit or ''}".strip()
+        lines.setdefault(value, Threshold(value, f"{found.severity} {shown}"))
     return sorted(lines.values(), key=lambda t: t.value)
 
 
@@ -129,8 +114,7 @@ def build_view(assessment: Assessment, ruleset: RuleSet) -> PatientView:
     for category in CATEGORY_ORDER:
         members = [f for f in findings if f.category == category]
         if members:
-            groups.append((CATEGORY_TITLES[category], sorted(
-                members, key=lambda f: (-SEVERITY_RANK[f.severity], f.rule_id))))
+            groups.append((CATEGORY_TITLES[category], order_findings(members)))
     contributors = sorted({e.label or e.concept for f in findings if f.category == "context"
                            for e in f.evidence})
     references: dict[str, str | None] = {}
@@ -142,8 +126,3 @@ def build_view(assessment: Assessment, ruleset: RuleSet) -> PatientView:
         series=series, medications=medications, contributors=contributors,
         red_flag=any(f.rule_id == "mnd.red-flags" for f in findings),
         references=sorted(references.items()))
-
-
-def most_severe_first(views: Sequence[PatientView]) -> list[PatientView]:
-    return sorted(views, key=lambda v: (-SEVERITY_RANK.get(v.highest, 0),
-                                        v.assessment.patient.reference))

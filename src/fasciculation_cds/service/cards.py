@@ -7,10 +7,10 @@ import uuid
 from typing import Any
 
 from ..assessment import Assessment, RuleFinding
+from ..presentation import RULES_SYSTEM
 from ..ruleset import RuleSet
 
 SOURCE_LABEL = "fasciculation-cds"
-RULES_SYSTEM = "https://fasciculation-cds.dev/rules"
 OVERRIDE_SYSTEM = "https://fasciculation-cds.dev/override-reason"
 OVERRIDE_REASONS = [
     {"code": "already-addressed", "system": OVERRIDE_SYSTEM, "display": "Already addressed"},
