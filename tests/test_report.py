@@ -14,11 +14,12 @@ import pytest
 from fhir.resources.R4B.bundle import Bundle
 from rich.console import Console
 
-from fasciculation_cds import Assessment, evaluate, evaluate_each
+from fasciculation_cds import Assessment, evaluate, evaluate_each, load_rules
 from fasciculation_cds.facts import LabResult
 from fasciculation_cds.render_text import render_assessment
 from fasciculation_cds.report import render_fhir, render_html, render_markdown, write_reports
-from fasciculation_cds.report.view import CHART_CONCEPTS
+from fasciculation_cds.report.view import build_view, charted_concepts
+from fasciculation_cds.rule_schema import CATEGORY_TITLES, RULE_CATEGORIES
 from fasciculation_cds.ruleset import RuleSet
 
 from .conftest import REPO, shared_data
@@ -100,12 +101,52 @@ def test_html_page_structure(example: Path, ruleset: RuleSet) -> None:
     assert not outline.external  # self-contained
     for finding in assessment.findings:
         assert finding.rule_id in outline.ids
-    labs = [f for f in assessment.facts if isinstance(f, LabResult) and f.concept in CHART_CONCEPTS]
+    charted = charted_concepts(ruleset)
+    labs = [f for f in assessment.facts if isinstance(f, LabResult) and f.concept in charted]
     expected = {}
     for fact in labs:
         key = f"{fact.label} ({fact.unit})"
         expected[key] = expected.get(key, 0) + 1
     assert outline.charts == expected
+
+
+def test_charts_are_the_labs_the_rules_compare(ruleset: RuleSet) -> None:
+    compared = {p.concept for r in ruleset.active_rules() for m in r.match
+                for p in [*m.facts.values(), *(q for e in m.escalate for q in e.facts.values())]
+                if p.value is not None and p.concept}
+    assert set(charted_concepts(ruleset)) == compared
+    assert "calcium-corrected" in compared  # the value the calcium rule decides on
+
+
+def test_headline_rules_come_from_the_rule_files(tmp_path: Path, ruleset: RuleSet) -> None:
+    example = REPO / "fhir_examples" / "als-red-flags-critical.json"
+    assessment = _one(example, ruleset)
+    view = build_view(assessment, ruleset)
+    assert [f.rule_id for f in view.alerts] == [r.id for r in ruleset.rules if r.headline
+                                                and any(f.rule_id == r.id
+                                                        for f in assessment.findings)]
+    assert view.alerts
+    assert "headline sev-critical emphasised" in render_html(assessment, ruleset)
+    # the same rules without `headline: true`: no emphasis
+    rules = tmp_path / "rules"
+    shutil.copytree(REPO / "rules", rules, ignore=shutil.ignore_patterns("*.fires", "*.quiet"))
+    for path in rules.glob("*/*.yaml"):
+        path.write_text("".join(line for line in path.read_text().splitlines(keepends=True)
+                                if not line.startswith("headline:")))
+    plain = load_rules(rules)
+    [again] = evaluate(example, as_of=AS_OF, rules=plain, full_history=True)
+    assert not build_view(again, plain).alerts
+    assert "headline sev-critical\"" in render_html(again, plain)
+
+
+def test_findings_are_grouped_by_every_category(ruleset: RuleSet) -> None:
+    assessments = evaluate(REPO / "fhir_examples", as_of=AS_OF, rules=ruleset)
+    for assessment in assessments:
+        view = build_view(assessment, ruleset)
+        titles = [title for title, _ in view.groups]
+        assert titles == [CATEGORY_TITLES[c] for c in RULE_CATEGORIES
+                          if any(f.category == c for f in assessment.findings)]
+        assert sum(len(members) for _, members in view.groups) == len(assessment.findings)
 
 
 def test_untrusted_text_is_escaped(tmp_path: Path, ruleset: RuleSet) -> None:

@@ -16,6 +16,17 @@ Status = Literal["experimental", "test", "stable", "deprecated"]
 FactKind = Literal["lab", "medication", "draft", "problem", "finding", "patient", "result"]
 
 SEVERITY_RANK: dict[str, int] = {"info": 1, "warning": 2, "critical": 3}
+# The one list of rule categories, in the order clinician summaries list them, with the heading
+# shown there. Rule files live in rules/<category>/ and a rule id starts with its category.
+CATEGORY_TITLES: dict[str, str] = {
+    "mnd": "Motor neuron disease",
+    "electrolyte": "Electrolytes and vitamins",
+    "medication": "Medications",
+    "neuropathy": "Nerve causes",
+    "workup": "Work-up",
+    "context": "Possible contributors",
+}
+RULE_CATEGORIES: tuple[str, ...] = tuple(CATEGORY_TITLES)
 RULE_ID = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9][a-z0-9-]*$")
 
 
@@ -147,7 +158,8 @@ class EvidenceCollect(_Strict):
 class Rule(_Strict):
     id: str = Field(description="Stable public id `category.slug`; never reused.")
     title: str
-    category: Literal["electrolyte", "workup", "medication", "neuropathy", "mnd", "context"]
+    category: str = Field(description="The rule's category; also its folder under rules/.",
+                          json_schema_extra={"enum": list(RULE_CATEGORIES)})
     status: Status
     requires_presentation: bool = Field(
         default=True,
@@ -162,6 +174,18 @@ class Rule(_Strict):
     evidence_also: list[EvidenceCollect] = Field(default_factory=list)
     references: list[Reference] = Field(min_length=1)
     notes: str | None = Field(default=None, description="Where sources differ; known limits.")
+    headline: bool = Field(
+        default=False,
+        description="When it fires, a clinician summary names it in its headline box, with an "
+        "emphasised border, whatever the most severe finding is.",
+    )
+
+    @field_validator("category")
+    @classmethod
+    def _known_category(cls, value: str) -> str:
+        if value not in CATEGORY_TITLES:
+            raise ValueError(f"category must be one of {', '.join(RULE_CATEGORIES)}")
+        return value
 
     @field_validator("id")
     @classmethod

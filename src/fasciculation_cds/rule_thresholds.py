@@ -72,3 +72,16 @@ def lab_thresholds(rules: tuple[Rule, ...], units: UnitTable,
                     found.append(RuleThreshold(rule.id, severity, concept, operator, bound,
                                                pattern.value.unit, canonical))
     return found
+
+
+def compared_lab_concepts(rules: tuple[Rule, ...], units: UnitTable) -> tuple[str, ...]:
+    """The lab concepts some rule compares with a number, in the order rules/units.yaml lists
+    them (the order a clinician scans labs in): the labs a summary charts."""
+    named: set[str] = set()
+    for rule in rules:
+        for _, pattern in _patterns(rule):
+            if pattern.value is not None:
+                named.update([*([pattern.concept] if pattern.concept else []),
+                              *(pattern.concepts or [])])
+    in_table = [c for analyte in units.analytes.values() for c in analyte.concepts]
+    return tuple(c for c in in_table if c in named)

@@ -18,13 +18,12 @@ import yaml
 from pydantic import ValidationError
 
 from .errors import RuleFileError
-from .rule_schema import ContextPattern, FactPattern, Rule
+from .rule_schema import RULE_CATEGORIES, ContextPattern, FactPattern, Rule
 from .terminology import Terminology
 from .units import UnitTable
 
 CONTENT_FILES = ("valuesets/codes.yaml", "valuesets/systems.yaml", "units.yaml", "derived.yaml",
                  "text-matches.yaml")
-RULE_CATEGORIES = ("electrolyte", "workup", "medication", "neuropathy", "mnd", "context")
 
 
 def default_rules_dir() -> Path:

@@ -13,17 +13,9 @@ from ..facts import LabResult, Medication
 from ..fhir_time import iso_day
 from ..findings import format_number
 from ..presentation import order_findings
-from ..rule_thresholds import lab_thresholds
+from ..rule_schema import CATEGORY_TITLES, RULE_CATEGORIES
+from ..rule_thresholds import compared_lab_concepts, lab_thresholds
 from ..ruleset import RuleSet
-
-# Analytes with a trend chart, in the order a clinician scans them. Calcium is charted as the
-# albumin-corrected value the rule decides on.
-CHART_CONCEPTS = ("calcium-corrected", "calcium-ionized", "magnesium", "potassium", "sodium",
-                  "phosphate", "vitamin-d-25oh", "vitamin-b12")
-CATEGORY_TITLES = {"mnd": "Motor neuron disease", "electrolyte": "Electrolytes and vitamins",
-                   "medication": "Medications", "neuropathy": "Nerve causes",
-                   "workup": "Work-up", "context": "Possible contributors"}
-CATEGORY_ORDER = tuple(CATEGORY_TITLES)
 
 
 @dataclass(frozen=True)
@@ -66,7 +58,8 @@ class PatientView:
     series: list[Series]
     medications: list[MedicationLine]
     contributors: list[str]
-    red_flag: bool
+    alerts: list[RuleFinding]
+    """Findings of `headline: true` rules: the headline box names them, emphasised."""
     references: list[tuple[str, str | None]] = field(default_factory=list)
 
     @property
@@ -86,12 +79,18 @@ def thresholds_for(ruleset: RuleSet, concept: str) -> list[Threshold]:
     return sorted(lines.values(), key=lambda t: t.value)
 
 
+def charted_concepts(ruleset: RuleSet) -> tuple[str, ...]:
+    """Labs with a trend chart: those the rules compare with a threshold. Calcium is charted as
+    the albumin-corrected value the rule decides on, because that is what the rule names."""
+    return compared_lab_concepts(ruleset.active_rules(), ruleset.units)
+
+
 def build_view(assessment: Assessment, ruleset: RuleSet) -> PatientView:
     findings = list(assessment.findings)
     flagged_refs = {e.reference for f in findings for e in f.evidence}
     labs = [f for f in assessment.facts if isinstance(f, LabResult)]
     series = []
-    for concept in CHART_CONCEPTS:
+    for concept in charted_concepts(ruleset):
         points = sorted((f for f in labs if f.concept == concept), key=lambda f: f.effective)
         if not points:
             continue
@@ -111,12 +110,13 @@ def build_view(assessment: Assessment, ruleset: RuleSet) -> PatientView:
                                               fact.reference, by))
     medications.sort(key=lambda m: (not m.flagged_by, m.label))
     groups = []
-    for category in CATEGORY_ORDER:
+    for category in RULE_CATEGORIES:
         members = [f for f in findings if f.category == category]
         if members:
             groups.append((CATEGORY_TITLES[category], order_findings(members)))
     contributors = sorted({e.label or e.concept for f in findings if f.category == "context"
                            for e in f.evidence})
+    headline_rules = {rule.id for rule in ruleset.rules if rule.headline}
     references: dict[str, str | None] = {}
     for finding in findings:
         for citation in finding.references:
@@ -124,5 +124,5 @@ def build_view(assessment: Assessment, ruleset: RuleSet) -> PatientView:
     return PatientView(
         assessment=assessment, headline=findings[0] if findings else None, groups=groups,
         series=series, medications=medications, contributors=contributors,
-        red_flag=any(f.rule_id == "mnd.red-flags" for f in findings),
+        alerts=[f for f in findings if f.rule_id in headline_rules],
         references=sorted(references.items()))

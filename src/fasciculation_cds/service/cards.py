@@ -58,7 +58,8 @@ def _suggestions(finding: RuleFinding, assessment: Assessment, ruleset: RuleSet,
                 if concept in missing:
                     continue
                 codes = ruleset.terminology.codes_of([concept])
-                loinc = [(s, c) for s, c in codes if s == "http://loinc.org"]
+                loinc = [(s, c) for s, c in codes
+                         if s == ruleset.terminology.system_uri("loinc")]
                 if not loinc:
                     continue
                 label = ruleset.terminology.concepts[concept].label
