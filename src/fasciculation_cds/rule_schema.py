@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 Severity = Literal["info", "warning", "critical"]
 Status = Literal["experimental", "test", "stable", "deprecated"]
-FactKind = Literal["lab", "medication", "draft", "problem", "finding", "patient", "result"]
+FactKind = Literal[
+    "lab", "medication", "draft", "problem", "finding", "procedure", "patient", "result"]
 
 SEVERITY_RANK: dict[str, int] = {"info": 1, "warning": 2, "critical": 3}
 # The one list of rule categories, in the order clinician summaries list them, with the heading
@@ -21,8 +22,10 @@ SEVERITY_RANK: dict[str, int] = {"info": 1, "warning": 2, "critical": 3}
 CATEGORY_TITLES: dict[str, str] = {
     "mnd": "Motor neuron disease",
     "electrolyte": "Electrolytes and vitamins",
+    "metabolic": "Metabolic causes",
     "medication": "Medications",
     "neuropathy": "Nerve causes",
+    "differential": "Other conditions to consider",
     "workup": "Work-up",
     "context": "Possible contributors",
 }
@@ -32,6 +35,11 @@ RULE_ID = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9][a-z0-9-]*$")
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Reference(_Strict):
+    citation: str
+    url: str | None = None
 
 
 class Comparison(_Strict):
@@ -72,6 +80,11 @@ class FactPattern(_Strict):
         default=None, ge=0, description="Look-back: effective at most this many days before as_of."
     )
     value: Comparison | None = None
+    times_upper_limit: Comparison | None = Field(
+        default=None,
+        description="For a lab with an upper limit (CK): the value as a multiple of the lab's "
+        "referenceRange.high, else the default limit in derived.yaml (`{gt: 1}`: above it).",
+    )
     active: bool | None = Field(default=None, description="Medication is active (RULES.md).")
     rule: str | None = Field(default=None, description="For fact: result — the rule id.")
 
@@ -80,6 +93,12 @@ class MeasuredWithin(_Strict):
     days: int = Field(ge=0)
     all_of: list[str] | None = None
     any_of: list[str] | None = None
+
+
+class NewerThan(_Strict):
+    concept: str
+    than: list[str] = Field(min_length=1)
+    is_: bool = Field(default=True, alias="is")
 
 
 class ContextPattern(_Strict):
@@ -104,6 +123,17 @@ class ContextPattern(_Strict):
         default_factory=list,
         description="Stage 2: none of these earlier findings (glob patterns on rule ids).",
     )
+    without_facts: list[FactPattern] = Field(
+        default_factory=list,
+        description="Closed world: no fact of the record matches any of these patterns "
+        "(e.g. no latest CK above the upper limit, no active dopamine antagonist).",
+    )
+    newer: NewerThan | None = Field(
+        default=None,
+        description="The newest counting result of `concept` is (or, with `is: false`, is not) "
+        "at least as new as the newest of `than`.",
+    )
+
 
 
 class Escalation(_Strict):
@@ -120,10 +150,16 @@ class Match(_Strict):
     """One way the rule fires: a join of facts plus closed-world context tests."""
 
     label: str | None = None
+    requires_presentation: bool | None = Field(
+        default=None, description="Overrides the rule's requires_presentation for this match.")
     context: ContextPattern | None = None
     facts: dict[str, FactPattern] = Field(default_factory=dict)
     severity: Severity
     escalate: list[Escalation] = Field(default_factory=list)
+    references: list[Reference] = Field(
+        default_factory=list,
+        description="Sources shown only when this match fired (so a card's links fit its drugs).",
+    )
 
     @field_validator("facts")
     @classmethod
@@ -132,11 +168,6 @@ class Match(_Strict):
             if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or name in ("context", "all"):
                 raise ValueError(f"binding name {name!r} must be lower_snake and not reserved")
         return facts
-
-
-class Reference(_Strict):
-    citation: str
-    url: str | None = None
 
 
 class Suggestion(_Strict):
@@ -172,7 +203,9 @@ class Rule(_Strict):
     recommendations: list[str] = Field(min_length=1)
     suggestions: list[Suggestion] = Field(default_factory=list)
     evidence_also: list[EvidenceCollect] = Field(default_factory=list)
-    references: list[Reference] = Field(min_length=1)
+    references: list[Reference] = Field(
+        default_factory=list,
+        description="Sources for the rule as a whole (at least one, here or on every match).")
     notes: str | None = Field(default=None, description="Where sources differ; known limits.")
     headline: bool = Field(
         default=False,
@@ -198,7 +231,15 @@ class Rule(_Strict):
     def _id_matches_category(self) -> Rule:
         if self.id.split(".", 1)[0] != self.category:
             raise ValueError(f"rule id {self.id!r} must start with its category {self.category!r}")
+        if not self.references and not all(m.references for m in self.match):
+            raise ValueError("a rule needs references, its own or on every match")
         return self
+
+    def presentation_required(self, match: Match) -> bool:
+        """Whether `match` fires only for presenting patients (the match overrides the rule)."""
+        if match.requires_presentation is not None:
+            return match.requires_presentation
+        return self.requires_presentation
 
     @property
     def stage(self) -> int:

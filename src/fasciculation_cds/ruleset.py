@@ -196,7 +196,7 @@ def check_references(rule: Rule, ruleset: RuleSet, file: Path) -> None:
 
     kind_of_fact = {"lab": ("lab",), "medication": ("medication",), "draft": ("medication",),
                     "problem": ("condition",),
-                    "finding": ("finding",)}
+                    "finding": ("finding",), "procedure": ("procedure",)}
 
     def check_pattern(pattern: FactPattern, where: str) -> None:
         facts = pattern.fact if isinstance(pattern.fact, list) else [pattern.fact]
@@ -221,6 +221,11 @@ def check_references(rule: Rule, ruleset: RuleSet, file: Path) -> None:
                     fail(f"unit {unit!r} does not convert for {concept!r}", where)
         if pattern.rule and pattern.rule not in known_rules:
             fail(f"unknown rule {pattern.rule!r}", where)
+        if pattern.times_upper_limit is not None:
+            ck = str((ruleset.derived.get("creatine_kinase_upper_limit") or {}).get("concept"))
+            concepts = [*(pattern.concepts or []), *([pattern.concept] if pattern.concept else [])]
+            if concepts != [ck]:
+                fail(f"times_upper_limit applies only to {ck!r}", where)
 
     def check_context(context: ContextPattern | None, where: str) -> None:
         if context is None:
@@ -230,6 +235,11 @@ def check_references(rule: Rule, ruleset: RuleSet, file: Path) -> None:
         for spec in (context.measured_within, context.not_measured_within):
             for concept in (spec.all_of or []) + (spec.any_of or []) if spec else []:
                 check_concept(concept, where, ("lab",))
+        if context.newer is not None:
+            for concept in [context.newer.concept, *context.newer.than]:
+                check_concept(concept, where, ("lab",))
+        for index, pattern in enumerate(context.without_facts):
+            check_pattern(pattern, f"{where}.without_facts.{index}")
         for name in context.group_sets:
             if name not in (ruleset.derived.get("counted_group_sets") or {}):
                 fail(f"unknown group set {name!r} (derived.yaml counted_group_sets)", where)
