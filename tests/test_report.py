@@ -61,10 +61,13 @@ class _Outline(HTMLParser):
         self.tags: list[str] = []
         self.ids: set[str] = set()
         self.charts: dict[str, int] = {}
+        self.thresholds: dict[str, list[str]] = {}
+        self.ticks: dict[str, list[str]] = {}
         self.scripts = 0
         self.external: list[str] = []
         self._caption: str | None = None
         self._in_caption = False
+        self._text_class: str | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         found = dict(attrs)
@@ -79,14 +82,26 @@ class _Outline(HTMLParser):
             self._in_caption = True
         if tag == "svg" and self._caption is not None:
             self.charts[self._caption] = int(str(found["data-points"]))
+        if tag == "text":
+            self._text_class = found.get("class")
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "figcaption":
             self._in_caption = False
+        if tag == "text":
+            self._text_class = None
 
     def handle_data(self, data: str) -> None:
         if self._in_caption:
             self._caption = data.strip()
+        elif self._text_class == "threshold" and self._caption:
+            self.thresholds.setdefault(self._caption, []).append(data.strip())
+        elif self._text_class == "tick" and self._caption:
+            self.ticks.setdefault(self._caption, []).append(data.strip())
+
+
+def _significant_digits(number: str) -> int:
+    return len(number.lstrip("-").replace(".", "").lstrip("0"))
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
@@ -103,11 +118,44 @@ def test_html_page_structure(example: Path, ruleset: RuleSet) -> None:
         assert finding.rule_id in outline.ids
     charted = charted_concepts(ruleset)
     labs = [f for f in assessment.facts if isinstance(f, LabResult) and f.concept in charted]
-    expected = {}
+    by_label: dict[str, list[LabResult]] = {}
     for fact in labs:
-        key = f"{fact.label} ({fact.unit})"
-        expected[key] = expected.get(key, 0) + 1
-    assert outline.charts == expected
+        by_label.setdefault(fact.label, []).append(fact)
+    charts = {caption.rsplit(" (", 1)[0]: (caption.rsplit(" (", 1)[1].rstrip(")"), points)
+              for caption, points in outline.charts.items()}
+    assert {label: points for label, (_, points) in charts.items()} == {
+        label: len(facts) for label, facts in by_label.items()}
+    for label, (unit, _) in charts.items():
+        # one unit per chart: the canonical one, or the one every result was sent in
+        sent = {ruleset.units.fold(f.original_unit or "") for f in by_label[label]}
+        assert unit == by_label[label][0].unit or sent == {unit}
+        caption = f"{label} ({unit})"
+        for line in outline.thresholds.get(caption, []):
+            assert line.endswith(f" {unit}"), (caption, line)
+        for tick in outline.ticks[caption]:
+            assert _significant_digits(tick) >= 3, (caption, tick)
+
+
+def test_values_are_shown_in_the_lab_unit_and_corrections_said_plainly(
+        ruleset: RuleSet) -> None:
+    assessment = _one(REPO / "fhir_examples" / "hypocalcemia-albumin-corrected.json", ruleset)
+    page = render_html(assessment, ruleset)
+    # the evidence: as the lab sent it, the canonical value beside, and who corrected it
+    assert ("<td>7.2 mg/dL (1.80 mmol/L); corrected for albumin 2.8 g/dL by this package: "
+            "8.16 mg/dL</td>") in page
+    outline = _Outline()
+    outline.feed(page)
+    [calcium] = [c for c in outline.charts if c.startswith("Calcium corrected")]
+    assert calcium.endswith("(mg/dL)")  # the lab sent mg/dL
+    assert outline.thresholds[calcium] == ["critical < 7.5 mg/dL", "warning < 8.5 mg/dL"]
+    [magnesium] = [c for c in outline.charts if c.startswith("Magnesium")]
+    # the rule says 0.70 mmol/L; on this lab's mg/dL axis that is 1.70 mg/dL, digits kept
+    assert "warning < 1.70 mg/dL" in outline.thresholds[magnesium]
+    console = Console(width=100, record=True, color_system=None, file=io.StringIO())
+    console.print(render_assessment(assessment))
+    for text in (page, render_markdown(assessment), console.export_text()):
+        assert "reported by lab" not in text
+        assert "reported by the lab" not in text
 
 
 def test_charts_are_the_labs_the_rules_compare(ruleset: RuleSet) -> None:

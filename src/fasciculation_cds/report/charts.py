@@ -1,10 +1,14 @@
 """Lab trend charts as inline SVG geometry (no scripts, no network): points over time, the
-rule thresholds as dashed lines, and the values that triggered a finding marked."""
+rule thresholds as dashed lines, and the values that triggered a finding marked.
+
+Everything on a chart is in one unit, the series' axis unit (see `view.axis_unit`); tick labels
+keep significant digits like every other number shown."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..quantity_text import format_significant
 from .view import Series
 
 WIDTH, HEIGHT = 560, 190
@@ -36,10 +40,6 @@ class Chart:
     x_labels: list[tuple[float, str]]
 
 
-def _fmt(value: float) -> str:
-    return f"{value:.3g}"
-
-
 def plot(series: Series) -> Chart:
     values = [p.value for p in series.points] + [t.value for t in series.thresholds]
     low, high = min(values), max(values)
@@ -66,5 +66,5 @@ def plot(series: Series) -> Chart:
         width=WIDTH, height=HEIGHT, points=points,
         polyline=" ".join(f"{p.x},{p.y}" for p in points),
         thresholds=[PlottedLine(round(y_of(t.value), 1), t.label) for t in series.thresholds],
-        y_ticks=[(round(y_of(v), 1), _fmt(v)) for v in ticks],
+        y_ticks=[(round(y_of(v), 1), format_significant(v)) for v in ticks],
         x_labels=x_labels)

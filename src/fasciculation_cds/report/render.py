@@ -16,7 +16,6 @@ from markupsafe import Markup
 
 from ..assessment import Assessment
 from ..facts import Medication
-from ..findings import format_number
 from ..presentation import RULES_SYSTEM, patient_order, severity_rank
 from ..ruleset import RuleSet
 from .charts import plot
@@ -27,7 +26,6 @@ _HTML = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True,
                     undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 _MARKDOWN = MarkdownIt("commonmark", {"html": False})  # raw HTML in record text stays escaped
 _HTML.filters["markdown"] = lambda text: Markup(_MARKDOWN.render(str(text)))
-_HTML.filters["num"] = format_number
 _TEXT = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=False,
                     undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 FHIR_SEVERITY = {"critical": "high", "warning": "moderate", "info": "low"}

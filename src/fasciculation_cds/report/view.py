@@ -5,17 +5,20 @@ Rendering (HTML, Markdown, FHIR) only formats this view; it never re-reads FHIR.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from fractions import Fraction
 
 from ..assessment import Assessment, RuleFinding
 from ..facts import LabResult, Medication
 from ..fhir_time import iso_day
-from ..findings import format_number
 from ..presentation import order_findings
+from ..quantity_text import format_significant, quantity, shown_text, threshold_text
 from ..rule_schema import CATEGORY_TITLES, RULE_CATEGORIES
 from ..rule_thresholds import compared_lab_concepts, lab_thresholds
 from ..ruleset import RuleSet
+from ..units import UnitTable
 
 
 @dataclass(frozen=True)
@@ -67,16 +70,48 @@ class PatientView:
         return self.assessment.highest_severity or "none"
 
 
-def thresholds_for(ruleset: RuleSet, concept: str) -> list[Threshold]:
-    """Threshold lines for a chart, read from the rule files (converted to canonical units)."""
+SYMBOL = {"lt": "<", "lte": "≤", "gt": ">", "gte": "≥"}
+
+
+def thresholds_for(ruleset: RuleSet, concept: str, axis_unit: str) -> list[Threshold]:
+    """Threshold lines for a chart, read from the rule files, at their place on an axis in
+    `axis_unit` and labelled in that unit: the number as the rule wrote it when the rule is
+    written in the axis unit, otherwise converted (significant digits kept)."""
+    units = ruleset.units
     lines: dict[float, Threshold] = {}
-    for found in lab_thresholds(ruleset.active_rules(), ruleset.units, concept):
-        if found.operator == "eq":
+    for found in lab_thresholds(ruleset.active_rules(), units, concept):
+        if found.operator not in SYMBOL:
             continue
-        value = float(found.canonical)
-        shown = f"{format_number(found.bound)} {found.unit or ''}".strip()
-        lines.setdefault(value, Threshold(value, f"{found.severity} {shown}"))
+        on_axis = units.from_canonical(concept, found.canonical, axis_unit)
+        if on_axis is None:
+            continue
+        written_in = units.fold(found.unit or units.canonical_unit(concept) or "")
+        shown = (threshold_text(found.bound, axis_unit) if written_in == axis_unit
+                 else quantity(format_significant(on_axis), axis_unit))
+        lines.setdefault(float(on_axis), Threshold(
+            float(on_axis), f"{found.severity} {SYMBOL[found.operator]} {shown}"))
     return sorted(lines.values(), key=lambda t: t.value)
+
+
+def axis_unit(labs: Sequence[LabResult], units: UnitTable) -> str:
+    """The unit a chart is drawn in: the one the lab sent, when every result came in the same
+    convertible unit; otherwise the concept's canonical unit (results sent in several units are
+    drawn on one comparable scale)."""
+    canonical = labs[0].unit
+    sent = {units.fold(lab.original_unit) if lab.original_unit else None for lab in labs}
+    if len(sent) == 1:
+        [only] = sent
+        if only and units.from_canonical(labs[0].concept, Fraction(1), only) is not None:
+            return only
+    return canonical
+
+
+def _on_axis(lab: LabResult, unit: str, units: UnitTable) -> float:
+    """The value the rules used (corrected, for a corrected calcium), in the axis unit."""
+    if unit == lab.unit:
+        return lab.value
+    value = units.from_canonical(lab.concept, Fraction(repr(lab.value)), unit)
+    return float(value) if value is not None else lab.value
 
 
 def charted_concepts(ruleset: RuleSet) -> tuple[str, ...]:
@@ -94,13 +129,14 @@ def build_view(assessment: Assessment, ruleset: RuleSet) -> PatientView:
         points = sorted((f for f in labs if f.concept == concept), key=lambda f: f.effective)
         if not points:
             continue
-        unit = points[0].unit
+        unit = axis_unit(points, ruleset.units)
         series.append(Series(
             concept=concept, label=points[0].label, unit=unit,
-            points=[Point(p.effective, p.value, f"{format_number(p.value)} {unit}"
-                          f" ({iso_day(p.effective)})", p.reference,
-                          p.reference in flagged_refs and p.is_latest) for p in points],
-            thresholds=thresholds_for(ruleset, concept)))
+            points=[Point(p.effective, _on_axis(p, unit, ruleset.units),
+                          f"{shown_text(p, ruleset.units)} ({iso_day(p.effective)})",
+                          p.reference, p.reference in flagged_refs and p.is_latest)
+                    for p in points],
+            thresholds=thresholds_for(ruleset, concept, unit)))
     medications = []
     for fact in assessment.facts:
         if isinstance(fact, Medication):
