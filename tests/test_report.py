@@ -26,7 +26,8 @@ from .conftest import REPO, shared_data
 
 AS_OF = "2026-11-26"
 GOLDEN = Path(__file__).parent / "golden"
-UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"  # regenerate, then review the diff
+# UPDATE_GOLDEN=1 writes the golden files (new and changed) instead of comparing; review the diff.
+UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 EXAMPLES = sorted((REPO / "fhir_examples").glob("*.json"))
 
 
@@ -35,12 +36,25 @@ def _one(path: Path, ruleset: RuleSet) -> Assessment:
     return assessment
 
 
-def _golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if UPDATE or not path.exists():
+def _golden(name: str, text: str, folder: Path = GOLDEN) -> None:
+    """Compare with the golden file; a missing one fails (a test that writes its own expected
+    output proves nothing). UPDATE_GOLDEN=1 writes them."""
+    path = folder / name
+    if UPDATE:
         path.parent.mkdir(exist_ok=True)
         path.write_text(text, encoding="utf-8")
+    assert path.exists(), f"{path} is missing: run with UPDATE_GOLDEN=1, then review it"
     assert text == path.read_text(encoding="utf-8"), f"{name} changed (UPDATE_GOLDEN=1 to accept)"
+
+
+def test_a_missing_golden_file_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(__name__ + ".UPDATE", False)
+    with pytest.raises(AssertionError, match="is missing"):
+        _golden("absent.md", "text", folder=tmp_path)
+    assert not (tmp_path / "absent.md").exists()
+    monkeypatch.setattr(__name__ + ".UPDATE", True)
+    _golden("absent.md", "text", folder=tmp_path)
+    assert (tmp_path / "absent.md").read_text() == "text"
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
