@@ -161,6 +161,8 @@ def test_values_are_shown_in_the_lab_unit_and_corrections_said_plainly(
     outline.feed(page)
     [calcium] = [c for c in outline.charts if c.startswith("Calcium corrected")]
     assert calcium.endswith("(mg/dL)")  # the lab sent mg/dL
+    # the rule writes calcium thresholds in mg/dL: labelled as written; the lines drawn are the
+    # nearest on each side of the result (8.16), not the far hypercalcaemia ones
     assert outline.thresholds[calcium] == ["critical < 7.5 mg/dL", "warning < 8.5 mg/dL"]
     [magnesium] = [c for c in outline.charts if c.startswith("Magnesium")]
     # the rule says 0.70 mmol/L; on this lab's mg/dL axis that is 1.70 mg/dL, digits kept

@@ -25,8 +25,8 @@ from .rule_schema import (
     NewerThan,
     Rule,
 )
-from .rule_thresholds import threshold_to_canonical
 from .ruleset import RuleSet
+from .thresholds import threshold_to_canonical
 
 _UNSAFE = re.compile(r"[^a-z0-9]+")
 _OPS = ("lt", "lte", "gt", "gte", "eq")
@@ -260,14 +260,14 @@ def _holds(value: float | None, comparison: Comparison,
 
 def upper_limit_multiple(fact: LabResult, ruleset: RuleSet) -> float | None:
     """The value as a multiple of the lab's upper limit, else of derived.yaml's default limit."""
-    spec = ruleset.derived.get("creatine_kinase_upper_limit") or {}
-    if fact.concept != spec.get("concept"):
+    spec = ruleset.derived.creatine_kinase_upper_limit
+    if fact.concept != spec.concept:
         return None
     limit = fact.reference_high
     if limit is None:
-        default = spec["default"]
+        default = spec.default
         converted = ruleset.units.to_canonical(
-            fact.concept, Fraction(repr(float(default["value"]))), str(default["unit"]))
+            fact.concept, Fraction(repr(float(default.value))), default.unit)
         limit = float(converted) if converted is not None else None
     return fact.value / limit if limit else None
 

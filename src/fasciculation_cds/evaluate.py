@@ -73,7 +73,6 @@ class Evaluator:
     def assess(
         self,
         record: PatientRecord,
-        medications: Mapping[str, Mapping[str, Any]],
         as_of: AsOf | Literal["auto"],
         *,
         assume_presentation: bool = False,
@@ -84,7 +83,7 @@ class Evaluator:
             instant, label = _instant_for(record, as_of)
         except ValueError as exc:
             return PatientError(record.reference, str(exc))
-        normalized = self._normalizer.run(record, instant, medications=medications,
+        normalized = self._normalizer.run(record, instant,
                                           assume_presentation=assume_presentation)
         findings: list[RuleFinding] = []
         if (normalized.context.presenting or not self._all_need_presentation
@@ -286,7 +285,7 @@ def assess_all(
         yield PatientError(None, error.describe())
     for record in result.patients:
         try:
-            yield evaluator.assess(record, result.medications, as_of,
+            yield evaluator.assess(record, as_of,
                                    assume_presentation=assume_presentation)
         except Exception as exc:  # one failing patient never stops the batch
             yield PatientError(record.reference, f"internal error: {exc!r}", kind="internal")

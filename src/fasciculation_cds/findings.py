@@ -108,7 +108,8 @@ def _view(fact: ClinicalFact | RuleFinding, units: UnitTable) -> dict[str, Any]:
         view.update(label=fact.label, display=fact.display or fact.label, concept=fact.concept)
     elif isinstance(fact, (Problem, Finding)):
         when = fact.onset if isinstance(fact, Problem) else fact.effective
-        view.update(label=fact.label, concept=fact.concept, date=iso_day(when) if when else "")
+        view.update(label=fact.label, concept=fact.concept, date=iso_day(when) if when else "",
+                    groups=list(fact.groups))
     return view
 
 

@@ -37,7 +37,13 @@ def render_assessment(assessment: Assessment) -> Panel:
         if finding.severity != "info":
             for recommendation in finding.recommendations:
                 parts.append(Text(f"     • {recommendation}"))
-        cited = ", ".join(e.reference for e in finding.evidence)
+        # lab values as every output shows them (the lab's unit, the canonical one beside)
+        for item in finding.evidence:
+            if item.shown:
+                when = f" on {item.effective}" if item.effective else ""
+                parts.append(Text(f"     {item.label or item.concept}: {item.shown}{when}",
+                                  style="dim"))
+        cited = ", ".join(dict.fromkeys(e.reference for e in finding.evidence))
         if cited:
             parts.append(Text(f"     evidence: {cited}", style="dim"))
     for notice in assessment.notices:

@@ -16,8 +16,8 @@ from ..fhir_time import iso_day
 from ..presentation import order_findings
 from ..quantity_text import format_significant, quantity, shown_text, threshold_text
 from ..rule_schema import CATEGORY_TITLES, RULE_CATEGORIES
-from ..rule_thresholds import compared_lab_concepts, lab_thresholds
 from ..ruleset import RuleSet
+from ..thresholds import compared_lab_concepts, lab_thresholds
 from ..units import UnitTable
 
 
