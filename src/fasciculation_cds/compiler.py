@@ -26,6 +26,7 @@ from .rule_schema import (
     Rule,
 )
 from .ruleset import RuleSet
+from .thresholds import threshold_to_canonical
 
 _UNSAFE = re.compile(r"[^a-z0-9]+")
 _OPS = ("lt", "lte", "gt", "gte", "eq")
@@ -164,10 +165,7 @@ def _pattern_conditions(ruleset: RuleSet, pattern: FactPattern) -> list[JsonDict
         for concept in concepts:
 
             def convert(bound: float, concept: str = concept) -> float:
-                canonical = ruleset.units.to_canonical(
-                    concept, Fraction(repr(bound)),
-                    value.unit or ruleset.units.canonical_unit(concept),
-                )
+                canonical = threshold_to_canonical(ruleset.units, concept, bound, value.unit)
                 if canonical is None:
                     raise ValueError(f"cannot convert threshold for {concept}")
                 return float(canonical)
@@ -299,8 +297,7 @@ def fact_matches(pattern: FactPattern, fact: ClinicalFact, ruleset: RuleSet) -> 
         value = pattern.value
 
         def convert(bound: float) -> float:
-            canonical = ruleset.units.to_canonical(
-                concept, Fraction(repr(bound)), value.unit or ruleset.units.canonical_unit(concept))
+            canonical = threshold_to_canonical(ruleset.units, concept, bound, value.unit)
             if canonical is None:
                 raise ValueError(f"cannot convert threshold for {concept}")
             return float(canonical)

@@ -28,6 +28,7 @@ from .facts import (
     Problem,
 )
 from .fhir_time import iso_day
+from .presentation import order_findings
 from .quantity_text import (
     as_sent,
     format_significant,
@@ -246,4 +247,4 @@ def _hit_key(hit: RuleHit) -> tuple[str, ...]:
 
 
 def sort_findings(findings: Sequence[RuleFinding]) -> list[RuleFinding]:
-    return sorted(findings, key=lambda f: (-SEVERITY_RANK[f.severity], f.rule_id))
+    return order_findings(findings)

@@ -1,4 +1,4 @@
-"""Codes to concepts, through the value sets in rules/valuesets (built from clinical/codes.yaml).
+"""Codes to concepts, through the value sets in rules/valuesets.
 
 The rule layer speaks of concepts ("magnesium", "loop-diuretic"); this module is the only place
 that knows about code systems, ICD dots, prefixes, text matches and the RxNorm ingredient fallback.

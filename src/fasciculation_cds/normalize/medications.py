@@ -23,7 +23,7 @@ ACTIVE_STATEMENT_STATUS = frozenset({"active", "intended"})
 def medication_facts(
     content: Content, sourced: SourcedResource, as_of: datetime
 ) -> list[Medication]:
-    """The ingredients of an active medication (RULES.md "Active medication")."""
+    """The ingredients of an active medication (docs/clinical-basis.md "Active medication")."""
     resource = sourced.resource
     status = str(resource.get("status") or "")
     if resource["resourceType"] == "MedicationRequest":

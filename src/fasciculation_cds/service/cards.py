@@ -7,12 +7,12 @@ import uuid
 from typing import Any
 
 from ..assessment import Assessment, Evidence, RuleFinding
+from ..presentation import RULES_SYSTEM
 from ..ruleset import RuleSet
 from .models import Action, Card, CardSuggestion, CodingOut, Indicator, Link, Source
 from .needs import shown_on
 
 SOURCE_LABEL = "fasciculation-cds"
-RULES_SYSTEM = "https://fasciculation-cds.dev/rules"
 OVERRIDE_SYSTEM = "https://fasciculation-cds.dev/override-reason"
 OVERRIDE_REASONS = [
     CodingOut(code="already-addressed", system=OVERRIDE_SYSTEM, display="Already addressed"),
@@ -70,7 +70,7 @@ def _suggestions(finding: RuleFinding, assessment: Assessment, ruleset: RuleSet,
             measured = {e.concept for e in finding.evidence}
             for concept in suggestion.concepts:
                 loinc = [(s, c) for s, c in ruleset.terminology.codes_of([concept])
-                         if s == "http://loinc.org"]
+                         if s == ruleset.terminology.system_uri("loinc")]
                 if concept in measured or not loinc:
                     continue
                 label = ruleset.terminology.concepts[concept].label
