@@ -515,3 +515,36 @@ def test_evaluation_in_worker_processes_gives_the_same_cards(keys: Keys, tmp_pat
             assert answer.status_code == 200, answer.text
             answers.append(answer.json())
     assert answers[0] == answers[1]
+
+
+def test_medication_named_by_reference_is_fetched_or_refused(keys: Keys, tmp_path: Path,
+                                                             ruleset: RuleSet) -> None:
+    """An order whose drug is a Medication resource the EHR did not include: the drug is
+    fetched from the FHIR server, never treated as unknown."""
+    patient_id, prefetch = prefetch_from_bundle(_example("hypomagnesemia-omeprazole.json"))
+    medications: dict[str, dict[str, Any]] = {}
+    for entry in prefetch["medicationRequests"]["entry"]:
+        order = entry["resource"]
+        reference = f"Medication/med-{order['id'][:8]}"
+        medications[reference] = {"resourceType": "Medication", "id": reference[11:],
+                                  "code": order.pop("medicationCodeableConcept")}
+        order["medicationReference"] = {"reference": reference}
+    assert medications
+
+    def fhir(request: httpx.Request) -> httpx.Response:
+        found = medications.get(request.url.path.removeprefix("/r4/"))
+        return httpx.Response(200, json=found) if found else httpx.Response(404)
+
+    settings = keys.settings(feedback_database_url=f"sqlite:///{tmp_path / 'f.db'}",
+                             fhir_servers=["https://fhir.example.org/r4"])
+    client = TestClient(create_app(settings, ruleset=ruleset,
+                                   fhir_transport=httpx.MockTransport(fhir)))
+    refused = call(client, keys, f"/cds-services/{PV}",
+                   hook_request("patient-view", patient_id, prefetch))
+    assert refused.status_code == 412
+    assert all(reference in refused.json()["error"] for reference in medications)
+    fetched = call(client, keys, f"/cds-services/{PV}", hook_request(
+        "patient-view", patient_id, prefetch, fhirServer="https://fhir.example.org/r4"))
+    assert fetched.status_code == 200, fetched.text
+    topics = {c["source"]["topic"]["code"] for c in fetched.json()["cards"]}
+    assert "medication.electrolyte-depleting" in topics  # omeprazole, known from its Medication

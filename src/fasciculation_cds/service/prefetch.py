@@ -150,14 +150,48 @@ async def gather(prefetch: Mapping[str, Any] | None, patient_id: str, wanted: Ma
             job.close()  # never started
         raise IncompleteRecordError(f"prefetch {', '.join(missing)} incomplete or missing, and "
                                     f"{no_client_reason}")
+    resources += await _run(jobs)
+    # a medication order names its drug through a Medication resource the EHR may not have
+    # included (`_include` is not supported everywhere): without it the drug is unknown
+    unresolved = _unresolved_medications(resources)
+    if unresolved and client is None:
+        raise IncompleteRecordError(f"{', '.join(unresolved[:5])} referenced by a medication "
+                                    f"order but not sent, and {no_client_reason}")
+    if unresolved and client is not None:
+        resources += await _run([(reference, client.read(reference))
+                                 for reference in unresolved])
+    return _unique(resources)
+
+
+async def _run(jobs: list[tuple[str, Any]]) -> list[dict[str, Any]]:
     results = await asyncio.gather(*(job for _, job in jobs), return_exceptions=True)
+    resources: list[dict[str, Any]] = []
     for (key, _), result in zip(jobs, results, strict=True):
         if isinstance(result, FhirUnavailableError):
             raise IncompleteRecordError(f"'{key}' could not be fetched: {result}")
         if isinstance(result, BaseException):
             raise result
         resources += result
-    return _unique(resources)
+    return resources
+
+
+_MEDICATION_REFERENCE = re.compile(r"^(?:.*/)?Medication/([A-Za-z0-9\-.]{1,64})$")
+
+
+def _unresolved_medications(resources: list[dict[str, Any]]) -> list[str]:
+    """`Medication/id` references of medication orders with no such Medication among the
+    resources (contained ones, `#id`, are part of the order itself)."""
+    have = {r.get("id") for r in resources if r.get("resourceType") == "Medication"}
+    wanted = set()
+    for resource in resources:
+        if resource.get("resourceType") not in ("MedicationRequest", "MedicationStatement"):
+            continue
+        reference = resource.get("medicationReference")
+        target = reference.get("reference") if isinstance(reference, Mapping) else None
+        match = _MEDICATION_REFERENCE.match(target) if isinstance(target, str) else None
+        if match and match[1] not in have:
+            wanted.add(f"Medication/{match[1]}")
+    return sorted(wanted)
 
 
 def _unique(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
