@@ -118,7 +118,7 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
                   description="CDS Hooks 2.0 service for muscle twitching, cramps and spasms.",
                   lifespan=lifespan)
 
-    def authenticate(request: Request, endpoint: str) -> None:
+    async def authenticate(request: Request, endpoint: str) -> None:
         """`endpoint` is the path under the public base URL: the token's `aud` must be exactly
         the URL of the endpoint called."""
         if settings.dev_insecure:
@@ -129,7 +129,9 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
             except ValueError:
                 pass
         try:
-            authenticator.verify(request.headers.get("authorization"), f"{base}{endpoint}")
+            # off the loop: a JWKS URL may have to be fetched
+            await run_in_threadpool(authenticator.verify, request.headers.get("authorization"),
+                                    f"{base}{endpoint}")
         except AuthError as exc:
             raise _problem(401, str(exc)) from None
 
@@ -158,7 +160,7 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
 
     @app.get("/cds-services")
     async def discovery(request: Request) -> dict[str, Any]:
-        authenticate(request, "/cds-services")
+        await authenticate(request, "/cds-services")
         return {"services": [{"hook": hook, "id": sid, "title": title, "description": text,
                               "prefetch": hook_templates[hook], "usageRequirements": USAGE}
                              for hook, (sid, title, text) in SERVICES.items()]}
@@ -166,7 +168,7 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
     @app.post("/cds-services/{service_id}")
     async def call(service_id: str, http_request: Request) -> Response:
         hook = hook_of(service_id)
-        authenticate(http_request, f"/cds-services/{service_id}")
+        await authenticate(http_request, f"/cds-services/{service_id}")
         started = time.perf_counter()
         request: HookRequest = _model(HookRequest, parse_json(await http_request.body()),
                                       "CDS Hooks request")
@@ -232,7 +234,7 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
     @app.post("/cds-services/{service_id}/feedback")
     async def receive_feedback(service_id: str, http_request: Request) -> dict[str, int]:
         hook_of(service_id)
-        authenticate(http_request, f"/cds-services/{service_id}/feedback")
+        await authenticate(http_request, f"/cds-services/{service_id}/feedback")
         body: FeedbackRequest = _model(FeedbackRequest, parse_json(await http_request.body()),
                                        "feedback")
         items = [item.model_dump(by_alias=True, exclude_none=True) for item in body.feedback]
