@@ -53,10 +53,21 @@ def _decimal(value: float | Fraction) -> Decimal:
     return Decimal(repr(float(value)))
 
 
+_READABLE_UNITS = {"{1.73_m2}": "1.73 m2", "[IU]": "IU", "[iU]": "IU"}
+
+
+def readable_unit(unit: str) -> str:
+    """A UCUM code as people write it: `mL/min/{1.73_m2}` -> `mL/min/1.73 m2`, `m[IU]/L` ->
+    `mIU/L`."""
+    for code, text in _READABLE_UNITS.items():
+        unit = unit.replace(code, text)
+    return unit
+
+
 def quantity(number: str, unit: str | None, comparator: str | None = None) -> str:
     """`< 12 ng/mL`: an already formatted number with its comparator and unit."""
     prefix = f"{comparator} " if comparator else ""
-    suffix = f" {unit}" if unit else ""
+    suffix = f" {readable_unit(unit)}" if unit else ""
     return f"{prefix}{number}{suffix}"
 
 
@@ -158,6 +169,7 @@ def range_text(low: float | None, high: float | None, unit: str) -> str | None:
     """A reference range in the canonical unit: `0.70-1.10 mmol/L`, `≤ 200 U/L`."""
     if low is None and high is None:
         return None
+    unit = readable_unit(unit)
     if low is not None and high is not None:
         return f"{format_significant(low)}-{format_significant(high)} {unit}"
     if high is not None:
