@@ -112,7 +112,7 @@ def _view(fact: ClinicalFact | RuleFinding, units: UnitTable) -> dict[str, Any]:
                     groups=list(fact.groups))
     elif isinstance(fact, Procedure):
         view.update(label=fact.label, concept=fact.concept, date=iso_day(fact.performed),
-                    groups=list(fact.groups))
+                    status=fact.status, groups=list(fact.groups))
     return view
 
 
@@ -129,15 +129,15 @@ def evidence_of(fact: ClinicalFact, units: UnitTable) -> Evidence | None:
     if isinstance(fact, Medication):
         return Evidence(reference=fact.reference, concept=fact.concept, label=fact.label,
                         display=fact.display, status=fact.status, matched_by=fact.matched_by)
+    if isinstance(fact, Procedure):
+        return Evidence(reference=fact.reference, concept=fact.concept, label=fact.label,
+                        effective=iso_day(fact.performed), status=fact.status,
+                        matched_by=fact.matched_by)
     if isinstance(fact, (Problem, Finding)):
         when: datetime | None = fact.onset if isinstance(fact, Problem) else fact.effective
         return Evidence(reference=fact.reference, concept=fact.concept, label=fact.label,
                         effective=iso_day(when) if when else None,
                         status=fact.clinical_status if isinstance(fact, Problem) else None,
-                        matched_by=fact.matched_by)
-    if isinstance(fact, Procedure):
-        return Evidence(reference=fact.reference, concept=fact.concept, label=fact.label,
-                        effective=iso_day(fact.performed), status=fact.status,
                         matched_by=fact.matched_by)
     return None
 
