@@ -7,7 +7,12 @@ from datetime import datetime, timezone
 import pytest
 
 from fasciculation_cds.facts import LabResult
-from fasciculation_cds.quantity_text import format_significant, shown_text, used_text
+from fasciculation_cds.quantity_text import (
+    converted_text,
+    format_significant,
+    shown_text,
+    used_text,
+)
 from fasciculation_cds.ruleset import RuleSet
 
 WHEN = datetime(2026, 5, 30, tzinfo=timezone.utc)
@@ -47,12 +52,18 @@ def test_comparator_appears_on_both_values(ruleset: RuleSet) -> None:
 def test_corrected_calcium_says_who_corrected_it(ruleset: RuleSet) -> None:
     corrected = (7.2 + 0.8 * (4.0 - 2.8)) / 4.008
     fact = _lab("calcium-corrected", corrected, "7.2", "mg/dL",
-                derived_from=("Observation/ca", "Observation/alb"),
-                note="corrected for albumin 2.8 g/dL (Observation/alb, 2026-05-30)")
+                derived_from=("Observation/ca", "Observation/alb"), provenance="corrected",
+                measured_value=7.2 / 4.008, albumin_reported="2.8 g/dL")
     assert shown_text(fact, ruleset.units) == (
         "7.2 mg/dL (1.80 mmol/L); corrected for albumin 2.8 g/dL by this package: 8.16 mg/dL")
     assert used_text(fact, ruleset.units) == "8.16 mg/dL"
     assert "reported by the lab" not in shown_text(fact, ruleset.units)
+
+
+def test_lab_corrected_calcium_is_the_labs(ruleset: RuleSet) -> None:
+    fact = _lab("calcium-corrected", 2.05, "2.05", "mmol/L", provenance="lab-corrected")
+    assert shown_text(fact, ruleset.units) == (
+        "2.05 mmol/L; corrected for albumin, as reported by the lab")
 
 
 def test_uncorrected_total_is_labelled_as_measured(ruleset: RuleSet) -> None:
@@ -60,3 +71,11 @@ def test_uncorrected_total_is_labelled_as_measured(ruleset: RuleSet) -> None:
                 derived_from=("Observation/ca",))
     assert shown_text(fact, ruleset.units) == (
         "8.2 mg/dL (2.05 mmol/L), as measured (not corrected for albumin)")
+
+
+def test_thresholds_convert_for_a_one_unit_chart(ruleset: RuleSet) -> None:
+    units = ruleset.units
+    assert converted_text(units, "calcium-total", 8.5, "mg/dL", "mmol/L") == "2.12 mmol/L"
+    assert converted_text(units, "magnesium", 0.70, "mmol/L", "mg/dL") == "1.70 mg/dL"
+    assert converted_text(units, "glucose", 70, "mg/dL", "mmol/L") == "3.89 mmol/L"
+    assert converted_text(units, "magnesium", 0.70, "mmol/L", "g/L") is None
