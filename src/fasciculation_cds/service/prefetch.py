@@ -41,9 +41,15 @@ def _text_or_prefix_matching(ruleset: RuleSet, kinds: set[str]) -> bool:
     term = ruleset.terminology
     text = getattr(term, "_text", None)
     prefixes = getattr(term, "_prefixes", None)
-    if not isinstance(text, list) or not isinstance(prefixes, dict):
+    if isinstance(text, list):
+        by_words = [c for _, c in text]
+    elif callable(getattr(text, "values", None)):
+        by_words = list(text.values())  # type: ignore[union-attr]
+    else:
         return True  # cannot tell: ask for everything
-    concepts = [*(c for _, c in text), *(c for found in prefixes.values() for _, c in found)]
+    if not isinstance(prefixes, dict):
+        return True
+    concepts = [*by_words, *(c for found in prefixes.values() for _, c in found)]
     return any(term.concepts[c].kind in kinds for c in concepts if c in term.concepts)
 
 
