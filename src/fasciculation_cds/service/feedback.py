@@ -22,6 +22,7 @@ from sqlalchemy import (
     func,
     select,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -88,6 +89,14 @@ class FeedbackStore:
             raise FeedbackStoreError(f"feedback database error ({type(exc).__name__})") from None
 
     def _cards_shown(self, service: str, cards: list[dict[str, Any]], now: datetime) -> None:
+        rows = [{"uuid": c["uuid"], "rule_id": c["source"]["topic"]["code"], "service": service,
+                 "shown_at": now} for c in cards]
+        if self.engine.dialect.name in ("sqlite", "postgresql"):
+            # one statement per call: a card already counted is left as it is
+            dialect = sqlite if self.engine.dialect.name == "sqlite" else postgresql
+            with self.engine.begin() as db:
+                db.execute(dialect.insert(cards_shown).on_conflict_do_nothing(), rows)
+            return
         with self.engine.begin() as db:
             known = set(db.scalars(select(cards_shown.c.uuid).where(
                 cards_shown.c.uuid.in_([c["uuid"] for c in cards]))))
