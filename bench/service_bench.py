@@ -260,7 +260,7 @@ def main() -> None:
             "processes": asyncio.run(run(args.requests, args.stalled, 2))}
     meta = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "cpus": os.cpu_count(), "python": platform.python_version(),
-            "load_before": round(load_before, 2),
+            "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2),
             "requests_per_level": args.requests, "stalled_calls": args.stalled}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "service.json").write_text(json.dumps({"meta": meta, **runs}, indent=2) + "\n")
