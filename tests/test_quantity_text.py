@@ -47,12 +47,18 @@ def test_comparator_appears_on_both_values(ruleset: RuleSet) -> None:
 def test_corrected_calcium_says_who_corrected_it(ruleset: RuleSet) -> None:
     corrected = (7.2 + 0.8 * (4.0 - 2.8)) / 4.008
     fact = _lab("calcium-corrected", corrected, "7.2", "mg/dL",
-                derived_from=("Observation/ca", "Observation/alb"),
-                note="corrected for albumin 2.8 g/dL (Observation/alb, 2026-05-30)")
+                derived_from=("Observation/ca", "Observation/alb"), provenance="corrected",
+                measured_value=7.2 / 4.008, albumin_reported="2.8 g/dL")
     assert shown_text(fact, ruleset.units) == (
         "7.2 mg/dL (1.80 mmol/L); corrected for albumin 2.8 g/dL by this package: 8.16 mg/dL")
     assert used_text(fact, ruleset.units) == "8.16 mg/dL"
     assert "reported by the lab" not in shown_text(fact, ruleset.units)
+
+
+def test_lab_corrected_calcium_is_the_labs(ruleset: RuleSet) -> None:
+    fact = _lab("calcium-corrected", 2.05, "2.05", "mmol/L", provenance="lab-corrected")
+    assert shown_text(fact, ruleset.units) == (
+        "2.05 mmol/L; corrected for albumin, as reported by the lab")
 
 
 def test_uncorrected_total_is_labelled_as_measured(ruleset: RuleSet) -> None:

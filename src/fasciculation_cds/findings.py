@@ -26,6 +26,7 @@ from .facts import (
     Medication,
     PatientContext,
     Problem,
+    Procedure,
 )
 from .fhir_time import iso_day
 from .presentation import order_findings
@@ -110,6 +111,9 @@ def _view(fact: ClinicalFact | RuleFinding, units: UnitTable) -> dict[str, Any]:
         when = fact.onset if isinstance(fact, Problem) else fact.effective
         view.update(label=fact.label, concept=fact.concept, date=iso_day(when) if when else "",
                     groups=list(fact.groups))
+    elif isinstance(fact, Procedure):
+        view.update(label=fact.label, concept=fact.concept, date=iso_day(fact.performed),
+                    status=fact.status, groups=list(fact.groups))
     return view
 
 
@@ -126,6 +130,10 @@ def evidence_of(fact: ClinicalFact, units: UnitTable) -> Evidence | None:
     if isinstance(fact, Medication):
         return Evidence(reference=fact.reference, concept=fact.concept, label=fact.label,
                         display=fact.display, status=fact.status, matched_by=fact.matched_by)
+    if isinstance(fact, Procedure):
+        return Evidence(reference=fact.reference, concept=fact.concept, label=fact.label,
+                        effective=iso_day(fact.performed), status=fact.status,
+                        matched_by=fact.matched_by)
     if isinstance(fact, (Problem, Finding)):
         when: datetime | None = fact.onset if isinstance(fact, Problem) else fact.effective
         return Evidence(reference=fact.reference, concept=fact.concept, label=fact.label,

@@ -10,7 +10,6 @@ Two rules hold everywhere (JSON evidence, terminal, Markdown, HTML, charts and c
 
 from __future__ import annotations
 
-import re
 from decimal import ROUND_HALF_UP, Decimal, localcontext
 from fractions import Fraction
 
@@ -78,15 +77,7 @@ def as_sent(fact: LabResult) -> str:
 
 def provenance(fact: LabResult) -> str:
     """measured, corrected (albumin correction by this package) or lab-corrected."""
-    given = getattr(fact, "provenance", None)
-    if isinstance(given, str):
-        return given
-    # Before facts carried a provenance: a derived calcium citing an albumin was corrected here.
-    if fact.concept == "calcium-corrected" and len(fact.derived_from) > 1:
-        return PROVENANCE_CORRECTED
-    if fact.concept == "calcium-corrected" and not fact.derived_from:
-        return PROVENANCE_LAB_CORRECTED
-    return PROVENANCE_MEASURED
+    return fact.provenance
 
 
 def units_differ(fact: LabResult, units: UnitTable) -> bool:
@@ -95,11 +86,10 @@ def units_differ(fact: LabResult, units: UnitTable) -> bool:
 
 def measured_canonical(fact: LabResult, units: UnitTable) -> Fraction | None:
     """The canonical value of what the lab measured (before any correction by this package)."""
-    given = getattr(fact, "measured_value", None)
-    if isinstance(given, (int, float)):
-        return Fraction(repr(float(given)))
-    if provenance(fact) != PROVENANCE_CORRECTED:
+    if fact.provenance != PROVENANCE_CORRECTED:
         return Fraction(repr(fact.value))
+    if fact.measured_value is not None:
+        return Fraction(repr(fact.measured_value))
     try:
         sent = parse_number(fact.original_value)
     except (ValueError, ZeroDivisionError):
@@ -134,16 +124,9 @@ def used_text(fact: LabResult, units: UnitTable) -> str:
     return quantity(format_significant(in_lab_unit), unit, fact.comparator)
 
 
-_ALBUMIN_IN_NOTE = re.compile(r"corrected for albumin (\S+ \S+) \(")
-
-
 def albumin_text(fact: LabResult) -> str | None:
     """The albumin a correction used, as the lab sent it (`2.8 g/dL`)."""
-    reported = getattr(fact, "albumin_reported", None)
-    if isinstance(reported, str) and reported:
-        return reported
-    found = _ALBUMIN_IN_NOTE.match(fact.note or "")  # facts that predate `albumin_reported`
-    return found.group(1) if found else None
+    return fact.albumin_reported or None
 
 
 def shown_text(fact: LabResult, units: UnitTable) -> str:
