@@ -7,7 +7,12 @@ from datetime import datetime, timezone
 import pytest
 
 from fasciculation_cds.facts import LabResult
-from fasciculation_cds.quantity_text import format_significant, shown_text, used_text
+from fasciculation_cds.quantity_text import (
+    converted_text,
+    format_significant,
+    shown_text,
+    used_text,
+)
 from fasciculation_cds.ruleset import RuleSet
 
 WHEN = datetime(2026, 5, 30, tzinfo=timezone.utc)
@@ -66,3 +71,11 @@ def test_uncorrected_total_is_labelled_as_measured(ruleset: RuleSet) -> None:
                 derived_from=("Observation/ca",))
     assert shown_text(fact, ruleset.units) == (
         "8.2 mg/dL (2.05 mmol/L), as measured (not corrected for albumin)")
+
+
+def test_thresholds_convert_for_a_one_unit_chart(ruleset: RuleSet) -> None:
+    units = ruleset.units
+    assert converted_text(units, "calcium-total", 8.5, "mg/dL", "mmol/L") == "2.12 mmol/L"
+    assert converted_text(units, "magnesium", 0.70, "mmol/L", "mg/dL") == "1.70 mg/dL"
+    assert converted_text(units, "glucose", 70, "mg/dL", "mmol/L") == "3.89 mmol/L"
+    assert converted_text(units, "magnesium", 0.70, "mmol/L", "g/L") is None

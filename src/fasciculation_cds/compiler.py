@@ -46,7 +46,6 @@ class CompiledRule:
     rule_id: str
     match_index: int
     severity: str
-    bindings: tuple[str, ...]
 
 
 DerivedTest = NewerThan | FactPattern
@@ -83,9 +82,7 @@ def compile_stage(ruleset: RuleSet, stage: int, name: str) -> CompiledStage:
                     ruleset, rule, match, extra_context, extra_facts, stage_one_ids, derived
                 )
                 definition[engine_name] = {"all": conditions, "run": f"emit:{engine_name}"}
-                compiled[engine_name] = CompiledRule(
-                    rule.id, m_index, severity, tuple(match.facts)
-                )
+                compiled[engine_name] = CompiledRule(rule.id, m_index, severity)
     context_fields = frozenset(
         key for rule in definition.values() for condition in rule["all"]
         for key in _field_names(condition.get("context", {})))

@@ -160,6 +160,17 @@ def range_text(low: float | None, high: float | None, unit: str) -> str | None:
     return f"≥ {format_significant(low or 0.0)} {unit}"
 
 
+def converted_text(units: UnitTable, concept: str, value: float | Fraction, unit: str,
+                   to_unit: str) -> str | None:
+    """`value` (in `unit`) written in `to_unit` with significant digits, for one-unit charts:
+    a threshold of 8.5 mg/dL on a mmol/L axis is `2.12 mmol/L`. None if it does not convert."""
+    exact = value if isinstance(value, Fraction) else Fraction(repr(float(value)))
+    canonical = units.to_canonical(concept, exact, unit)
+    converted = units.from_canonical(concept, canonical, to_unit) if canonical is not None \
+        else None
+    return quantity(format_significant(converted), to_unit) if converted is not None else None
+
+
 def threshold_text(bound: float, unit: str | None) -> str:
     """A rule threshold as written in the rule file (its defining unit): `8.5 mg/dL`."""
     return quantity(_plain(bound), unit)

@@ -336,6 +336,10 @@ def check_references(rule: Rule, ruleset: RuleSet, file: Path) -> None:
             for concept in [context.newer.concept, *context.newer.than]:
                 check_concept(concept, where, ("lab",))
         for index, pattern in enumerate(context.without_facts):
+            kinds = pattern.fact if isinstance(pattern.fact, list) else [pattern.fact]
+            if "result" in kinds or pattern.rule:
+                fail("without_facts tests record facts; use without_findings for findings",
+                     f"{where}.without_facts.{index}")
             check_pattern(pattern, f"{where}.without_facts.{index}")
         for name in context.group_sets:
             if name not in ruleset.derived.counted_group_sets:
