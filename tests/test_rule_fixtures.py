@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from fasciculation_cds import evaluate
+from fasciculation_cds.rule_docs import rule_page
 from fasciculation_cds.rule_fixtures import (
     SEVERITIES,
     FixtureCase,
@@ -20,7 +21,7 @@ from fasciculation_cds.rule_fixtures import (
 )
 from fasciculation_cds.ruleset import RuleSet, load_rules
 
-from .conftest import RULES_DIR
+from .conftest import REPO, RULES_DIR
 
 CASES = fixture_cases(RULES_DIR)
 
@@ -65,3 +66,10 @@ def test_a_summary_over_140_characters_is_an_error_in_checks_and_whole_words_at_
     [assessment] = evaluate(bundle, as_of=bundle["timestamp"], rules=ruleset)
     [finding] = [f for f in assessment.findings if f.rule_id == "electrolyte.hypokalemia"]
     assert finding.summary == "Urgent review: Low serum potassium; see the details"
+
+
+def test_rule_pages_are_up_to_date(ruleset: RuleSet) -> None:
+    for rule in ruleset.rules:
+        page = REPO / "docs" / "rules" / f"{rule.id}.md"
+        assert page.exists() and page.read_text(encoding="utf-8") == rule_page(rule), (
+            f"{page} is stale: run `fasciculation-cds rules docs --out docs/rules`")
