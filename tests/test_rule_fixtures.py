@@ -71,5 +71,6 @@ def test_a_summary_over_140_characters_is_an_error_in_checks_and_whole_words_at_
 def test_rule_pages_are_up_to_date(ruleset: RuleSet) -> None:
     for rule in ruleset.rules:
         page = REPO / "docs" / "rules" / f"{rule.id}.md"
-        assert page.exists() and page.read_text(encoding="utf-8") == rule_page(rule), (
+        assert page.exists(), f"{page} is missing: run `fasciculation-cds rules docs`"
+        assert page.read_text(encoding="utf-8") == rule_page(rule), (
             f"{page} is stale: run `fasciculation-cds rules docs --out docs/rules`")
