@@ -314,3 +314,16 @@ def test_pages_render_in_headless_chromium(example: str, tmp_path: Path,
         target = REPO / "docs" / "img" / SCREENSHOTS[example]
         target.parent.mkdir(exist_ok=True)
         shutil.copyfile(shot, target)
+
+
+def test_markdown_note_counts_data_notices(ruleset: RuleSet) -> None:
+    bundle = json.loads((REPO / "fhir_examples" / "hypomagnesemia-omeprazole.json").read_text())
+    for entry in bundle["entry"]:
+        quantity = entry["resource"].get("valueQuantity")
+        if quantity and quantity.get("unit") == "mmol/L" and "agnesium" in json.dumps(
+                entry["resource"]["code"]):
+            quantity.update(unit="mg", code="mg")
+    [assessment] = evaluate(bundle, as_of=AS_OF, rules=ruleset)
+    assert [n.code for n in assessment.notices] == ["unit-not-convertible"]
+    note = render_markdown(assessment)
+    assert "Data notices: 1 (unit-not-convertible); the full report lists them." in note
