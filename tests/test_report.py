@@ -203,6 +203,21 @@ def test_headline_rules_come_from_the_rule_files(tmp_path: Path, ruleset: RuleSe
     assert "headline sev-critical\"" in render_html(again, plain)
 
 
+def test_a_headline_rule_is_named_even_below_a_more_severe_finding(ruleset: RuleSet) -> None:
+    red = _one(REPO / "fhir_examples" / "als-red-flags-critical.json", ruleset)
+    [flag] = [f for f in red.findings if f.rule_id == "mnd.red-flags"]
+    other = _one(REPO / "fhir_examples" / "hypomagnesemia-omeprazole.json", ruleset)
+    critical = other.findings[0].model_copy(update={"severity": "critical"})
+    mixed = red.model_copy(update={"findings": [critical, flag.model_copy(
+        update={"severity": "warning"})]})
+    view = build_view(mixed, ruleset)
+    assert view.headline == critical
+    assert view.alerts == [mixed.findings[1]]
+    page = render_html(mixed, ruleset)
+    assert "headline sev-critical emphasised" in page
+    assert f"<p><strong>{flag.title}:</strong> {flag.summary}</p>" in page
+
+
 def test_findings_are_grouped_by_every_category(ruleset: RuleSet) -> None:
     assessments = evaluate(REPO / "fhir_examples", as_of=AS_OF, rules=ruleset)
     for assessment in assessments:
@@ -299,3 +314,16 @@ def test_pages_render_in_headless_chromium(example: str, tmp_path: Path,
         target = REPO / "docs" / "img" / SCREENSHOTS[example]
         target.parent.mkdir(exist_ok=True)
         shutil.copyfile(shot, target)
+
+
+def test_markdown_note_counts_data_notices(ruleset: RuleSet) -> None:
+    bundle = json.loads((REPO / "fhir_examples" / "hypomagnesemia-omeprazole.json").read_text())
+    for entry in bundle["entry"]:
+        quantity = entry["resource"].get("valueQuantity")
+        if quantity and quantity.get("unit") == "mmol/L" and "agnesium" in json.dumps(
+                entry["resource"]["code"]):
+            quantity.update(unit="mg", code="mg")
+    [assessment] = evaluate(bundle, as_of=AS_OF, rules=ruleset)
+    assert [n.code for n in assessment.notices] == ["unit-not-convertible"]
+    note = render_markdown(assessment)
+    assert "Data notices: 1 (unit-not-convertible); the full report lists them." in note

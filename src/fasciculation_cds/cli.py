@@ -276,7 +276,7 @@ def rules_list(rules_dir: Annotated[Path | None, typer.Option("--rules")] = None
                             key=severity_rank)
         table.add_row(rule.id, rule.category, "/".join(severities), rule.status, rule.title)
     Console().print(table)
-    Console().print(f"rules_version {ruleset.version}", style="dim")
+    Console().print(f"rules_version {ruleset.version}", style="dim", soft_wrap=True)
 
 
 @rules_app.command("check")
@@ -295,7 +295,7 @@ def rules_check(directory: Annotated[Path | None, typer.Argument()] = None) -> N
         err.print(f"error: {problem}", highlight=False, soft_wrap=True)
     if problems:
         raise typer.Exit(EXIT_BAD_INPUT)
-    Console().print(f"{len(ruleset.rules)} rules OK ({ruleset.version})")
+    Console().print(f"{len(ruleset.rules)} rules OK ({ruleset.version})", soft_wrap=True)
 
 
 @rules_app.command("docs")
@@ -305,7 +305,7 @@ def rules_docs(
 ) -> None:
     """Write one Markdown page per rule, generated from the rule files."""
     written = write_rule_docs(_load(rules_dir), out)
-    Console().print(f"wrote {len(written)} files to {out}")
+    Console().print(f"wrote {len(written)} files to {out}", soft_wrap=True)
 
 
 @rules_app.command("schema")

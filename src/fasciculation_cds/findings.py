@@ -56,17 +56,6 @@ class RuleHit:
     facts: Mapping[str, ClinicalFact | RuleFinding]
 
 
-def format_number(value: float) -> str:
-    """Short numbers with trailing zeros dropped (0.699, 2.12, 13.5, 135).
-
-    Kept for callers outside the rules; lab values are written by `quantity_text`, which keeps
-    significant digits (2.00, not 2)."""
-    magnitude = abs(value)
-    digits = 0 if magnitude >= 100 else 1 if magnitude >= 10 else 2 if magnitude >= 1 else 3
-    text = f"{value:.{digits}f}"
-    return text.rstrip("0").rstrip(".") if "." in text else text
-
-
 def _environment() -> SandboxedEnvironment:
     env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False,
                                trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False)

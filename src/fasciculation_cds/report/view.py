@@ -14,7 +14,7 @@ from ..assessment import Assessment, RuleFinding
 from ..facts import LabResult, Medication
 from ..fhir_time import iso_day
 from ..presentation import order_findings
-from ..quantity_text import format_significant, quantity, shown_text, threshold_text
+from ..quantity_text import converted_text, shown_text, threshold_text
 from ..rule_schema import CATEGORY_TITLES, RULE_CATEGORIES
 from ..ruleset import RuleSet
 from ..thresholds import compared_lab_concepts, lab_thresholds
@@ -87,7 +87,9 @@ def thresholds_for(ruleset: RuleSet, concept: str, axis_unit: str) -> list[Thres
             continue
         written_in = units.fold(found.unit or units.canonical_unit(concept) or "")
         shown = (threshold_text(found.bound, axis_unit) if written_in == axis_unit
-                 else quantity(format_significant(on_axis), axis_unit))
+                 else converted_text(units, concept, found.bound, written_in, axis_unit))
+        if shown is None:
+            continue
         lines.setdefault(float(on_axis), Threshold(
             float(on_axis), f"{found.severity} {SYMBOL[found.operator]} {shown}"))
     return sorted(lines.values(), key=lambda t: t.value)
