@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import threading
@@ -9,7 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from multiprocessing import get_context
+from multiprocessing import get_context, resource_tracker
 from types import FrameType
 from typing import Any, TypeVar
 
@@ -65,10 +66,24 @@ class Workers:
         self.executor.shutdown(wait=True, cancel_futures=True)
         for process in processes:
             process.join(timeout=5)
+        self.executor = None
+        _stop_resource_tracker()
 
     def close(self) -> None:
         if self.executor is not None:
             self.executor.shutdown(wait=True)
+            self.executor = None
+            _stop_resource_tracker()
+
+
+def _stop_resource_tracker() -> None:
+    """The spawn pool's queues start multiprocessing's resource tracker, a child that would
+    otherwise outlive this process by a moment: wait for it, so the run ends with no child."""
+    gc.collect()  # the pool's semaphores unregister themselves when collected
+    tracker = getattr(resource_tracker, "_resource_tracker", None)
+    stop = getattr(tracker, "_stop", None)
+    if callable(stop):
+        stop()
 
 
 @contextmanager

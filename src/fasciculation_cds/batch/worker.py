@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..evaluate import Outcome, PatientError, assess_all, new_grouper
 from ..ruleset import RuleSet, load_rules
-from ..sources import RawResource
+from ..sources import RawResource, fewer_collections
 from .options import Settings
 from .outputs import write_part
 from .partition import Skipped, medication_files, read_records, shard_files, shard_name
@@ -63,14 +63,15 @@ def evaluate_group(records: Iterable[RawResource | Skipped], medications: Iterab
                    ruleset: RuleSet, settings: Settings) -> list[Outcome]:
     """Outcomes for the resources of whole patients (the unit both engines evaluate)."""
     grouper = new_grouper(ruleset, settings.as_of, strict=settings.strict)
-    for raw in medications:
-        grouper.add(raw)
-    for record in records:
-        if isinstance(record, Skipped):
-            grouper.note_skipped(record.key, record.count, record.source, record.entry,
-                                 record.latest)
-        else:
-            grouper.add(record)
+    with fewer_collections():
+        for raw in medications:
+            grouper.add(raw)
+        for record in records:
+            if isinstance(record, Skipped):
+                grouper.note_skipped(record.key, record.count, record.source, record.entry,
+                                     record.latest)
+            else:
+                grouper.add(record)
     return list(assess_all(grouper.finish(), ruleset, settings.as_of,
                            assume_presentation=settings.assume_presentation))
 
