@@ -42,7 +42,8 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy
 
-## bench: throughput and memory report in bench/results.md and bench/results.json
+## bench: throughput and memory report in bench/results.md, bench/results.json, bench/batch.{md,json}
+##        (batch against a polars query on the same export, scaling, memory, Spark)
 bench: venv
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) bench/run_bench.py --patients 2000 --out bench
