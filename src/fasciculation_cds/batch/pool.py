@@ -15,7 +15,7 @@ from types import FrameType
 from typing import Any, TypeVar
 
 from .options import Stopped
-from .worker import watch_parent
+from .worker import start_worker
 
 T = TypeVar("T")
 
@@ -28,14 +28,16 @@ class Workers:
     """`workers` processes started with spawn (each builds its own durable-rules host), or the
     calling process itself for one worker (no start-up to pay)."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, rules_dir: str | None = None) -> None:
         self.executor: ProcessPoolExecutor | None = None
         self.size = workers
+        self.futures: list[Future[Any]] = []
         if workers > 1:
             self.executor = ProcessPoolExecutor(
                 max_workers=workers, mp_context=get_context("spawn"),
-                initializer=watch_parent, initargs=(os.getpid(),))
-        self.futures: list[Future[Any]] = []
+                initializer=start_worker, initargs=(os.getpid(), rules_dir))
+            with _sigint_blocked():  # a process starts at each submit while none is idle
+                self.futures = [self.executor.submit(os.getpid) for _ in range(workers)]
 
     def unordered(self, fn: Callable[..., T], calls: Sequence[tuple[Any, ...]]) -> Iterator[T]:
         """fn(*args) for each call, as they finish. Looks `fn` up at call time in serial mode."""
@@ -102,8 +104,8 @@ def _sigint_blocked() -> Iterator[None]:
 
 
 @contextmanager
-def workers_of(count: int) -> Iterator[Workers]:
-    pool = Workers(count)
+def workers_of(count: int, rules_dir: str | None = None) -> Iterator[Workers]:
+    pool = Workers(count, rules_dir)
     try:
         yield pool
     except BaseException:

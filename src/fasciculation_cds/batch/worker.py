@@ -15,7 +15,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..evaluate import Outcome, PatientError, assess_all, new_grouper
+from fhir.resources.R4B import get_fhir_model_class
+
+from ..evaluate import Outcome, PatientError, assess_all, evaluator_for, new_grouper
+from ..ingest import READ_TYPES
 from ..ruleset import RuleSet, load_rules
 from ..sources import RawResource, fewer_collections
 from .options import Settings
@@ -57,6 +60,15 @@ def watch_parent(parent: int) -> None:
         os._exit(1)
 
     threading.Thread(target=poll, name="parent-watch", daemon=True).start()
+
+
+def start_worker(parent: int, rules_dir: str | None) -> None:
+    """Worker start-up: watch the parent, then compile the rules and import the FHIR models of
+    the types that are validated, once, while the batch process is still planning."""
+    watch_parent(parent)
+    evaluator_for(load_rules(rules_dir))
+    for resource_type in sorted(READ_TYPES):
+        get_fhir_model_class(resource_type)
 
 
 def evaluate_group(records: Iterable[RawResource | Skipped], medications: Iterable[RawResource],
