@@ -320,7 +320,8 @@ class _Progress:
 
 def _summarize(outputs: dict[str, Path], output_format: str,
                problems: list[str]) -> BatchSummary:
-    rows = read_rows([outputs["assessments"]], output_format)
+    rows = read_rows([outputs["assessments"]], output_format,
+                     columns=["status", "highest_severity", "rule_ids"])
     severities: Counter[str] = Counter()
     rules: Counter[str] = Counter()
     errors = partial = 0
