@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from fasciculation_cds import evaluate
 from fasciculation_cds.assessment import Assessment, dumps_assessments
+from fasciculation_cds.evaluate import evaluator_for
 from fasciculation_cds.ruleset import RuleSet
 
 Resource = dict[str, Any]
@@ -65,8 +66,17 @@ RED_FLAG_SIGNS: Mapping[str, Coding] = {
     "reflex": (ICD10CM, "R29.2", "Abnormal reflex"),  # UMN
 }
 ALS: Coding = (ICD10CM, "G12.21", "Amyotrophic lateral sclerosis")
+# Other explanations for the movements (RULES.md v2 "What blocks mnd.benign-pattern").
+ALTERNATIVES: Mapping[str, Coding] = {
+    "multiple-sclerosis": (ICD10CM, "G35", "Multiple sclerosis"),
+    "lupus": (ICD10CM, "M32.9", "Systemic lupus erythematosus, unspecified"),
+    "tic-disorder": (ICD10CM, "F95.9", "Tic disorder, unspecified"),
+    "hypothyroidism": (SNOMED, "40930008", "Hypothyroidism"),
+    "alcohol-withdrawal": (SNOMED, "191480000", "Alcohol withdrawal syndrome (disorder)"),
+    "abnormal-emg": (ICD10CM, "R94.131", "Abnormal electromyogram [EMG]"),
+}
 CONDITION_CODINGS: tuple[Coding, ...] = (
-    *PRESENTATION.values(), *RED_FLAG_SIGNS.values(), ALS)
+    *PRESENTATION.values(), *RED_FLAG_SIGNS.values(), ALS, *ALTERNATIVES.values())
 
 MEDICATIONS: Mapping[str, Coding] = {
     "omeprazole": (RXNORM, "7646", "omeprazole"),  # PPI: Mg-lowering
@@ -81,6 +91,8 @@ MEDICATIONS: Mapping[str, Coding] = {
     "diphenhydramine": (RXNORM, "1248354",
                         "diphenhydramine hydrochloride 1.67 MG/ML Oral Solution"),  # trigger (SCD)
     "gabapentin": (RXNORM, "25480", "gabapentin"),
+    "atorvastatin": (RXNORM, "617312", "atorvastatin 10 MG Oral Tablet"),  # statin
+    "carbamazepine": (RXNORM, "2002", "carbamazepine"),  # Na-lowering
 }
 
 
@@ -102,19 +114,22 @@ class Lab:
 
 LABS: Mapping[str, Lab] = {
     "magnesium-mmol": Lab("magnesium", "2601-3", "Magnesium [Moles/volume] in Serum or Plasma",
-                          "mmol/L", "0.25", "1.30", 2, "0.72", "1.05", ("0.50", "0.70")),
+                          "mmol/L", "0.25", "2.40", 2, "0.72", "1.05",
+                          ("0.50", "0.70", "1.10", "2.00")),
     "magnesium-mass": Lab("magnesium", "19123-9", "Magnesium [Mass/volume] in Serum or Plasma",
-                          "mg/dL", "0.60", "3.20", 2, "1.80", "2.60", ("1.20", "1.70")),
+                          "mg/dL", "0.60", "5.50", 2, "1.80", "2.60",
+                          ("1.20", "1.70", "4.86", "4.87")),
     "potassium": Lab("potassium", "2823-3", "Potassium [Moles/volume] in Serum or Plasma",
-                     "mmol/L", "2.0", "6.0", 1, "3.5", "5.0", ("2.5", "3.5")),
+                     "mmol/L", "2.0", "7.5", 1, "3.5", "5.0", ("2.5", "3.5", "5.5", "6.5")),
     "sodium": Lab("sodium", "2951-2", "Sodium [Moles/volume] in Serum or Plasma",
-                  "mmol/L", "115", "162", 0, "135", "145", ("125", "135", "145", "155")),
+                  "mmol/L", "115", "168", 0, "135", "145", ("125", "135", "145", "155", "160")),
     "calcium-total": Lab("calcium-total", "17861-6", "Calcium [Mass/volume] in Serum or Plasma",
-                         "mg/dL", "6.0", "11.5", 1, "9.0", "10.4", ("7.5", "8.5")),
+                         "mg/dL", "6.0", "15.0", 1, "9.0", "10.4", ("7.5", "8.5", "10.5", "14.0")),
     "albumin": Lab("albumin", "1751-7", "Albumin [Mass/volume] in Serum or Plasma",
                    "g/dL", "2.0", "5.5", 1, "3.5", "4.5", ("4.0",)),
     "calcium-ionized": Lab("calcium-ionized", "1994-3", "Calcium.ionized [Moles/volume] in Blood",
-                           "mmol/L", "0.70", "1.45", 2, "1.12", "1.32", ("0.90", "1.12")),
+                           "mmol/L", "0.70", "1.80", 2, "1.12", "1.32",
+                           ("0.90", "1.12", "1.32", "1.60")),
     "phosphate": Lab("phosphate", "2777-1", "Phosphate [Mass/volume] in Serum or Plasma",
                      "mg/dL", "0.5", "5.5", 1, "2.5", "4.5", ("1.0", "2.5")),
     "vitamin-d": Lab("vitamin-d-25oh", "62292-8",
@@ -123,6 +138,16 @@ LABS: Mapping[str, Lab] = {
     "vitamin-b12": Lab("vitamin-b12", "2132-9",
                        "Cobalamin (Vitamin B12) [Mass/volume] in Serum or Plasma",
                        "pg/mL", "100", "1200", 0, "300", "900", ("200",)),
+    "tsh": Lab("tsh", "3016-3", "Thyrotropin [Units/volume] in Serum or Plasma",
+               "m[IU]/L", "0.01", "25.00", 2, "0.40", "4.00", ("0.10", "10.00")),
+    "glucose": Lab("glucose", "2345-7", "Glucose [Mass/volume] in Serum or Plasma",
+                   "mg/dL", "40", "250", 0, "75", "110", ("54", "70")),
+    "creatine-kinase": Lab("creatine-kinase", "2157-6",
+                           "Creatine kinase [Enzymatic activity/volume] in Serum or Plasma",
+                           "U/L", "30", "2500", 0, "40", "180", ("200", "2000")),
+    "egfr": Lab("egfr", "33914-3", "Glomerular filtration rate/1.73 sq M.predicted "
+                "[Volume Rate/Area] in Serum or Plasma by Creatinine-based formula (MDRD)",
+                "mL/min/{1.73_m2}", "5", "120", 0, "60", "110", ("30",)),
 }
 # Analytes as the generator draws them: magnesium comes in either unit.
 ANALYTES: Mapping[str, tuple[str, ...]] = {
@@ -135,6 +160,10 @@ ANALYTES: Mapping[str, tuple[str, ...]] = {
     "phosphate": ("phosphate",),
     "vitamin-d": ("vitamin-d",),
     "vitamin-b12": ("vitamin-b12",),
+    "tsh": ("tsh",),
+    "glucose": ("glucose",),
+    "creatine-kinase": ("creatine-kinase",),
+    "egfr": ("egfr",),
 }
 
 # Every LOINC code a test sends for an analyte (to drop the background's results of it).
@@ -148,6 +177,10 @@ ANALYTE_LOINCS: Mapping[str, frozenset[str]] = {
     "phosphate": frozenset({"2777-1", "14879-1"}),
     "vitamin-d": frozenset({"62292-8", "14635-7"}),
     "vitamin-b12": frozenset({"2132-9", "14685-2"}),
+    "tsh": frozenset({"3016-3"}),
+    "glucose": frozenset({"2345-7"}),
+    "creatine-kinase": frozenset({"2157-6"}),
+    "egfr": frozenset({"33914-3"}),
 }
 
 # --- resource builders -------------------------------------------------------------------------
@@ -309,13 +342,22 @@ def patients(draw: st.DrawFn, patient: str = "pat-1", *,
                 clinical=draw(st.sampled_from(["active", "resolved"])),
                 verification=draw(st.sampled_from(["confirmed", "refuted"])),
                 onset=draw(onsets)))
-    # established ALS
+    # ALS / MND, established or suspected
     if draw(rarely) and draw(st.booleans()):
         resources.append(condition(
             ids("cond"), patient, ALS,
             clinical=draw(st.sampled_from(["active", "resolved"])),
-            verification=draw(st.sampled_from(["confirmed", "refuted"])),
+            verification=draw(st.sampled_from(["confirmed", "refuted", "provisional",
+                                               "differential", "unconfirmed"])),
             onset=draw(onsets)))
+    # other explanations (metabolic, differential, withdrawal, abnormal EMG)
+    for coding in ALTERNATIVES.values():
+        if draw(rarely) and draw(st.booleans()):
+            resources.append(condition(
+                ids("cond"), patient, coding,
+                clinical=draw(st.sampled_from(["active", "resolved"])),
+                verification=draw(st.sampled_from(["confirmed", "refuted"])),
+                onset=before_as_of(draw(st.integers(0, 60 * MINUTES_PER_DAY)))))
     # labs
     anchored = {"magnesium", "potassium", "calcium-total"} if lean_benign else set()
     for analyte, variants in ANALYTES.items():
@@ -416,28 +458,46 @@ def test_builders_reach_the_rules(rules: Rules) -> None:
         ("mnd.red-flags", "warning"),
     }
     ruled = {rule.id for rule in rules.ruleset.active_rules()}
-    assert {rule_id for rule_id, _, _ in MONOTONE_CASES} <= ruled
+    assert {rule_id for rule_id, _, _ in (*MONOTONE_CASES, *MONOTONE_UP_CASES)} <= ruled
+    high = [*benign, observation("pat-1-obs-k-high", "pat-1", LABS["potassium"], Decimal("6.5"),
+                                 effective=AS_OF_TIME - timedelta(days=1))]
+    found = set(rule_severities(run_one(high, rules)))
+    assert ("electrolyte.hyperkalemia", "critical") in found
+    assert "mnd.benign-pattern" not in {rule_id for rule_id, _ in found}
 
 
-# --- 1. benign pattern never with red flags, critical findings or electrolyte deficits ----------
+# --- 1. benign pattern never with anything that blocks it (RULES.md v2) -------------------------
+
+BLOCKING_PREFIXES = ("electrolyte.hypo", "electrolyte.hyper", "metabolic.", "differential.")
+
+
+def _records_mnd(resources: Sequence[Resource]) -> bool:
+    """Any ALS / MND Condition not refuted or entered in error, whatever its status."""
+    return any(
+        r["resourceType"] == "Condition" and r["code"]["coding"][0]["code"] == ALS[1]
+        and r["verificationStatus"]["coding"][0]["code"] not in ("refuted", "entered-in-error")
+        for r in resources)
 
 
 @settings(PROPERTY, max_examples=100)
 @given(data=st.data(), assume_presentation=st.booleans())
-def test_benign_pattern_never_with_red_flags_critical_or_deficit(
+def test_benign_pattern_never_with_anything_that_blocks_it(
     data: st.DataObject, assume_presentation: bool, rules: Rules
 ) -> None:
     resources = data.draw(st.one_of(patients(lean_benign=True), patients()), label="resources")
     assessment = run_one(resources, rules, assume_presentation=assume_presentation)
     found = rule_severities(assessment)
     rule_ids = {rule_id for rule_id, _ in found}
+    blockers = sorted(r for r in rule_ids if r.startswith(BLOCKING_PREFIXES))
+    event(f"blocking findings: {'some' if blockers else 'none'}")
     if "mnd.benign-pattern" not in rule_ids:
         event("benign pattern: absent")
         return
     event("benign pattern: present")
     assert "mnd.red-flags" not in rule_ids, found
-    assert not [f for f in found if f[1] == "critical"], found
-    assert not [r for r in rule_ids if r.startswith("electrolyte.hypo")], found
+    assert not [f for f in found if f[1] in ("warning", "critical")], found
+    assert not blockers, found
+    assert not _records_mnd(resources), found
 
 
 # --- 2. adding a red-flag sign never lowers the highest severity --------------------------------
@@ -460,7 +520,7 @@ def test_adding_a_red_flag_sign_never_lowers_the_highest_severity(
         rule_severities(before), rule_severities(after))
 
 
-# --- 3. monotone severity: a lower value never gives a lower severity ---------------------------
+# --- 3. monotone severity: hypo rules downward, hyper rules (and dehydration) upward -------------
 
 # (rule id, LABS keys the probe result may be sent as, analytes dropped from the background)
 MONOTONE_CASES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
@@ -471,6 +531,15 @@ MONOTONE_CASES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("electrolyte.hypocalcemia", ("calcium-ionized",), ("calcium-ionized",)),
     ("electrolyte.hypocalcemia", ("calcium-total",), ("calcium-total", "calcium-ionized")),
     ("electrolyte.vitamin-d-deficiency", ("vitamin-d",), ("vitamin-d",)),
+    ("metabolic.hypoglycemia", ("glucose",), ("glucose",)),
+)
+# The same, for rules where a higher value must never give a lower severity.
+MONOTONE_UP_CASES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
+    ("electrolyte.hyperkalemia", ("potassium",), ("potassium",)),
+    ("electrolyte.hypermagnesemia", ("magnesium-mmol", "magnesium-mass"), ("magnesium",)),
+    ("electrolyte.hypercalcemia", ("calcium-ionized",), ("calcium-ionized",)),
+    ("electrolyte.hypercalcemia", ("calcium-total",), ("calcium-total", "calcium-ionized")),
+    ("electrolyte.dehydration", ("sodium",), ("sodium",)),
 )
 
 
@@ -500,6 +569,34 @@ def test_lower_value_never_gives_lower_severity(
     event(f"severity {at_low} at the lower, {at_high} at the higher value")
     assert RANK[at_low] >= RANK[at_high], (
         f"{rule_id}: {low} {lab.unit} gives {at_low}, but {high} {lab.unit} gives {at_high}")
+
+
+@pytest.mark.parametrize(("rule_id", "lab_keys", "dropped"), MONOTONE_UP_CASES,
+                         ids=[f"{c[0]}:{c[1][0]}" for c in MONOTONE_UP_CASES])
+@settings(PROPERTY, max_examples=20)
+@given(data=st.data())
+def test_higher_value_never_gives_lower_severity(
+    rule_id: str, lab_keys: tuple[str, ...], dropped: tuple[str, ...], data: st.DataObject,
+    rules: Rules,
+) -> None:
+    background = without_labs(data.draw(patients(), label="background"), dropped)
+    background = presenting(background, data.draw(st.sampled_from(list(PRESENTATION.values()))))
+    lab = LABS[data.draw(st.sampled_from(lab_keys), label="lab")]
+    values = st.one_of(decimals(lab.low, lab.high, lab.places),
+                       st.sampled_from([Decimal(e) for e in lab.edges]))
+    first = data.draw(values, label="first value")
+    second = data.draw(values, label="second value")
+    effective = before_as_of(data.draw(ages_in_minutes, label="age in minutes"))
+
+    def severity(value: Decimal) -> str | None:
+        probe = observation("pat-1-probe", "pat-1", lab, value, effective=effective)
+        return severity_of(run_one([*background, probe], rules), rule_id)
+
+    low, high = sorted((first, second))
+    at_low, at_high = severity(low), severity(high)
+    event(f"severity {at_low} at the lower, {at_high} at the higher value")
+    assert RANK[at_high] >= RANK[at_low], (
+        f"{rule_id}: {high} {lab.unit} gives {at_high}, but {low} {lab.unit} gives {at_low}")
 
 
 # --- 4. unit invariance ------------------------------------------------------------------------
@@ -719,3 +816,34 @@ def test_same_input_gives_byte_identical_output(
     assert twice == once
     assert thrice == once
     assert source == pristine, "evaluate must not change its input"
+
+
+# --- 8. the order in which facts reach the engine changes nothing --------------------------------
+
+
+@PROPERTY
+@given(data=st.data(), assume_presentation=st.booleans(), order=st.randoms(use_true_random=False))
+def test_fact_assertion_order_changes_nothing(
+    data: st.DataObject, assume_presentation: bool, order: Any, rules: Rules
+) -> None:
+    resources = data.draw(any_patient, label="patient")
+    source = bundle(resources)
+    evaluator = evaluator_for(rules.ruleset)
+    expected = dumps_assessments(run(source, rules, assume_presentation=assume_presentation))
+
+    def shuffled(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        reordered = list(messages)
+        order.shuffle(reordered)
+        return reordered
+
+    evaluator.fact_order = shuffled
+    try:
+        reordered = dumps_assessments(run(source, rules, assume_presentation=assume_presentation))
+        evaluator.fact_order = lambda messages: list(reversed(messages))
+        reversed_order = dumps_assessments(
+            run(source, rules, assume_presentation=assume_presentation))
+    finally:
+        evaluator.fact_order = None
+    event(f"findings: {'some' if b'rule_id' in expected else 'none'}")
+    assert reordered == expected
+    assert reversed_order == expected

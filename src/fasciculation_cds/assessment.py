@@ -27,6 +27,12 @@ class Evidence(_Out):
     value: float | None = None
     unit: str | None = None
     reported: str | None = Field(default=None, description="Value and unit as the record sent it.")
+    shown: str | None = Field(
+        default=None,
+        description="For a lab: the value in the unit the lab sent, the canonical value beside "
+        "it when the units differ, and how a corrected value was obtained "
+        "(`7.2 mg/dL (1.80 mmol/L); corrected for albumin 2.8 g/dL by this package: 8.16 mg/dL`).",
+    )
     effective: str | None = None
     status: str | None = None
     display: str | None = None

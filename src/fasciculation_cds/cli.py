@@ -294,6 +294,13 @@ def rules_check(directory: Annotated[Path | None, typer.Argument()] = None) -> N
     except Exception as exc:
         err.print(f"error: the rules do not compile: {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
+    from .rule_fixtures import fixture_problems  # runs every fixture: only `rules check` needs it
+
+    problems = list(fixture_problems(ruleset))
+    for problem in problems:
+        err.print(f"error: {problem}", highlight=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(EXIT_BAD_INPUT)
     Console().print(f"{len(ruleset.rules)} rules OK ({ruleset.version})")
 
 

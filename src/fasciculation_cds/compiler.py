@@ -8,14 +8,24 @@ level that fired wins. Every rule runs the same host action, which only records 
 from __future__ import annotations
 
 import functools
+import hashlib
+import operator
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
 from .facts import ClinicalFact, DraftOrder, LabResult, Medication, PatientContext, PatientFact
-from .rule_schema import SEVERITY_RANK, Comparison, ContextPattern, FactPattern, Match, Rule
+from .rule_schema import (
+    SEVERITY_RANK,
+    Comparison,
+    ContextPattern,
+    FactPattern,
+    Match,
+    NewerThan,
+    Rule,
+)
 from .ruleset import RuleSet
 
 _UNSAFE = re.compile(r"[^a-z0-9]+")
@@ -37,7 +47,10 @@ class CompiledRule:
     rule_id: str
     match_index: int
     severity: str
-    bindings: tuple[str, ...]
+
+
+DerivedTest = NewerThan | FactPattern
+"""A closed-world test computed in Python before the engine runs (a context field)."""
 
 
 @dataclass(frozen=True)
@@ -47,11 +60,14 @@ class CompiledStage:
     rules: Mapping[str, CompiledRule]
     context_fields: frozenset[str]
     """The context fields the stage's rules test: the only ones worth sending to the engine."""
+    derived: Mapping[str, DerivedTest]
+    """Context fields computed from the facts: `newer` and `without_facts` tests, by field."""
 
 
 def compile_stage(ruleset: RuleSet, stage: int, name: str) -> CompiledStage:
     definition: JsonDict = {}
     compiled: dict[str, CompiledRule] = {}
+    derived: dict[str, DerivedTest] = {}
     stage_one_ids = [r.id for r in ruleset.active_rules() if r.stage == 1]
     for rule in ruleset.active_rules():
         if rule.stage != stage:
@@ -64,16 +80,14 @@ def compile_stage(ruleset: RuleSet, stage: int, name: str) -> CompiledStage:
             for severity, extra_context, extra_facts in levels:
                 engine_name = f"r{len(compiled)}"
                 conditions = _compile_match(
-                    ruleset, rule, match, extra_context, extra_facts, stage_one_ids
+                    ruleset, rule, match, extra_context, extra_facts, stage_one_ids, derived
                 )
                 definition[engine_name] = {"all": conditions, "run": f"emit:{engine_name}"}
-                compiled[engine_name] = CompiledRule(
-                    rule.id, m_index, severity, tuple(match.facts)
-                )
+                compiled[engine_name] = CompiledRule(rule.id, m_index, severity)
     context_fields = frozenset(
         key for rule in definition.values() for condition in rule["all"]
         for key in _field_names(condition.get("context", {})))
-    return CompiledStage(name, definition, compiled, context_fields)
+    return CompiledStage(name, definition, compiled, context_fields, derived)
 
 
 def _field_names(node: Any) -> set[str]:
@@ -95,13 +109,14 @@ def _compile_match(
     extra_context: ContextPattern | None,
     extra_facts: Mapping[str, FactPattern],
     stage_one_ids: list[str],
+    derived: dict[str, DerivedTest],
 ) -> list[JsonDict]:
     ctx: list[JsonDict] = [{"t": "context"}]
-    if rule.requires_presentation:
+    if rule.presentation_required(match):
         ctx.append({"presenting": True})
     for context in (match.context, extra_context):
         if context is not None:
-            ctx += _context_conditions(ruleset, context, stage_one_ids)
+            ctx += _context_conditions(ruleset, context, stage_one_ids, derived)
     conditions: list[JsonDict] = [{"context": _and(ctx)}]
     for binding, pattern in match.facts.items():
         tests = _pattern_conditions(ruleset, pattern)
@@ -160,6 +175,8 @@ def _pattern_conditions(ruleset: RuleSet, pattern: FactPattern) -> list[JsonDict
         tests.append(_or(per_concept))
     elif concepts:
         tests.append(_or([{"concept": c} for c in concepts]))
+    if pattern.times_upper_limit is not None:
+        tests += _comparison("uln_times", pattern.times_upper_limit)
     for concept in pattern.exclude_concepts:
         tests.append({"$neq": {"concept": concept}})
     if pattern.in_class:
@@ -178,7 +195,10 @@ def _pattern_conditions(ruleset: RuleSet, pattern: FactPattern) -> list[JsonDict
 
 
 def _context_conditions(
-    ruleset: RuleSet, context: ContextPattern, stage_one_ids: list[str]
+    ruleset: RuleSet,
+    context: ContextPattern,
+    stage_one_ids: list[str],
+    derived: dict[str, DerivedTest],
 ) -> list[JsonDict]:
     tests: list[JsonDict] = [{field_name("has", c): True} for c in context.presents]
     if context.presents_any:
@@ -203,7 +223,113 @@ def _context_conditions(
     for pattern in context.without_findings:
         regex = re.compile("^" + re.escape(pattern).replace(r"\*", ".*") + "$")
         tests += [{field_name("found", r): False} for r in stage_one_ids if regex.match(r)]
+    if context.newer is not None:
+        name = _derived_field("newer", context.newer)
+        derived[name] = context.newer.model_copy(update={"is_": True})
+        tests.append({name: context.newer.is_})
+    for fact_pattern in context.without_facts:
+        name = _derived_field("anyfact", fact_pattern)
+        derived[name] = fact_pattern
+        tests.append({name: False})
     return tests
+
+
+def _derived_field(prefix: str, test: DerivedTest) -> str:
+    """A stable engine field name for a derived test: the same test gives the same field."""
+    shape = test.model_dump_json(exclude={"is_"}) if isinstance(test, NewerThan) else \
+        test.model_dump_json()
+    return f"{prefix}_{hashlib.sha256(shape.encode()).hexdigest()[:12]}"
+
+
+# --- closed-world tests in Python -------------------------------------------------------------
+
+_COMPARE: Mapping[str, Callable[[float, float], bool]] = {
+    "lt": operator.lt, "lte": operator.le, "gt": operator.gt, "gte": operator.ge,
+    "eq": operator.eq}
+
+
+def _holds(value: float | None, comparison: Comparison,
+           convert: Callable[[float], float] | None = None) -> bool:
+    if value is None:
+        return False
+    for op in _OPS:
+        bound = getattr(comparison, op)
+        if bound is not None and not _COMPARE[op](value, convert(bound) if convert else bound):
+            return False
+    return True
+
+
+def upper_limit_multiple(fact: LabResult, ruleset: RuleSet) -> float | None:
+    """The value as a multiple of the lab's upper limit, else of derived.yaml's default limit."""
+    spec = ruleset.derived.creatine_kinase_upper_limit
+    if fact.concept != spec.concept:
+        return None
+    limit = fact.reference_high
+    if limit is None:
+        default = spec.default
+        converted = ruleset.units.to_canonical(
+            fact.concept, Fraction(repr(float(default.value))), default.unit)
+        limit = float(converted) if converted is not None else None
+    return fact.value / limit if limit else None
+
+
+def fact_matches(pattern: FactPattern, fact: ClinicalFact, ruleset: RuleSet) -> bool:
+    """The Python twin of `_pattern_conditions`, for closed-world `without_facts` tests."""
+    kinds = pattern.fact if isinstance(pattern.fact, list) else [pattern.fact]
+    if fact.kind not in kinds or isinstance(fact, PatientFact):
+        return False
+    concept = str(getattr(fact, "concept", ""))
+    concepts = _expand(ruleset, [*([pattern.concept] if pattern.concept else []),
+                                 *(pattern.concepts or [])])
+    if (concepts and concept not in concepts) or concept in pattern.exclude_concepts:
+        return False
+    if pattern.in_class and pattern.in_class not in getattr(fact, "classes", ()):
+        return False
+    if pattern.in_groups and not set(pattern.in_groups) & set(getattr(fact, "groups", ())):
+        return False
+    if pattern.active is not None and getattr(fact, "active", None) != pattern.active:
+        return False
+    if pattern.latest is not None and getattr(fact, "is_latest", None) != pattern.latest:
+        return False
+    age = getattr(fact, "age_days", None)
+    if pattern.max_age_days is not None and (age is None or age > pattern.max_age_days):
+        return False
+    if pattern.value is not None:
+        value = pattern.value
+
+        def convert(bound: float) -> float:
+            canonical = ruleset.units.to_canonical(
+                concept, Fraction(repr(bound)), value.unit or ruleset.units.canonical_unit(concept))
+            if canonical is None:
+                raise ValueError(f"cannot convert threshold for {concept}")
+            return float(canonical)
+
+        if not isinstance(fact, LabResult) or not _holds(fact.value, value, convert):
+            return False
+    if pattern.times_upper_limit is not None:
+        multiple = upper_limit_multiple(fact, ruleset) if isinstance(fact, LabResult) else None
+        if not _holds(multiple, pattern.times_upper_limit):
+            return False
+    return pattern.rule is None
+
+
+def derived_values(
+    derived: Mapping[str, DerivedTest],
+    context: PatientContext,
+    facts: Sequence[ClinicalFact],
+    ruleset: RuleSet,
+) -> JsonDict:
+    """Values of the derived context fields for one patient."""
+    values: JsonDict = {}
+    for name, test in derived.items():
+        if isinstance(test, NewerThan):
+            days = context.days_since.get(test.concept)
+            others = [context.days_since.get(c) for c in _expand(ruleset, test.than)]
+            newest_other = min((d for d in others if d is not None), default=float("inf"))
+            values[name] = days is not None and days <= newest_other
+        else:
+            values[name] = any(fact_matches(test, fact, ruleset) for fact in facts)
+    return values
 
 
 # --- facts to engine messages -------------------------------------------------------------
@@ -217,6 +343,9 @@ def encode_fact(fact: ClinicalFact, key: str, ruleset: RuleSet) -> JsonDict:
     message["concept"] = fact.concept
     if isinstance(fact, LabResult):
         message.update(value=fact.value, is_latest=fact.is_latest, age_days=fact.age_days)
+        multiple = upper_limit_multiple(fact, ruleset)
+        if multiple is not None:
+            message["uln_times"] = multiple
     elif isinstance(fact, (Medication, DraftOrder)):
         if isinstance(fact, Medication):
             message["active"] = fact.active
@@ -225,6 +354,9 @@ def encode_fact(fact: ClinicalFact, key: str, ruleset: RuleSet) -> JsonDict:
     else:
         for group in fact.groups:
             message[field_name("in", group)] = True
+        age = getattr(fact, "age_days", None)  # procedures: days since performed
+        if isinstance(age, (int, float)):
+            message["age_days"] = float(age)
     return message
 
 
@@ -233,10 +365,11 @@ def encode_context(
     ruleset: RuleSet,
     fields: frozenset[str],
     stage_one: Mapping[str, str] | None = None,
+    derived: JsonDict | None = None,
 ) -> JsonDict:
     """The closed-world context fact, limited to `fields`; `stage_one` (rule id -> severity)
-    adds what second-stage rules test."""
-    values: JsonDict = {"presenting": context.presenting}
+    adds what second-stage rules test, `derived` the values of `derived_values`."""
+    values: JsonDict = {"presenting": context.presenting, **(derived or {})}
     present = set(context.concepts_present)
     values.update({field_name("has", c): c in present for c in ruleset.terminology.concepts})
     values.update({field_name("days", c): days for c, days in context.days_since.items()})

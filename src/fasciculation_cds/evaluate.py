@@ -6,14 +6,21 @@ source -> ingest -> normalize -> engine -> findings -> Assessment
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 from .assessment import Assessment, Notice, PatientSummary, RuleFinding
-from .compiler import CompiledStage, compile_stage, encode_context, encode_fact, encode_result
+from .compiler import (
+    CompiledStage,
+    compile_stage,
+    derived_values,
+    encode_context,
+    encode_fact,
+    encode_result,
+)
 from .engine import RuleEngine
 from .errors import InputError
 from .facts import ClinicalFact
@@ -54,13 +61,18 @@ class Evaluator:
         ]
         self._engine = RuleEngine({s.name: s.definition for s in self._stages if s.rules})
         self._normalizer = Normalizer(ruleset)
-        self._all_need_presentation = all(r.requires_presentation
-                                          for r in ruleset.active_rules())
+        # Patients who do not present can only match rules (or matches) that do not require it;
+        # when every such match needs a draft order, only order hooks can make them fire.
+        ungated = [m for r in ruleset.active_rules() for m in r.match
+                   if not r.presentation_required(m)]
+        self._all_need_presentation = all(
+            any(p.fact == "draft" for p in m.facts.values()) for m in ungated)
+        self.fact_order: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None
+        """Test hook: reorders the fact messages before they are asserted into the engine."""
 
     def assess(
         self,
         record: PatientRecord,
-        medications: Mapping[str, Mapping[str, Any]],
         as_of: AsOf | Literal["auto"],
         *,
         assume_presentation: bool = False,
@@ -71,10 +83,11 @@ class Evaluator:
             instant, label = _instant_for(record, as_of)
         except ValueError as exc:
             return PatientError(record.reference, str(exc))
-        normalized = self._normalizer.run(record, instant, medications=medications,
+        normalized = self._normalizer.run(record, instant,
                                           assume_presentation=assume_presentation)
         findings: list[RuleFinding] = []
-        if normalized.context.presenting or not self._all_need_presentation:
+        if (normalized.context.presenting or not self._all_need_presentation
+                or any(f.kind == "draft" for f in normalized.facts)):
             findings = self._run_stages(normalized.facts, normalized.context)
         patient = normalized.patient
         assessment = Assessment(
@@ -93,8 +106,10 @@ class Evaluator:
         by_key: dict[str, ClinicalFact] = {f"f{i}": fact for i, fact in enumerate(facts)}
         messages = [encode_fact(fact, key, self.ruleset) for key, fact in by_key.items()]
         stage_one, stage_two = self._stages
-        first = encode_context(context, self.ruleset, stage_one.context_fields)
-        found = self._findings(stage_one, [first, *messages], by_key, facts, context)
+        first = encode_context(context, self.ruleset, stage_one.context_fields, derived=(
+            derived_values(stage_one.derived, context, facts, self.ruleset)))
+        found = self._findings(stage_one, self._ordered([first, *messages]), by_key, facts,
+                               context)
         if stage_two.rules:
             results: dict[str, RuleFinding | ClinicalFact] = dict(by_key)
             extra = []
@@ -103,12 +118,15 @@ class Evaluator:
                 results[key] = finding
                 extra.append(encode_result(finding.rule_id, finding.severity, key))
             severities = {f.rule_id: f.severity for f in found}
-            found += self._findings(
-                stage_two,
-                [encode_context(context, self.ruleset, stage_two.context_fields, severities),
-                 *messages, *extra],
-                results, facts, context)
+            second = encode_context(
+                context, self.ruleset, stage_two.context_fields, severities,
+                derived=derived_values(stage_two.derived, context, facts, self.ruleset))
+            found += self._findings(stage_two, self._ordered([second, *messages, *extra]),
+                                    results, facts, context)
         return found
+
+    def _ordered(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return self.fact_order(messages) if self.fact_order is not None else messages
 
     def _findings(
         self,
@@ -126,7 +144,8 @@ class Evaluator:
             named = {name: by_key[str(message["id"])] for name, message in bound.items()
                      if name != "context"}
             hits_by_rule.setdefault(compiled.rule_id, []).append(RuleHit(compiled, named))
-        return [build_finding(self.ruleset.rule(rule_id), hits, facts, context)
+        return [build_finding(self.ruleset.rule(rule_id), hits, facts, context,
+                              self.ruleset.units)
                 for rule_id, hits in sorted(hits_by_rule.items())]
 
 
@@ -268,7 +287,7 @@ def assess_all(
         yield PatientError(None, error.describe())
     for record in result.patients:
         try:
-            yield evaluator.assess(record, result.medications, as_of,
+            yield evaluator.assess(record, as_of,
                                    assume_presentation=assume_presentation)
         except Exception as exc:  # one failing patient never stops the batch
             yield PatientError(record.reference, f"internal error: {exc!r}", kind="internal")

@@ -43,6 +43,13 @@ class LabResult(FactBase):
     above_upper_limit: bool | None = None
     derived_from: tuple[str, ...] = ()
     note: str | None = None
+    provenance: Literal["measured", "corrected", "lab-corrected"] = "measured"
+    """`corrected`: albumin-corrected by this package; `lab-corrected`: a corrected calcium the
+    lab reported (LOINC 29265-6); otherwise the value as measured."""
+    measured_value: float | None = None
+    """For `corrected`: the measured total in the canonical unit (`value` is corrected)."""
+    albumin_reported: str | None = None
+    """For `corrected`: the albumin used, as the lab sent it ("2.8 g/dL")."""
 
 
 class _Drug(FactBase):
@@ -87,13 +94,26 @@ class Finding(FactBase):
     matched_by: str
 
 
+class Procedure(FactBase):
+    """A completed or in-progress Procedure (renal dialysis...), performed by as_of."""
+
+    kind: Literal["procedure"] = "procedure"
+    concept: str
+    label: str
+    groups: tuple[str, ...] = ()
+    status: str
+    performed: datetime
+    age_days: float
+    matched_by: str
+
+
 class DraftOrder(_Drug):
     """A medication order being written (CDS Hooks order-select / order-sign `draftOrders`)."""
 
     kind: Literal["draft"] = "draft"
 
 
-ClinicalFact = PatientFact | LabResult | Medication | Problem | Finding | DraftOrder
+ClinicalFact = PatientFact | LabResult | Medication | Problem | Finding | Procedure | DraftOrder
 
 
 class PatientContext(BaseModel):

@@ -26,9 +26,20 @@ from .facts import (
     Medication,
     PatientContext,
     Problem,
+    Procedure,
 )
 from .fhir_time import iso_day
+from .quantity_text import (
+    as_sent,
+    format_significant,
+    measured_text,
+    provenance,
+    range_text,
+    shown_text,
+    used_text,
+)
 from .rule_schema import SEVERITY_RANK, Rule
+from .units import UnitTable
 
 SUMMARY_LIMIT = 140
 _SPACES = re.compile(r"\s+")
@@ -43,7 +54,10 @@ class RuleHit:
 
 
 def format_number(value: float) -> str:
-    """Readable, stable numbers: 0.699, 2.12, 13.5, 135."""
+    """Short numbers with trailing zeros dropped (0.699, 2.12, 13.5, 135).
+
+    Kept for callers outside the rules; lab values are written by `quantity_text`, which keeps
+    significant digits (2.00, not 2)."""
     magnitude = abs(value)
     digits = 0 if magnitude >= 100 else 1 if magnitude >= 10 else 2 if magnitude >= 1 else 3
     text = f"{value:.{digits}f}"
@@ -53,28 +67,39 @@ def format_number(value: float) -> str:
 def _environment() -> SandboxedEnvironment:
     env = SandboxedEnvironment(undefined=StrictUndefined, autoescape=False,
                                trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False)
-    env.filters["num"] = format_number
+    env.filters["num"] = format_significant
+    env.filters["listing"] = listing
     return env
+
+
+def listing(items: Sequence[Any], most: int = 3, word: str = "and") -> str:
+    """`a, b and c`; beyond `most` items `a, b, c and 2 more` (summaries must fit 140)."""
+    names = [str(i) for i in items]
+    if len(names) > most:
+        names = [*names[:most], f"{len(names) - most} more"]
+    if len(names) <= 1:
+        return "".join(names)
+    return f"{', '.join(names[:-1])} {word} {names[-1]}"
 
 
 _ENV = _environment()
 
 
-def _reported(fact: LabResult) -> str:
-    prefix = f"{fact.comparator} " if fact.comparator else ""
-    unit = f" {fact.original_unit}" if fact.original_unit else ""
-    return f"{prefix}{fact.original_value}{unit}"
+class SummaryTooLongError(ValueError):
+    """A filled summary is longer than a card allows: the rule's template must be rewritten."""
 
 
-def _view(fact: ClinicalFact | RuleFinding) -> dict[str, Any]:
+def _view(fact: ClinicalFact | RuleFinding, units: UnitTable) -> dict[str, Any]:
     """What a template may say about a fact."""
     if isinstance(fact, RuleFinding):
         return {"rule_id": fact.rule_id, "title": fact.title, "severity": fact.severity,
                 "summary": fact.summary}
     view: dict[str, Any] = {"reference": fact.reference}
     if isinstance(fact, LabResult):
-        view.update(label=fact.label, value=format_number(fact.value), unit=fact.unit,
-                    reported=_reported(fact), date=iso_day(fact.effective),
+        view.update(label=fact.label, value=format_significant(fact.value), unit=fact.unit,
+                    reported=as_sent(fact), measured=measured_text(fact, units),
+                    used=used_text(fact, units), shown=shown_text(fact, units),
+                    provenance=provenance(fact), date=iso_day(fact.effective),
                     note=fact.note or "", concept=fact.concept)
     elif isinstance(fact, Medication):
         view.update(label=fact.label, display=fact.display or fact.label, concept=fact.concept,
@@ -83,30 +108,31 @@ def _view(fact: ClinicalFact | RuleFinding) -> dict[str, Any]:
         view.update(label=fact.label, display=fact.display or fact.label, concept=fact.concept)
     elif isinstance(fact, (Problem, Finding)):
         when = fact.onset if isinstance(fact, Problem) else fact.effective
-        view.update(label=fact.label, concept=fact.concept, date=iso_day(when) if when else "")
+        view.update(label=fact.label, concept=fact.concept, date=iso_day(when) if when else "",
+                    groups=list(fact.groups))
+    elif isinstance(fact, Procedure):
+        view.update(label=fact.label, concept=fact.concept, date=iso_day(fact.performed),
+                    status=fact.status, groups=list(fact.groups))
     return view
 
 
-def evidence_of(fact: ClinicalFact) -> Evidence | None:
+def evidence_of(fact: ClinicalFact, units: UnitTable) -> Evidence | None:
     if isinstance(fact, LabResult):
-        rng = None
-        if fact.reference_low is not None or fact.reference_high is not None:
-            low, high = fact.reference_low, fact.reference_high
-            if low is not None and high is not None:
-                rng = f"{format_number(low)}-{format_number(high)} {fact.unit}"
-            elif high is not None:
-                rng = f"≤ {format_number(high)} {fact.unit}"
-            else:
-                rng = f"≥ {format_number(low or 0.0)} {fact.unit}"
+        rng = range_text(fact.reference_low, fact.reference_high, fact.unit)
         return Evidence(reference=fact.reference, concept=fact.concept, label=fact.label,
-                        value=round(fact.value, 4), unit=fact.unit, reported=_reported(fact),
-                        effective=iso_day(fact.effective), note=fact.note, reference_range=rng)
+                        value=round(fact.value, 4), unit=fact.unit, reported=as_sent(fact),
+                        shown=shown_text(fact, units), effective=iso_day(fact.effective),
+                        note=fact.note, reference_range=rng)
     if isinstance(fact, DraftOrder):
         return Evidence(reference=fact.reference, concept=fact.concept, label=fact.label,
                         display=fact.display, status="draft", matched_by=fact.matched_by)
     if isinstance(fact, Medication):
         return Evidence(reference=fact.reference, concept=fact.concept, label=fact.label,
                         display=fact.display, status=fact.status, matched_by=fact.matched_by)
+    if isinstance(fact, Procedure):
+        return Evidence(reference=fact.reference, concept=fact.concept, label=fact.label,
+                        effective=iso_day(fact.performed), status=fact.status,
+                        matched_by=fact.matched_by)
     if isinstance(fact, (Problem, Finding)):
         when: datetime | None = fact.onset if isinstance(fact, Problem) else fact.effective
         return Evidence(reference=fact.reference, concept=fact.concept, label=fact.label,
@@ -121,6 +147,7 @@ def build_finding(
     hits: Sequence[RuleHit],
     facts: Sequence[ClinicalFact],
     context: PatientContext,
+    units: UnitTable,
 ) -> RuleFinding:
     """Gather every match of one rule into a finding at the highest severity that fired."""
     ordered = sorted(hits, key=lambda h: (-SEVERITY_RANK[h.compiled.severity],
@@ -130,12 +157,13 @@ def build_finding(
     every: dict[str, dict[str, dict[str, Any]]] = {}
     for hit in ordered:
         for name, fact in hit.facts.items():
-            view = _view(fact)
+            view = _view(fact, units)
             every.setdefault(name, {}).setdefault(_fact_key(fact), view)
-            items = fact.evidence if isinstance(fact, RuleFinding) else [evidence_of(fact)]
+            items = fact.evidence if isinstance(fact, RuleFinding) else [evidence_of(fact, units)]
             for item in items:
                 if item is not None:
                     evidence.setdefault((item.reference, item.concept), item)
+    also: dict[str, dict[str, Any]] = {}
     for collect in rule.evidence_also:
         for fact in facts:
             if fact.kind != collect.fact or getattr(fact, "concept", None) not in collect.concepts:
@@ -145,19 +173,29 @@ def build_finding(
                     or fact.above_upper_limit != collect.above_upper_limit
                     or not fact.is_latest):
                 continue
-            item = evidence_of(fact)
+            item = evidence_of(fact, units)
             if item is not None:
                 evidence.setdefault((item.reference, item.concept), item)
-    variables: dict[str, Any] = {name: _view(fact) for name, fact in primary.facts.items()}
+                also.setdefault(_fact_key(fact), _view(fact, units))
+    variables: dict[str, Any] = {name: _view(fact, units) for name, fact in primary.facts.items()}
     variables["all"] = {name: [] for match in rule.match for name in match.facts}
     variables["all"].update({name: list(views.values()) for name, views in sorted(every.items())})
     variables["severity"] = primary.compiled.severity
     variables["presentation"] = list(context.presentation)
     variables["alternative"] = rule.match[primary.compiled.match_index].label or ""
     variables["not_measured_within"] = functools.partial(_not_measured_within, context)
+    variables["also"] = [also[key] for key in sorted(also)]
+    variables["present"] = list(context.concepts_present)
+    variables["matches"] = _matches(rule, ordered, units)
     summary = _SPACES.sub(" ", render(rule.summary, variables, rule.id, "summary")).strip()
     if len(summary) > SUMMARY_LIMIT:
-        summary = summary[: SUMMARY_LIMIT - 1].rstrip() + "…"
+        raise SummaryTooLongError(
+            f"rule {rule.id}: summary is {len(summary)} characters, more than {SUMMARY_LIMIT}: "
+            f"{summary!r}")
+    fired = sorted({h.compiled.match_index for h in hits})
+    citations: dict[tuple[str, str | None], Citation] = {}
+    for ref in [*rule.references, *(r for i in fired for r in rule.match[i].references)]:
+        citations.setdefault((ref.citation, ref.url), Citation(citation=ref.citation, url=ref.url))
     return RuleFinding(
         rule_id=rule.id,
         category=rule.category,
@@ -170,8 +208,21 @@ def build_finding(
         recommendations=list(rule.recommendations),
         suggestions=[Suggestion(kind=s.kind, label=s.label, concepts=list(s.concepts))
                      for s in rule.suggestions],
-        references=[Citation(citation=r.citation, url=r.url) for r in rule.references],
+        references=list(citations.values()),
     )
+
+
+def _matches(rule: Rule, hits: Sequence[RuleHit], units: UnitTable) -> list[dict[str, Any]]:
+    """Each distinct match, highest severity first: its alternative and the facts it bound,
+    so a template can pair what belongs together (a drug with the electrolyte it lowers)."""
+    out: dict[tuple[str, ...], dict[str, Any]] = {}
+    for hit in hits:
+        key = (str(hit.compiled.match_index), *_hit_key(hit))
+        if key not in out:
+            out[key] = {"alternative": rule.match[hit.compiled.match_index].label or "",
+                        "severity": hit.compiled.severity,
+                        **{name: _view(fact, units) for name, fact in hit.facts.items()}}
+    return list(out.values())
 
 
 def _not_measured_within(context: PatientContext, days: float, concepts: list[str]) -> list[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -25,7 +25,8 @@ from .sources import RawResource
 from .strict_checks import strict_problems
 from .terminology import Terminology
 
-CODED_TYPES: Mapping[str, str] = {"Observation": "code", "Condition": "code"}
+CODED_TYPES: Mapping[str, str] = {"Observation": "code", "Condition": "code",
+                                  "Procedure": "code"}
 MEDICATION_USE_TYPES = frozenset({"MedicationRequest", "MedicationStatement"})
 # Every resource type `is_relevant` can accept, from the same tables: a Bulk Data file declared
 # to hold another type cannot give any rule anything, so batch need not read it.
@@ -39,6 +40,9 @@ class SourcedResource:
     resource: dict[str, Any]
     source: str
     entry: str
+    medication_code: Mapping[str, Any] | None = None
+    """For a medication use or draft order naming its drug by `medicationReference`: the
+    referenced Medication's `code` (contained or in the input), else the reference's display."""
 
 
 @dataclass
@@ -289,6 +293,27 @@ class Grouper:
         canonical = canonical_reference(reference)
         return self._aliases.get(canonical, canonical)
 
+    def _with_medication(self, sourced: SourcedResource) -> SourcedResource:
+        """Resolve `medicationReference` here, so a record carries the drug it names."""
+        resource = sourced.resource
+        ref = resource.get("medicationReference")
+        if isinstance(resource.get("medicationCodeableConcept"), Mapping) or not isinstance(
+                ref, Mapping):
+            return sourced
+        target = str(ref.get("reference") or "")
+        medication: Any = None
+        if target.startswith("#"):
+            for contained in resource.get("contained") or []:
+                if isinstance(contained, Mapping) and contained.get("id") == target[1:]:
+                    medication = contained
+        else:
+            medication = self.medications.get(target) or self.medications.get(
+                canonical_reference(target))
+        code = medication.get("code") if isinstance(medication, Mapping) else None
+        if not isinstance(code, Mapping) and ref.get("display"):
+            code = {"text": ref.get("display")}
+        return replace(sourced, medication_code=code) if isinstance(code, Mapping) else sourced
+
     def finish(self) -> IngestResult:
         records: dict[str, PatientRecord] = {
             key: PatientRecord(reference=key, patient=sourced)
@@ -302,9 +327,9 @@ class Grouper:
             return records[key]
 
         for reference, resources in self._by_ref.items():
-            record(reference).resources.extend(resources)
+            record(reference).resources.extend(self._with_medication(r) for r in resources)
         for reference, drafts in self._drafts_by_ref.items():
-            record(reference).draft_orders.extend(drafts)
+            record(reference).draft_orders.extend(self._with_medication(d) for d in drafts)
         for reference, errors in self._errors_by_ref.items():
             record(reference).errors.extend(errors)
         for reference, skipped in self._skipped_by_ref.items():

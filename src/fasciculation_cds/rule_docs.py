@@ -32,6 +32,10 @@ def _pattern_text(name: str, pattern: FactPattern) -> str:
         tests = [f"{SYMBOL[op]} {value:g}" for op in SYMBOL
                  if (value := getattr(pattern.value, op)) is not None]
         parts.append(f"with value {' and '.join(tests)} {pattern.value.unit or ''}".rstrip())
+    if pattern.times_upper_limit is not None:
+        tests = [f"{SYMBOL[op]} {value:g}" for op in SYMBOL
+                 if (value := getattr(pattern.times_upper_limit, op)) is not None]
+        parts.append(f"at {' and '.join(tests)} times the upper limit")
     if pattern.rule:
         parts.append(f"`{pattern.rule}`")
     return " ".join(parts)
@@ -58,6 +62,12 @@ def _context_text(context: ContextPattern) -> list[str]:
         lines.append(f"every other finding is below {context.below_severity}")
     if context.without_findings:
         lines.append("no finding " + ", ".join(f"`{p}`" for p in context.without_findings))
+    if context.newer is not None:
+        than = " or ".join(f"`{c}`" for c in context.newer.than)
+        lines.append(f"the newest `{context.newer.concept}` is "
+                     f"{'' if context.newer.is_ else 'not '}at least as new as the newest {than}")
+    for pattern in context.without_facts:
+        lines.append("record has no " + _pattern_text("fact", pattern).split(": a ", 1)[1])
     return lines
 
 
@@ -71,6 +81,10 @@ def rule_page(rule: Rule) -> str:
         label = f"**{match.label}** — " if match.label else ""
         conditions = _context_text(match.context) if match.context else []
         conditions += [_pattern_text(n, p) for n, p in match.facts.items()]
+        if match.requires_presentation is not None and \
+                match.requires_presentation != rule.requires_presentation:
+            conditions.insert(0, "the patient presents" if match.requires_presentation
+                              else "with or without a presentation")
         lines.append(f"- {label}{'; '.join(conditions) or 'always'} → **{match.severity}**")
         for escalation in match.escalate:
             extra = _context_text(escalation.context) if escalation.context else []
@@ -81,6 +95,13 @@ def rule_page(rule: Rule) -> str:
         lines += ["", "## Notes", "", rule.notes.strip()]
     lines += ["", "## References", ""]
     lines += [f"- {r.citation}" + (f" <{r.url}>" if r.url else "") for r in rule.references]
+    cited = {(r.citation, r.url) for r in rule.references}
+    for match in rule.match:  # a match's own sources are shown only when it fired
+        for ref in match.references:
+            if (ref.citation, ref.url) not in cited:
+                cited.add((ref.citation, ref.url))
+                which = f" (when **{match.label}** fired)" if match.label else ""
+                lines.append(f"- {ref.citation}" + (f" <{ref.url}>" if ref.url else "") + which)
     return "\n".join(lines) + "\n"
 
 

@@ -13,7 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 Severity = Literal["info", "warning", "critical"]
 Status = Literal["experimental", "test", "stable", "deprecated"]
-FactKind = Literal["lab", "medication", "draft", "problem", "finding", "patient", "result"]
+FactKind = Literal[
+    "lab", "medication", "draft", "problem", "finding", "procedure", "patient", "result"]
+Category = Literal["electrolyte", "workup", "medication", "neuropathy", "metabolic", "differential",
+                   "mnd", "context"]
 
 SEVERITY_RANK: dict[str, int] = {"info": 1, "warning": 2, "critical": 3}
 RULE_ID = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9][a-z0-9-]*$")
@@ -21,6 +24,11 @@ RULE_ID = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9][a-z0-9-]*$")
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Reference(_Strict):
+    citation: str
+    url: str | None = None
 
 
 class Comparison(_Strict):
@@ -61,6 +69,11 @@ class FactPattern(_Strict):
         default=None, ge=0, description="Look-back: effective at most this many days before as_of."
     )
     value: Comparison | None = None
+    times_upper_limit: Comparison | None = Field(
+        default=None,
+        description="For a lab with an upper limit (CK): the value as a multiple of the lab's "
+        "referenceRange.high, else the default limit in derived.yaml (`{gt: 1}`: above it).",
+    )
     active: bool | None = Field(default=None, description="Medication is active (RULES.md).")
     rule: str | None = Field(default=None, description="For fact: result — the rule id.")
 
@@ -69,6 +82,12 @@ class MeasuredWithin(_Strict):
     days: int = Field(ge=0)
     all_of: list[str] | None = None
     any_of: list[str] | None = None
+
+
+class NewerThan(_Strict):
+    concept: str
+    than: list[str] = Field(min_length=1)
+    is_: bool = Field(default=True, alias="is")
 
 
 class ContextPattern(_Strict):
@@ -93,6 +112,17 @@ class ContextPattern(_Strict):
         default_factory=list,
         description="Stage 2: none of these earlier findings (glob patterns on rule ids).",
     )
+    without_facts: list[FactPattern] = Field(
+        default_factory=list,
+        description="Closed world: no fact of the record matches any of these patterns "
+        "(e.g. no latest CK above the upper limit, no active dopamine antagonist).",
+    )
+    newer: NewerThan | None = Field(
+        default=None,
+        description="The newest counting result of `concept` is (or, with `is: false`, is not) "
+        "at least as new as the newest of `than`.",
+    )
+
 
 
 class Escalation(_Strict):
@@ -109,10 +139,16 @@ class Match(_Strict):
     """One way the rule fires: a join of facts plus closed-world context tests."""
 
     label: str | None = None
+    requires_presentation: bool | None = Field(
+        default=None, description="Overrides the rule's requires_presentation for this match.")
     context: ContextPattern | None = None
     facts: dict[str, FactPattern] = Field(default_factory=dict)
     severity: Severity
     escalate: list[Escalation] = Field(default_factory=list)
+    references: list[Reference] = Field(
+        default_factory=list,
+        description="Sources shown only when this match fired (so a card's links fit its drugs).",
+    )
 
     @field_validator("facts")
     @classmethod
@@ -121,11 +157,6 @@ class Match(_Strict):
             if not re.fullmatch(r"[a-z][a-z0-9_]*", name) or name in ("context", "all"):
                 raise ValueError(f"binding name {name!r} must be lower_snake and not reserved")
         return facts
-
-
-class Reference(_Strict):
-    citation: str
-    url: str | None = None
 
 
 class Suggestion(_Strict):
@@ -147,7 +178,7 @@ class EvidenceCollect(_Strict):
 class Rule(_Strict):
     id: str = Field(description="Stable public id `category.slug`; never reused.")
     title: str
-    category: Literal["electrolyte", "workup", "medication", "neuropathy", "mnd", "context"]
+    category: Category
     status: Status
     requires_presentation: bool = Field(
         default=True,
@@ -160,7 +191,9 @@ class Rule(_Strict):
     recommendations: list[str] = Field(min_length=1)
     suggestions: list[Suggestion] = Field(default_factory=list)
     evidence_also: list[EvidenceCollect] = Field(default_factory=list)
-    references: list[Reference] = Field(min_length=1)
+    references: list[Reference] = Field(
+        default_factory=list,
+        description="Sources for the rule as a whole (at least one, here or on every match).")
     notes: str | None = Field(default=None, description="Where sources differ; known limits.")
 
     @field_validator("id")
@@ -174,7 +207,15 @@ class Rule(_Strict):
     def _id_matches_category(self) -> Rule:
         if self.id.split(".", 1)[0] != self.category:
             raise ValueError(f"rule id {self.id!r} must start with its category {self.category!r}")
+        if not self.references and not all(m.references for m in self.match):
+            raise ValueError("a rule needs references, its own or on every match")
         return self
+
+    def presentation_required(self, match: Match) -> bool:
+        """Whether `match` fires only for presenting patients (the match overrides the rule)."""
+        if match.requires_presentation is not None:
+            return match.requires_presentation
+        return self.requires_presentation
 
     @property
     def stage(self) -> int:

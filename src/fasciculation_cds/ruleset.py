@@ -12,19 +12,22 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from .content_schema import DerivedFile, Systems, TextMatches, UnitsFile, ValueSets
 from .errors import RuleFileError
 from .rule_schema import ContextPattern, FactPattern, Rule
 from .terminology import Terminology
-from .units import UnitTable
+from .thresholds import ThresholdLadder, ValueTest, rule_ladders
+from .units import UnitTable, parse_number
 
 CONTENT_FILES = ("valuesets/codes.yaml", "valuesets/systems.yaml", "units.yaml", "derived.yaml",
                  "text-matches.yaml")
-RULE_CATEGORIES = ("electrolyte", "workup", "medication", "neuropathy", "mnd", "context")
+RULE_CATEGORIES = ("electrolyte", "workup", "medication", "neuropathy", "metabolic", "differential",
+                   "mnd", "context")
 
 
 def default_rules_dir() -> Path:
@@ -42,7 +45,7 @@ class RuleSet:
     rule_files: Mapping[str, Path]
     terminology: Terminology
     units: UnitTable
-    derived: Mapping[str, Any]
+    derived: DerivedFile
     version: str
     lab_families: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
@@ -59,8 +62,8 @@ class RuleSet:
         The largest rule look-back, plus the albumin pairing window (a calcium inside the look-back
         may be corrected with an albumin up to that many days older).
         """
-        days = [float(self.derived["sign_lookback_days"]),
-                float(self.derived["diabetes_by_hba1c"]["lookback_days"])]
+        days = [float(self.derived.sign_lookback_days),
+                float(self.derived.diabetes_by_hba1c.lookback_days)]
         for rule in self.rules:
             for match in rule.match:
                 patterns = [*match.facts.values(), *(p for e in match.escalate
@@ -71,7 +74,26 @@ class RuleSet:
                             else ():
                         if spec:
                             days.append(float(spec.days))
-        return max(days) + float(self.derived["albumin_corrected_calcium"]["max_days_apart"])
+        return max(days) + float(self.derived.albumin_corrected_calcium.max_days_apart)
+
+    def lab_thresholds(self, concept: str) -> tuple[ThresholdLadder, ...]:
+        """The value tests the active rules (and derived.yaml) apply to a lab concept."""
+        return self._ladders.get(concept, ())
+
+    @functools.cached_property
+    def _ladders(self) -> Mapping[str, tuple[ThresholdLadder, ...]]:
+        by_concept: dict[str, list[ThresholdLadder]] = {}
+        for rule in self.active_rules():
+            for ladder in rule_ladders(rule, self.units, self.lab_families):
+                by_concept.setdefault(ladder.concept, []).append(ladder)
+        diabetes = self.derived.diabetes_by_hba1c
+        at_least = self.units.to_canonical(diabetes.concept, diabetes.at_least.exact,
+                                           diabetes.at_least.unit)
+        if at_least is not None:
+            by_concept.setdefault(diabetes.concept, []).append(ThresholdLadder(
+                "derived.yaml diabetes_by_hba1c", diabetes.concept,
+                ValueTest("value", (("gte", at_least),)), "info"))
+        return {concept: tuple(ladders) for concept, ladders in by_concept.items()}
 
     def active_rules(self) -> tuple[Rule, ...]:
         """Rules that run: every status but deprecated."""
@@ -86,6 +108,21 @@ def _read_yaml(path: Path) -> Any:
         raise RuleFileError("file is missing", file=str(path)) from None
     except yaml.YAMLError as exc:
         raise RuleFileError(f"not valid YAML: {exc}", file=str(path)) from None
+
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def read_content(path: Path, model: type[Model]) -> Model:
+    """A content file checked against its schema; errors name the file and the key."""
+    data = _read_yaml(path)
+    try:
+        return model.model_validate(data if data is not None else {})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or None
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise RuleFileError(f"{first['msg']}{more}", file=str(path), field=where) from None
 
 
 def iter_rule_files(directory: Path) -> Iterator[Path]:
@@ -118,20 +155,19 @@ def load_rules(directory: str | Path | None = None) -> RuleSet:
 def _load_rules_cached(directory: Path) -> RuleSet:
     if not directory.is_dir():
         raise RuleFileError("rules folder does not exist", file=str(directory))
-    codes = _read_yaml(directory / "valuesets/codes.yaml")
-    systems = _read_yaml(directory / "valuesets/systems.yaml")
-    text_matches = _read_yaml(directory / "text-matches.yaml")
+    codes = read_content(directory / "valuesets/codes.yaml", ValueSets)
+    systems = read_content(directory / "valuesets/systems.yaml", Systems)
+    text_matches = read_content(directory / "text-matches.yaml", TextMatches)
+    derived = read_content(directory / "derived.yaml", DerivedFile)
     try:
-        terminology = Terminology.build(codes, systems, text_matches)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise RuleFileError(f"value sets are malformed: {exc}",
-                            file=str(directory / "valuesets")) from None
-    try:
-        units = UnitTable(_read_yaml(directory / "units.yaml"))
-    except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
-        raise RuleFileError(f"malformed: {exc}", file=str(directory / "units.yaml")) from None
-    derived = _read_yaml(directory / "derived.yaml")
-    families = {k: tuple(v) for k, v in (derived.get("lab_families") or {}).items()}
+        terminology = Terminology.build(codes, systems.root, text_matches,
+                                        derived.derived_concepts)
+    except ValueError as exc:
+        raise RuleFileError(str(exc), file=str(directory / "valuesets")) from None
+    units_file = read_content(directory / "units.yaml", UnitsFile)
+    units = UnitTable(units_file.model_dump())
+    check_derived(derived, terminology, units, directory / "derived.yaml")
+    families = {k: tuple(v) for k, v in derived.lab_families.items()}
 
     rules: list[Rule] = []
     rule_files: dict[str, Path] = {}
@@ -163,6 +199,68 @@ def _load_rules_cached(directory: Path) -> RuleSet:
     for rule in rules:
         check_references(rule, ruleset, rule_files[rule.id])
     return ruleset
+
+
+def check_derived(derived: DerivedFile, term: Terminology, units: UnitTable, file: Path) -> None:
+    """Every concept, group and quantity derived.yaml names must exist and convert."""
+
+    def fail(message: str, where: str) -> None:
+        raise RuleFileError(message, file=str(file), field=where)
+
+    def concept(cid: str, where: str, kind: str | None = None) -> None:
+        found = term.concepts.get(cid)
+        if found is None:
+            fail(f"unknown concept {cid!r}", where)
+        elif kind and found.kind != kind:
+            fail(f"concept {cid!r} is a {found.kind}, not a {kind}", where)
+
+    def quantity(cid: str, value: Any, unit: str, where: str) -> None:
+        if units.to_canonical(cid, parse_number(value), unit) is None:
+            fail(f"{value} {unit} does not convert for {cid!r} (units.yaml)", where)
+
+    correction = derived.albumin_corrected_calcium
+    base = "albumin_corrected_calcium"
+    quantity("albumin", correction.reference_albumin.value, correction.reference_albumin.unit,
+             f"{base}.reference_albumin")
+    quantity("albumin", 1, correction.slope.per, f"{base}.slope.per")
+    quantity("calcium-total", correction.slope.value, correction.slope.unit, f"{base}.slope")
+    for name in ("plausible_albumin_at_least", "plausible_albumin_at_most"):
+        bound = getattr(correction, name)
+        if bound is not None:
+            quantity("albumin", bound.value, bound.unit, f"{base}.{name}")
+    diabetes = derived.diabetes_by_hba1c
+    concept(diabetes.concept, "diabetes_by_hba1c.concept", "lab")
+    concept(diabetes.yields, "diabetes_by_hba1c.yields")
+    quantity(diabetes.concept, diabetes.at_least.value, diabetes.at_least.unit,
+             "diabetes_by_hba1c.at_least")
+    ck = derived.creatine_kinase_upper_limit
+    concept(ck.concept, "creatine_kinase_upper_limit.concept", "lab")
+    quantity(ck.concept, ck.default.value, ck.default.unit, "creatine_kinase_upper_limit.default")
+    if derived.presentation_group not in term.groups:
+        fail(f"unknown concept group {derived.presentation_group!r}", "presentation_group")
+    for name, group_set in derived.counted_group_sets.items():
+        for group in group_set.groups:
+            if group not in term.groups:
+                fail(f"unknown concept group {group!r}", f"counted_group_sets.{name}.groups")
+        for index, rule in enumerate(group_set.not_counted):
+            where = f"counted_group_sets.{name}.not_counted.{index}"
+            if rule.group not in group_set.groups:
+                fail(f"group {rule.group!r} is not in the set", where)
+            concept(rule.when_present, where)
+    for cid, unconfirmed in derived.unconfirmed_diagnoses.items():
+        concept(cid, f"unconfirmed_diagnoses.{cid}", "condition")
+        if unconfirmed.yields not in derived.derived_concepts:
+            fail(f"{unconfirmed.yields!r} is not in derived_concepts",
+                 f"unconfirmed_diagnoses.{cid}.yields")
+    for cid, recorded in derived.recorded_conditions.items():
+        concept(cid, f"recorded_conditions.{cid}", "condition")
+        if recorded not in derived.derived_concepts:
+            fail(f"{recorded!r} is not in derived_concepts", f"recorded_conditions.{cid}")
+    for cid in derived.recent_only_conditions.concepts:
+        concept(cid, "recent_only_conditions.concepts", "condition")
+    for name, members in derived.lab_families.items():
+        for member in members:
+            concept(member, f"lab_families.{name}", "lab")
 
 
 def parse_rule_file(file: Path) -> Rule:
@@ -197,7 +295,7 @@ def check_references(rule: Rule, ruleset: RuleSet, file: Path) -> None:
 
     kind_of_fact = {"lab": ("lab",), "medication": ("medication",), "draft": ("medication",),
                     "problem": ("condition",),
-                    "finding": ("finding",)}
+                    "finding": ("finding",), "procedure": ("procedure",)}
 
     def check_pattern(pattern: FactPattern, where: str) -> None:
         facts = pattern.fact if isinstance(pattern.fact, list) else [pattern.fact]
@@ -222,6 +320,11 @@ def check_references(rule: Rule, ruleset: RuleSet, file: Path) -> None:
                     fail(f"unit {unit!r} does not convert for {concept!r}", where)
         if pattern.rule and pattern.rule not in known_rules:
             fail(f"unknown rule {pattern.rule!r}", where)
+        if pattern.times_upper_limit is not None:
+            ck = ruleset.derived.creatine_kinase_upper_limit.concept
+            concepts = [*(pattern.concepts or []), *([pattern.concept] if pattern.concept else [])]
+            if concepts != [ck]:
+                fail(f"times_upper_limit applies only to {ck!r}", where)
 
     def check_context(context: ContextPattern | None, where: str) -> None:
         if context is None:
@@ -231,8 +334,13 @@ def check_references(rule: Rule, ruleset: RuleSet, file: Path) -> None:
         for spec in (context.measured_within, context.not_measured_within):
             for concept in (spec.all_of or []) + (spec.any_of or []) if spec else []:
                 check_concept(concept, where, ("lab",))
+        if context.newer is not None:
+            for concept in [context.newer.concept, *context.newer.than]:
+                check_concept(concept, where, ("lab",))
+        for index, pattern in enumerate(context.without_facts):
+            check_pattern(pattern, f"{where}.without_facts.{index}")
         for name in context.group_sets:
-            if name not in (ruleset.derived.get("counted_group_sets") or {}):
+            if name not in ruleset.derived.counted_group_sets:
                 fail(f"unknown group set {name!r} (derived.yaml counted_group_sets)", where)
 
     for i, match in enumerate(rule.match):

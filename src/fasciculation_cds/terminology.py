@@ -12,6 +12,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .content_schema import DerivedConcept, NegationCues, SystemSpec, TextMatches, ValueSets
+
 _WORD = re.compile(r"[a-z0-9]+")
 
 # How a coded element reached its concept, strongest first; reported with the evidence.
@@ -54,68 +56,99 @@ class Terminology:
     _systems_by_uri: dict[str, _System] = field(default_factory=dict)
     _codes: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     _prefixes: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
-    _text: list[tuple[tuple[str, ...], str]] = field(default_factory=list)
-    _ingredients: list[tuple[tuple[str, ...], str]] = field(default_factory=list)
+    _text: list[tuple[re.Pattern[str], str]] = field(default_factory=list)
+    _ingredients: list[tuple[re.Pattern[str], str]] = field(default_factory=list)
+    _negation: Negation | None = None
+    _value_words: tuple[re.Pattern[str], re.Pattern[str]] | None = None
     body_site_rules: list[tuple[str, tuple[str, ...], str]] = field(default_factory=list)
 
     @classmethod
     def build(
         cls,
-        codes: Mapping[str, Any],
-        systems: Mapping[str, Any],
-        text_matches: Mapping[str, Any],
+        codes: ValueSets,
+        systems: Mapping[str, SystemSpec],
+        text_matches: TextMatches,
+        derived: Mapping[str, DerivedConcept] | None = None,
     ) -> Terminology:
+        """`derived`: concepts normalization makes (derived.yaml), added with their groups."""
+        derived = derived or {}
         class_members: dict[str, tuple[str, ...]] = {
-            name: tuple(members) for name, members in (codes.get("classes") or {}).items()
+            name: tuple(members) for name, members in codes.classes.items()
         }
         group_members: dict[str, tuple[str, ...]] = {
-            name: tuple(members) for name, members in (codes.get("groups") or {}).items()
+            name: tuple(members) for name, members in codes.groups.items()
         }
+        for cid, extra in derived.items():
+            if cid in codes.concepts:
+                raise ValueError(f"derived.yaml concept {cid!r} is also in codes.yaml")
+            for group in extra.groups:
+                group_members[group] = (*group_members.get(group, ()), cid)
         concepts: dict[str, Concept] = {}
-        for cid, spec in codes["concepts"].items():
+        for cid, spec in codes.concepts.items():
             concepts[cid] = Concept(
                 id=cid,
-                kind=str(spec["kind"]),
-                label=str(spec["label"]),
+                kind=spec.kind,
+                label=spec.label,
                 classes=tuple(sorted(n for n, m in class_members.items() if cid in m)),
                 groups=tuple(sorted(n for n, m in group_members.items() if cid in m)),
             )
+        for cid, derived_spec in derived.items():
+            concepts[cid] = Concept(id=cid, kind=derived_spec.kind, label=derived_spec.label,
+                                    groups=tuple(sorted(derived_spec.groups)))
+        for kind, named in (("class", class_members), ("group", group_members)):
+            for name, listed in named.items():
+                unknown = sorted(set(listed) - set(concepts))
+                if unknown:
+                    raise ValueError(
+                        f"codes.yaml {kind} {name!r} names unknown concepts: {unknown}")
         term = cls(concepts=concepts, classes=class_members, groups=group_members)
-        for sys_name, spec in systems.items():
+        for sys_name, system_spec in systems.items():
             system = _System(
                 key=sys_name,
-                uri=spec["uri"],
-                dotless=bool(spec.get("dotless")),
-                ingredient_fallback=bool(spec.get("ingredient_fallback")),
+                uri=system_spec.uri,
+                dotless=system_spec.dotless,
+                ingredient_fallback=system_spec.ingredient_fallback,
             )
-            for uri in [spec["uri"], *spec.get("aliases", [])]:
+            for uri in [system_spec.uri, *system_spec.aliases]:
                 term._systems_by_uri[uri.rstrip("/")] = system
         codes_index: dict[tuple[str, str], list[str]] = {}
-        for cid, spec in codes["concepts"].items():
-            for coding in spec.get("codings") or []:
-                found = term._systems_by_uri.get(str(coding["system"]).rstrip("/"))
+        for cid, spec in codes.concepts.items():
+            for coding in spec.codings:
+                found = term._systems_by_uri.get(coding.system.rstrip("/"))
                 if found is None:
                     continue
-                members = codes_index.setdefault(
-                    (found.key, term._norm(found, str(coding["code"]))), [])
-                if cid not in members:
-                    members.append(cid)
-            for sys_key, prefixes in (spec.get("match_prefixes") or {}).items():
+                coded = codes_index.setdefault((found.key, term._norm(found, coding.code)), [])
+                if cid not in coded:
+                    coded.append(cid)
+            for sys_key, prefixes in (spec.match_prefixes or {}).items():
                 by_key = next((s for s in term._systems_by_uri.values() if s.key == sys_key), None)
                 if by_key is None:
                     continue
                 for prefix in prefixes:
-                    term._prefixes.setdefault(sys_key, []).append(
-                        (term._norm(by_key, str(prefix)), cid))
-            if spec["kind"] == "medication":
-                term._ingredients.append((tuple(_WORD.findall(cid.replace("-", " "))), cid))
+                    term._prefixes.setdefault(sys_key, []).append((term._norm(by_key, prefix), cid))
+            if spec.kind == "medication":
+                names = [cid.replace("-", " "), *_label_names(spec.label),
+                         *text_matches.medication_names.get(cid, [])]
+                for name in dict.fromkeys(n.lower() for n in names):
+                    term._ingredients.append((phrase_pattern(name), cid))
         term._codes = {k: tuple(v) for k, v in codes_index.items()}
-        for cid, phrases in (text_matches.get("text") or {}).items():
+        for cid, phrases in text_matches.text.items():
             for phrase in phrases:
-                term._text.append((tuple(_WORD.findall(phrase.lower())), cid))
-        for cid, spec in (text_matches.get("body_site") or {}).items():
-            words = tuple(w.lower() for w in spec["site_words"])
-            term.body_site_rules.append((str(spec["when_concept"]), words, cid))
+                term._text.append((phrase_pattern(phrase), cid))
+        if text_matches.negation is not None:
+            term._negation = Negation.of(text_matches.negation)
+        if text_matches.observation_values is not None:
+            values = text_matches.observation_values
+            term._value_words = (_any_of(phrase_pattern(w) for w in values.negative),
+                                 _any_of(phrase_pattern(w) for w in values.positive))
+        unknown_drugs = [c for c in text_matches.medication_names
+                         if c not in concepts or concepts[c].kind != "medication"]
+        if unknown_drugs:
+            raise ValueError("text-matches.yaml medication_names names unknown medication "
+                             f"concepts: {sorted(unknown_drugs)}")
+        for cid, rule in text_matches.body_site.items():
+            words = tuple(w.lower() for w in rule.site_words)
+            term.body_site_rules.append((rule.when_concept, words, cid))
         unknown = [c for _, c in term._text if c not in concepts]
         unknown += [c for _, _, c in term.body_site_rules if c not in concepts]
         if unknown:
@@ -158,13 +191,67 @@ class Terminology:
                 if norm.startswith(prefix):
                     found.setdefault(cid, ConceptMatch(cid, MATCHED_BY_PREFIX, code, system.uri))
         if not found:
-            words = set(_WORD.findall(_texts_of(codeable)))
-            if words:
-                text = " ".join(_WORD.findall(_texts_of(codeable)))
-                for phrase, cid in self._text:
-                    if _contains_phrase(text, phrase):
-                        found.setdefault(cid, ConceptMatch(cid, MATCHED_BY_TEXT))
+            for cid in self.text_concepts(_text_pieces(codeable)):
+                found.setdefault(cid, ConceptMatch(cid, MATCHED_BY_TEXT))
         return sorted(found.values(), key=lambda m: m.concept)
+
+    def text_concepts(self, pieces: Iterable[str]) -> set[str]:
+        """Concepts the texts name (text-matches.yaml), as whole words, and not negated."""
+        found: set[str] = set()
+        for piece in pieces:
+            lowered = piece.lower()
+            if not self._any_text.search(lowered):
+                continue
+            for clause in self._clauses(lowered):
+                for pattern, cid in self._text:
+                    if cid in found:
+                        continue
+                    for match in pattern.finditer(clause):
+                        if not self._negated(clause, match.start(), match.end()):
+                            found.add(cid)
+                            break
+        return found
+
+    def _clauses(self, text: str) -> list[str]:
+        if self._negation is None:
+            return [text]
+        return self._negation.clause_break.split(text)
+
+    def _negated(self, clause: str, start: int, end: int) -> bool:
+        negation = self._negation
+        if negation is None:
+            return False
+        return bool(negation.before.search(clause, 0, start)
+                    or negation.after.search(clause, end))
+
+    def value_meaning(self, pieces: Iterable[str]) -> str | None:
+        """"absent" or "present" for the words of an Observation value; None when unclear.
+        Negative words win ("not present")."""
+        if self._value_words is None:
+            return None
+        negative, positive = self._value_words
+        text = " | ".join(pieces).lower()
+        if negative.search(text):
+            return "absent"
+        if positive.search(text):
+            return "present"
+        return None
+
+    def match_medication_text(self, codeable: Mapping[str, Any] | None) -> list[ConceptMatch]:
+        """Text-only medications: ingredient names (and their variants) in the element's text
+        and in the displays of codings outside RxNorm."""
+        if not codeable:
+            return []
+        pieces = [str(codeable.get("text") or "")]
+        for coding in codeable.get("coding") or []:
+            if not isinstance(coding, Mapping):
+                continue
+            system = self._systems_by_uri.get(str(coding.get("system") or "").rstrip("/"))
+            if system is None or not system.ingredient_fallback:
+                pieces.append(str(coding.get("display") or ""))
+        text = " | ".join(pieces).lower()
+        found = {cid for pattern, cid in self._ingredients if pattern.search(text)}
+        return [ConceptMatch(cid, MATCHED_BY_TEXT) for cid in sorted(found)]
 
     def _known_codings(
         self, codeable: Mapping[str, Any]
@@ -189,9 +276,9 @@ class Terminology:
             system = self._systems_by_uri.get(str(coding.get("system") or "").rstrip("/"))
             if system is None or not system.ingredient_fallback:
                 continue
-            text = " ".join(_WORD.findall(str(coding.get("display") or "").lower()))
-            for words, cid in self._ingredients:
-                if _contains_phrase(text, words):
+            text = str(coding.get("display") or "").lower()
+            for pattern, cid in self._ingredients:
+                if pattern.search(text):
                     found.setdefault(
                         cid,
                         ConceptMatch(
@@ -213,35 +300,71 @@ class Terminology:
                 return True
             if any(norm.startswith(p) for p, _ in self._prefixes.get(system.key, ())):
                 return True
-            if system.ingredient_fallback and self._mentions(
-                    str(coding.get("display") or ""), self._ingredient_words):
+            if system.ingredient_fallback and self._any_ingredient.search(
+                    str(coding.get("display") or "").lower()):
                 return bool(self.match_ingredient_name(codeable))
-        if self._mentions(_texts_of(codeable), self._text_words):
+        texts = " | ".join(_text_pieces(codeable)).lower()
+        if self._any_text.search(texts):
             return bool(self.match_codeable(codeable))
-        return False
-
-    @staticmethod
-    def _mentions(text: str, words: frozenset[str]) -> bool:
-        lowered = text.lower()
-        return any(word in lowered for word in words)
+        # a text-only medication (names are matched without negation)
+        return bool(self._any_ingredient.search(texts))
 
     @functools.cached_property
-    def _text_words(self) -> frozenset[str]:
-        return frozenset(phrase[0] for phrase, _ in self._text if phrase)
+    def _any_text(self) -> re.Pattern[str]:
+        return _any_of(pattern for pattern, _ in self._text)
 
     @functools.cached_property
-    def _ingredient_words(self) -> frozenset[str]:
-        return frozenset(words[0] for words, _ in self._ingredients if words)
+    def _any_ingredient(self) -> re.Pattern[str]:
+        return _any_of(pattern for pattern, _ in self._ingredients)
 
 
-def _texts_of(codeable: Mapping[str, Any]) -> str:
-    parts = [str(codeable.get("text") or "")]
+@dataclass(frozen=True)
+class Negation:
+    """Compiled negation cues (text-matches.yaml `negation`)."""
+
+    before: re.Pattern[str]
+    after: re.Pattern[str]
+    clause_break: re.Pattern[str]
+
+    @classmethod
+    def of(cls, cues: NegationCues) -> Negation:
+        words = "|".join(re.escape(w.lower()) for w in cues.clause_breaks)
+        return cls(
+            before=_any_of(phrase_pattern(c) for c in cues.before),
+            after=_any_of(phrase_pattern(c) for c in cues.after),
+            clause_break=re.compile(rf"[.;\n\r]|{_EDGE_BEFORE}(?:{words}){_EDGE_AFTER}"),
+        )
+
+
+_EDGE_BEFORE = r"(?<![a-z0-9])"
+_EDGE_AFTER = r"(?![a-z0-9])"
+_SEPARATOR = r"[\s\-'\u2019]+"
+
+
+def phrase_pattern(phrase: str) -> re.Pattern[str]:
+    """Whole words of a phrase, case-folded, any spacing or hyphen between them; a leading ':'
+    (a negation cue such as ': no') must be there too."""
+    lowered = phrase.lower().strip()
+    lead = r":\s*" if lowered.startswith(":") else _EDGE_BEFORE
+    words = _WORD.findall(lowered)
+    return re.compile(lead + _SEPARATOR.join(re.escape(w) for w in words) + _EDGE_AFTER)
+
+
+def _any_of(patterns: Iterable[re.Pattern[str]]) -> re.Pattern[str]:
+    sources = [p.pattern for p in patterns]
+    return re.compile("|".join(f"(?:{s})" for s in sources) if sources else r"(?!x)x")
+
+
+def _label_names(label: str) -> list[str]:
+    """The names in a medication label: "Albuterol (salbutamol)" -> albuterol, salbutamol."""
+    return [part.strip() for part in re.split(r"[()/,;]", label) if part.strip()]
+
+
+def _text_pieces(codeable: Mapping[str, Any]) -> list[str]:
+    pieces = [str(codeable.get("text") or "")]
     for coding in codeable.get("coding") or []:
         if isinstance(coding, Mapping):
-            parts.append(str(coding.get("display") or ""))
-    return " | ".join(parts).lower()
+            pieces.append(str(coding.get("display") or ""))
+    return [p for p in pieces if p]
 
 
-def _contains_phrase(text: str, phrase: tuple[str, ...]) -> bool:
-    needle = " ".join(phrase)
-    return bool(needle) and f" {needle} " in f" {text} "

@@ -67,9 +67,6 @@ class UnitTable:
             for concept in analyte.concepts:
                 self._by_concept[concept] = analyte
 
-    def analyte_for(self, concept: str) -> Analyte | None:
-        return self._by_concept.get(concept)
-
     def canonical_unit(self, concept: str) -> str | None:
         analyte = self._by_concept.get(concept)
         return analyte.canonical if analyte else None

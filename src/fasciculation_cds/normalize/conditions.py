@@ -1,0 +1,181 @@
+"""Conditions, and sign/symptom Observations, to Problem and Finding facts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from ..facts import Finding, Problem
+from ..fhir_time import parse_datetime
+from ..ingest import SourcedResource
+from ..terminology import MATCHED_BY_CODE, ConceptMatch
+from .common import Content, Notice, days_between, reference_of, status_code
+
+ACTIVE_CONDITION_STATUS = frozenset({"active", "recurrence", "relapse"})
+EXCLUDED_VERIFICATION = frozenset({"refuted", "entered-in-error"})
+CODED_KINDS = ("condition", "finding")
+
+Coded = Problem | Finding
+
+
+def condition_time(resource: Mapping[str, Any]) -> datetime | None:
+    """When a Condition began: onsetDateTime or onsetPeriod.start, else its recordedDate (an
+    onset given as an age, range or string is no date)."""
+    period = resource.get("onsetPeriod")
+    onset = parse_datetime(resource.get("onsetDateTime")) or (
+        parse_datetime(period.get("start")) if isinstance(period, Mapping) else None)
+    return onset or parse_datetime(resource.get("recordedDate"))
+
+
+def condition_facts(
+    content: Content, sourced: SourcedResource, as_of: datetime
+) -> tuple[list[Coded], set[str]]:
+    """The problems and findings an active, not refuted Condition codes; and the derived
+    concepts recorded by any not refuted Condition, whatever its statuses (derived.yaml
+    `recorded_conditions`)."""
+    resource = sourced.resource
+    derived = content.ruleset.derived
+    verification = status_code(resource.get("verificationStatus"))
+    if verification in EXCLUDED_VERIFICATION:
+        return [], set()
+    onset = condition_time(resource)
+    if onset is not None and onset > as_of:
+        return [], set()
+    matches = [m for m in content.term.match_codeable(resource.get("code"))
+               if content.term.concepts[m.concept].kind in CODED_KINDS]
+    recorded = {derived.recorded_conditions[m.concept] for m in matches
+                if m.concept in derived.recorded_conditions}
+    clinical = status_code(resource.get("clinicalStatus"))
+    if clinical is None:
+        # R4 requires clinicalStatus on a live problem; without it, an abatement means resolved
+        if any(key.startswith("abatement") for key in resource):
+            return [], recorded
+    elif clinical not in ACTIVE_CONDITION_STATUS:
+        return [], recorded
+    reference = reference_of(sourced)
+    facts = []
+    for match in matches:
+        if not _recent_enough(content, match.concept, onset, as_of):
+            continue
+        unconfirmed = derived.unconfirmed_diagnoses.get(match.concept)
+        if unconfirmed is not None and verification in unconfirmed.verification:
+            match = ConceptMatch(unconfirmed.yields, match.matched_by, match.code, match.system)
+        facts.append(coded_fact(content, match, reference, onset, resource, clinical=clinical,
+                                verification=verification))
+    return facts, recorded
+
+
+def _recent_enough(content: Content, concept: str, when: datetime | None,
+                   as_of: datetime) -> bool:
+    """Recent-only conditions (withdrawal, hypoglycaemia) count only inside their window."""
+    recent_only = content.ruleset.derived.recent_only_conditions
+    if concept not in recent_only.concepts:
+        return True
+    return when is not None and days_between(when, as_of) <= recent_only.days
+
+
+def observation_facts(
+    content: Content,
+    resource: Mapping[str, Any],
+    matches: list[ConceptMatch],
+    reference: str,
+    effective: datetime,
+    as_of: datetime,
+) -> tuple[list[Coded], list[Notice]]:
+    """Signs and conditions a final Observation codes, within the sign look-back, unless its
+    value says absent (or says nothing clear: notice `sign-value-unclear`)."""
+    coded = [m for m in matches if content.term.concepts[m.concept].kind in CODED_KINDS]
+    if not coded or days_between(effective, as_of) > content.constants.sign_lookback_days:
+        return [], []
+    meaning = observation_value(content, resource)
+    if meaning == ABSENT:
+        return [], []
+    if meaning == UNCLEAR:
+        labels = ", ".join(sorted(content.term.concepts[m.concept].label for m in coded))
+        return [], [Notice("sign-value-unclear", reference,
+                           f"{labels} Observation {reference} has a value that says neither "
+                           "present nor absent; it was not counted")]
+    return [coded_fact(content, match, reference, effective, resource) for match in coded
+            if _recent_enough(content, match.concept, effective, as_of)], []
+
+
+PRESENT, ABSENT, UNCLEAR = "present", "absent", "unclear"
+
+
+def observation_value(content: Content, resource: Mapping[str, Any]) -> str:
+    """What a sign Observation's value says (RULES.md v2, "Negation"): no value, true, or a value
+    meaning present -> present; false, a `negative-answer` code or a negative word -> absent."""
+    term = content.term
+    keys = [key for key in resource if key.startswith("value")]
+    if not keys:
+        return PRESENT
+    value = resource[keys[0]]
+    if keys[0] == "valueBoolean":
+        return PRESENT if value is True else ABSENT if value is False else UNCLEAR
+    if keys[0] == "valueCodeableConcept" and isinstance(value, Mapping):
+        if any(term.concepts[m.concept].kind == "answer" for m in term.match_codeable(value)):
+            return ABSENT
+        pieces = [str(value.get("text") or "")]
+        pieces += [str(c.get("display") or "") for c in value.get("coding") or []
+                   if isinstance(c, Mapping)]
+        return term.value_meaning(pieces) or UNCLEAR
+    if keys[0] == "valueString" and isinstance(value, str):
+        return term.value_meaning([value]) or UNCLEAR
+    return UNCLEAR
+
+
+def coded_fact(
+    content: Content,
+    match: ConceptMatch,
+    reference: str,
+    when: datetime | None,
+    resource: Mapping[str, Any],
+    *,
+    clinical: str | None = None,
+    verification: str | None = None,
+) -> Coded:
+    concept = content.term.concepts[match.concept]
+    if concept.kind == "condition":
+        return Problem(reference=reference, concept=concept.id, label=concept.label,
+                       groups=concept.groups, clinical_status=clinical,
+                       verification_status=verification, onset=when,
+                       matched_by=match.matched_by)
+    return Finding(reference=reference, concept=concept.id, label=concept.label,
+                   groups=concept.groups, body_site=_body_site_text(resource),
+                   effective=when, matched_by=match.matched_by)
+
+
+def _body_site_text(resource: Mapping[str, Any]) -> str | None:
+    site = resource.get("bodySite")
+    sites = site if isinstance(site, list) else [site]
+    words = []
+    for item in sites:
+        if isinstance(item, Mapping):
+            words.append(str(item.get("text") or ""))
+            words += [str(c.get("display") or "") for c in item.get("coding") or []
+                      if isinstance(c, Mapping)]
+    text = " ".join(w for w in words if w).strip()
+    return text or None
+
+
+def recorded_concepts(content: Content, coded: list[Coded]) -> set[str]:
+    """Recorded concepts implied by counted facts (an MND coded by an Observation, a suspicion)."""
+    derived = content.ruleset.derived
+    sources = {spec.yields: cid for cid, spec in derived.unconfirmed_diagnoses.items()}
+    recorded = set()
+    for fact in coded:
+        concept = sources.get(fact.concept, fact.concept)
+        if concept in derived.recorded_conditions:
+            recorded.add(derived.recorded_conditions[concept])
+    return recorded
+
+
+def dedupe(coded: list[Coded]) -> list[Coded]:
+    """One fact per (resource, concept), a code match preferred; sorted for stable output."""
+    seen: dict[tuple[str, str], Coded] = {}
+    for fact in coded:
+        key = (fact.reference, fact.concept)
+        if key not in seen or (fact.matched_by == MATCHED_BY_CODE):
+            seen[key] = fact
+    return sorted(seen.values(), key=lambda f: (f.concept, f.reference))
