@@ -69,7 +69,7 @@ def measure(mode: str, folder: str) -> dict[str, object]:
             result = ingest(file, ruleset, strict=strict, observations_since=since)
             t1 = time.perf_counter()
             for record in result.patients:
-                evaluator.assess(record, result.medications, as_of, assume_presentation=True)
+                evaluator.assess(record, as_of, assume_presentation=True)
                 patients += 1
             stages["ingest"] += t1 - t0
             stages["evaluate"] += time.perf_counter() - t1
