@@ -136,7 +136,7 @@ def report(runs: list[dict[str, Any]], compared: dict[str, Any] | None,
             total = sum(v for k, v in stages.items() if k != "total") or 1.0
             lines.append(f"- {size:,} patients, local 2 workers, time by stage: " + ", ".join(
                 f"{k} {v / total:.0%}" for k, v in stages.items() if k != "total") + ".")
-    ordered = sorted(sizes)
+    ordered = sorted(sizes) or [0]
     small, large = by.get((ordered[0], "local", 2)), by.get((ordered[-1], "local", 2))
     if small and large and small is not large:
         lines.append(f"- Memory: peak RSS {float(large['peak_rss_mb']):.0f} MB at "
@@ -147,7 +147,7 @@ def report(runs: list[dict[str, Any]], compared: dict[str, Any] | None,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[2000, 20000])
     parser.add_argument("--compare-size", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=HERE)

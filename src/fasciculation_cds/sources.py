@@ -31,6 +31,7 @@ _BUNDLE_SKIP_TYPES = frozenset({"OperationOutcome"})
 READ_ERRORS = (OSError, EOFError, zlib.error)
 # Bulk Data names files by resource type: Observation.ndjson, Observation.000.ndjson.gz, ...
 _TYPE_IN_NAME = re.compile(r"^([A-Z][A-Za-z]+)(?:[._-]|$)")
+_CONTAINER_TYPES = frozenset({"Bundle", "Parameters"})  # hold resources of any type
 
 
 @dataclass(frozen=True)
@@ -251,7 +252,7 @@ def type_from_name(path: Path) -> str | None:
     if not is_ndjson(path):
         return None
     match = _TYPE_IN_NAME.match(path.name)
-    if match is None:
+    if match is None or match[1] in _CONTAINER_TYPES:
         return None
     from fhir.resources.R4B import get_fhir_model_class
 
