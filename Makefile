@@ -42,8 +42,9 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy
 
-## bench: throughput and memory report in bench/results.md and bench/results.json; service
-## latency in bench/service.md and bench/service.json
+## bench: throughput and memory report in bench/results.md, bench/results.json, bench/batch.{md,json}
+##        (batch against a polars query on the same export, scaling, memory, Spark)
+##        and CDS Hooks service latency in bench/service.{md,json}
 bench: venv
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) bench/run_bench.py --patients 2000 --out bench

@@ -1,22 +1,33 @@
-"""Batch benchmark: local engine with 1 and 2 workers, and Spark local[2], on the same
-generated Bulk Data NDJSON populations (2,000 and 20,000 patients by default).
+"""Batch benchmark, on generated Bulk Data NDJSON populations.
 
     python bench/batch_bench.py --sizes 2000 20000 --out bench
 
-Appends a "Batch" section to bench/results.md and writes bench/batch.json. Each run is its own
-process; its peak RSS is the largest of that process and its children (workers, JVM).
+1. Against a columnar query: on a `--jitter` export of `--compare-size` patients (plain NDJSON,
+   as `make_population.py` writes it), `fasciculation-cds batch --workers 2` and the polars
+   query of `bench/polars_query.py` (latest Mg/Ca/K/Na per patient, low flagged) run in turn,
+   A B A B ..., each as a whole process; the ratio of their throughputs is taken pair by pair
+   (aim: batch at least 0.5x the query).
+2. Scaling and memory: the local engine with 1 and 2 workers, and Spark local[2], on gzipped
+   exports of each of `--sizes` patients.
+
+Writes bench/batch.json, bench/batch.md and the "Batch" section of bench/results.md. Each run is
+its own process; peak RSS is the largest of that process and its children (workers, JVM). The
+load of the machine while it ran is recorded: on a shared machine, quote the ratios.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 MAKE_POPULATION = HERE.parent.parent / "shared" / "tools" / "make_population.py"
@@ -38,16 +49,107 @@ def child(engine: str, workers: int, source: str, out: str) -> None:
                       "peak_rss_mb": peak, "stages": summary.seconds}))
 
 
-def measure(engine: str, workers: int, source: Path, out: Path) -> dict[str, object]:
+def measure(engine: str, workers: int, source: Path, out: Path) -> dict[str, Any]:
     done = subprocess.run([sys.executable, __file__, "--child", engine, str(workers),
                            str(source), str(out)], capture_output=True, text=True, check=True)
-    result: dict[str, object] = json.loads(done.stdout.strip().splitlines()[-1])
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
+
+
+def _timed(command: list[str]) -> tuple[float, str]:
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return time.perf_counter() - started, done.stdout
+
+
+def compare_with_polars(size: int, tmp: Path, rounds: int) -> dict[str, Any]:
+    population = tmp / f"jitter-{size}"
+    subprocess.run([sys.executable, str(MAKE_POPULATION), "--patients", str(size), "--jitter",
+                    "--out", str(population)], check=True, capture_output=True)
+    cli = str(Path(sys.executable).parent / "fasciculation-cds")
+    batch = [cli, "batch", str(population), "--out", str(tmp / "compare-out"), "--as-of",
+             "2026-11-26", "--assume-presentation", "--workers", "2"]
+    sys.path.insert(0, str(HERE))
+    from polars_query import targets
+
+    query = [sys.executable, str(HERE / "polars_query.py"), str(population),
+             json.dumps(targets())]
+    _timed(query)  # warm-up: the page cache holds the export for both
+    pairs = []
+    for _ in range(rounds):
+        load = os.getloadavg()[0]
+        batch_s, _ = _timed(batch)
+        query_s, printed = _timed(query)
+        pairs.append({"batch_seconds": batch_s, "polars_seconds": query_s,
+                      "polars_query_seconds": json.loads(printed)["seconds"],
+                      "ratio": query_s / batch_s, "load_before": load})
+    size_mb = sum(p.stat().st_size for p in population.iterdir()) / 1e6
+    return {"patients": size, "export_mb": round(size_mb), "pairs": pairs,
+            "ratio_median": statistics.median(p["ratio"] for p in pairs),
+            "batch_patients_per_s": size / statistics.median(p["batch_seconds"] for p in pairs),
+            "polars_patients_per_s": size / statistics.median(p["polars_seconds"]
+                                                               for p in pairs)}
+
+
+def report(runs: list[dict[str, Any]], compared: dict[str, Any] | None,
+           sizes: list[int]) -> list[str]:
+    lines = [SECTION, ""]
+    if compared:
+        lines += [f"### Against a polars query ({compared['patients']:,} patients, "
+                  f"`--jitter`, {compared['export_mb']} MB NDJSON)", "",
+                  "`fasciculation-cds batch --workers 2 --assume-presentation` with the whole "
+                  "rule set, and `bench/polars_query.py` (latest Mg/Ca/K/Na per patient, low "
+                  "flagged), in turn on the same files, each timed as a whole process.", "",
+                  "| round | batch (s) | polars (s) | batch/polars throughput | load |",
+                  "| ---: | ---: | ---: | ---: | ---: |"]
+        for index, pair in enumerate(compared["pairs"], start=1):
+            lines.append(f"| {index} | {pair['batch_seconds']:.2f} | "
+                         f"{pair['polars_seconds']:.2f} | {pair['ratio']:.2f}x | "
+                         f"{pair['load_before']:.1f} |")
+        lines += ["", f"- Median: batch at **{compared['ratio_median']:.2f}x** the polars "
+                  f"query's throughput (aim ≥ 0.5x): {compared['batch_patients_per_s']:,.0f} "
+                  f"vs {compared['polars_patients_per_s']:,.0f} patients/s.", ""]
+    lines += ["### Scaling and memory", "",
+              "Generated Bulk Data NDJSON (gzip), `--assume-presentation`, "
+              "`--as-of 2020-01-01`; peak RSS includes worker processes and the JVM.", "",
+              "| patients | engine | workers | patients/s | seconds | peak RSS (MB) |",
+              "| ---: | --- | ---: | ---: | ---: | ---: |"]
+    for row in runs:
+        lines.append(f"| {row['size']:,} | {row['engine']} | {row['workers']} | "
+                     f"{row['patients_per_s']:,.1f} | {row['seconds']:.1f} | "
+                     f"{row['peak_rss_mb']:.0f} |")
+    by = {(r["size"], r["engine"], r["workers"]): r for r in runs}
+    lines.append("")
+    for size in sizes:
+        one, two = by.get((size, "local", 1)), by.get((size, "local", 2))
+        if one and two:
+            lines.append(f"- {size:,} patients: scaling 1 → 2 workers "
+                         f"{float(two['patients_per_s']) / float(one['patients_per_s']):.2f}x "
+                         "(aim ≥ 1.7x).")
+        spark = by.get((size, "spark", 2))
+        if spark and two:
+            lines.append(f"- {size:,} patients: Spark local[2] at "
+                         f"{float(spark['patients_per_s']) / float(two['patients_per_s']):.0%} "
+                         "of the local engine with 2 workers (aim ≥ 50%).")
+        if two:
+            stages = two["stages"]
+            total = sum(v for k, v in stages.items() if k != "total") or 1.0
+            lines.append(f"- {size:,} patients, local 2 workers, time by stage: " + ", ".join(
+                f"{k} {v / total:.0%}" for k, v in stages.items() if k != "total") + ".")
+    ordered = sorted(sizes) or [0]
+    small, large = by.get((ordered[0], "local", 2)), by.get((ordered[-1], "local", 2))
+    if small and large and small is not large:
+        lines.append(f"- Memory: peak RSS {float(large['peak_rss_mb']):.0f} MB at "
+                     f"{ordered[-1]:,} vs {float(small['peak_rss_mb']):.0f} MB at "
+                     f"{ordered[0]:,} patients (aim ≤ 1.5x).")
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[2000, 20000])
+    parser.add_argument("--compare-size", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", type=Path, default=HERE)
     parser.add_argument("--no-spark", action="store_true")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
@@ -58,6 +160,8 @@ def main() -> None:
         return
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
+        compared = compare_with_polars(args.compare_size, Path(tmp), args.rounds) \
+            if args.compare_size else None
         for size in args.sizes:
             population = Path(tmp) / f"pop-{size}"
             subprocess.run([sys.executable, str(MAKE_POPULATION), "--patients", str(size),
@@ -71,39 +175,11 @@ def main() -> None:
                 runs.append(row)
                 print(json.dumps(row), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "batch.json").write_text(json.dumps(runs, indent=2) + "\n")
-    lines = [SECTION, "", "Generated Bulk Data NDJSON (gzip), `--assume-presentation`, "
-             "`--as-of 2020-01-01`; peak RSS includes worker processes and the JVM.", "",
-             "| patients | engine | workers | patients/s | seconds | peak RSS (MB) |",
-             "| ---: | --- | ---: | ---: | ---: | ---: |"]
-    for row in runs:
-        lines.append(f"| {row['size']:,} | {row['engine']} | {row['workers']} | "
-                     f"{row['patients_per_s']:,.1f} | {row['seconds']:.1f} | "
-                     f"{row['peak_rss_mb']:.0f} |")
-    by = {(r["size"], r["engine"], r["workers"]): r for r in runs}
-    lines.append("")
-    for size in args.sizes:
-        one, two = by.get((size, "local", 1)), by.get((size, "local", 2))
-        if one and two:
-            lines.append(f"- {size:,} patients: scaling 1 → 2 workers "
-                         f"{float(two['patients_per_s']) / float(one['patients_per_s']):.2f}× "
-                         "(aim ≥ 1.7×).")
-        spark = by.get((size, "spark", 2))
-        if spark and two:
-            lines.append(f"- {size:,} patients: Spark local[2] at "
-                         f"{float(spark['patients_per_s']) / float(two['patients_per_s']):.0%} "
-                         "of the local engine with 2 workers (aim ≥ 50%).")
-        if two:
-            stages = two["stages"]
-            total = sum(v for k, v in stages.items() if k != "total") or 1.0  # type: ignore[union-attr]
-            lines.append(f"- {size:,} patients, local 2 workers, time by stage: " + ", ".join(
-                f"{k} {v / total:.0%}" for k, v in stages.items() if k != "total") + ".")  # type: ignore[union-attr]
-    sizes = sorted(args.sizes)
-    small, large = by.get((sizes[0], "local", 2)), by.get((sizes[-1], "local", 2))
-    if small and large and small is not large:
-        lines.append(f"- Memory: peak RSS {float(large['peak_rss_mb']):.0f} MB at {sizes[-1]:,} "
-                     f"vs {float(small['peak_rss_mb']):.0f} MB at {sizes[0]:,} patients "
-                     "(aim ≤ 1.5×).")
+    (args.out / "batch.json").write_text(json.dumps(
+        {"compare_with_polars": compared, "runs": runs,
+         "cpus": os.cpu_count()}, indent=2) + "\n")
+    lines = report(runs, compared, args.sizes)
+    (args.out / "batch.md").write_text("\n".join(lines) + "\n")
     results = args.out / "results.md"
     text = results.read_text() if results.exists() else ""
     text = text.split(SECTION)[0].rstrip() + "\n\n" if text else ""

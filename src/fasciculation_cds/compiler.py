@@ -7,6 +7,7 @@ level that fired wins. Every rule runs the same host action, which only records 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import operator
 import re
@@ -34,6 +35,7 @@ _OPS = ("lt", "lte", "gt", "gte", "eq")
 JsonDict = dict[str, Any]
 
 
+@functools.lru_cache(maxsize=4096)  # called for every concept of every patient's context
 def field_name(prefix: str, name: str) -> str:
     """Engine field for a concept/class/group/rule name: `has_muscle_cramp`, `in_loop_diuretic`."""
     return f"{prefix}_{_UNSAFE.sub('_', name.lower()).strip('_')}"

@@ -29,7 +29,7 @@ from .findings import RuleHit, build_finding, sort_findings
 from .ingest import Grouper, IngestResult, PatientRecord
 from .normalize import Normalizer
 from .ruleset import RuleSet, load_rules
-from .sources import RawResource, expand_paths, read_file, resources_of
+from .sources import RawResource, expand_paths, fewer_collections, read_file, resources_of
 
 AsOf = str | date | datetime | None
 Source = str | Path | Mapping[str, Any] | Iterable[Any]
@@ -181,11 +181,12 @@ def ingest(
     """Read and group a source: path(s), a Bundle or resource dict, or an iterable of resources."""
     grouper = Grouper(ruleset.terminology, strict=strict, track_times=track_times,
                       observations_since=observations_since)  # explicit settings (benchmarks)
-    for item in _raw_items(source, strict):
-        if isinstance(item, InputError):
-            grouper.errors.append(item)
-        else:
-            grouper.add(item)
+    with fewer_collections():
+        for item in _raw_items(source, strict):
+            if isinstance(item, InputError):
+                grouper.errors.append(item)
+            else:
+                grouper.add(item)
     return grouper.finish()
 
 
@@ -245,11 +246,12 @@ def evaluate_each(
     ruleset = rules if isinstance(rules, RuleSet) else load_rules(rules)
     as_of = fix_as_of(as_of)
     grouper = new_grouper(ruleset, as_of, strict=strict, full_history=full_history)
-    for item in _raw_items(source, strict):
-        if isinstance(item, InputError):
-            grouper.errors.append(item)
-        else:
-            grouper.add(item)
+    with fewer_collections():
+        for item in _raw_items(source, strict):
+            if isinstance(item, InputError):
+                grouper.errors.append(item)
+            else:
+                grouper.add(item)
     for index, order in enumerate(draft_orders):
         grouper.add(RawResource(dict(order), "draftOrders", f"entry[{index}]", draft_order=True))
     yield from assess_all(grouper.finish(), ruleset, as_of,

@@ -8,6 +8,7 @@ codes are in the value sets. Everything else is counted and skipped without vali
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -65,6 +66,7 @@ class IngestResult:
     counts: dict[str, int]
 
 
+@functools.lru_cache(maxsize=1 << 16)  # every resource of a patient names the same reference
 def canonical_reference(reference: str) -> str:
     """`Patient/123` for relative, absolute and versioned forms; other forms as given."""
     match = _ABSOLUTE_REF.search(reference)
@@ -185,13 +187,16 @@ class Grouper:
         resource = raw.resource
         self.counts["resources"] += 1
         resource_type = resource["resourceType"]
-        sourced = SourcedResource(resource, raw.source, raw.entry)
         relevant = is_relevant(resource, self._terminology)
         if relevant and self._observations_since is not None and resource_type == "Observation":
             # older than every look-back: no rule can use it, so it is not worth validating
             when = latest_recorded_time(resource)
             relevant = when is None or when >= self._observations_since
         subject = patient_reference_of(resource)
+        if not (relevant or self._strict or raw.draft_order):
+            self._skip(resource, raw, subject)  # most of a record: counted, never validated
+            return
+        sourced = SourcedResource(resource, raw.source, raw.entry)
         # A draft order is an order form being filled in, not a record: callers pass only the
         # fields the rules read (service/drafts.py), so it is not validated as a resource.
         if (relevant or self._strict) and not raw.draft_order:
@@ -214,20 +219,26 @@ class Grouper:
         elif resource_type == "Medication" and relevant:
             for key in self._keys_of(resource, raw.full_url):
                 self.medications[key] = resource
-        elif subject is not None:
+        elif subject is not None and relevant:
             self._first_seen.setdefault(canonical_reference(subject), sourced)
-            if self._track_times and not relevant:
-                when = latest_recorded_time(resource)
-                if when is not None and (subject not in self._times_by_ref
-                                         or when > self._times_by_ref[subject]):
-                    self._times_by_ref[subject] = when
-            if relevant:
-                self._by_ref.setdefault(subject, []).append(sourced)
-            else:
-                self.counts["skipped"] += 1
-                self._skipped_by_ref[subject] = self._skipped_by_ref.get(subject, 0) + 1
+            self._by_ref.setdefault(subject, []).append(sourced)
         else:
-            self.counts["skipped"] += 1
+            self._skip(resource, raw, subject)
+
+    def _skip(self, resource: dict[str, Any], raw: RawResource, subject: str | None) -> None:
+        """A resource no rule can use: counted for its patient (and its time for as_of=auto)."""
+        self.counts["skipped"] += 1
+        if subject is None:
+            return
+        key = canonical_reference(subject)
+        if key not in self._first_seen:
+            self._first_seen[key] = SourcedResource(resource, raw.source, raw.entry)
+        if self._track_times:
+            when = latest_recorded_time(resource)
+            if when is not None and (subject not in self._times_by_ref
+                                     or when > self._times_by_ref[subject]):
+                self._times_by_ref[subject] = when
+        self._skipped_by_ref[subject] = self._skipped_by_ref.get(subject, 0) + 1
 
     def note_skipped(self, reference: str, count: int, source: str, entry: str,
                      latest_time: datetime | None) -> None:

@@ -5,7 +5,6 @@ Shared by the local partitioner and the Spark job so that both group resources i
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -14,9 +13,6 @@ from ..sources import RawResource
 
 MEDICATION = "\x00medication"  # not a patient: shared by every patient that refers to it
 UNOWNED = "\x00unowned"  # Practitioner, Organization...: no rule reads them
-
-# every resource of a patient names the same reference: parse it once
-_canonical = functools.lru_cache(maxsize=1 << 16)(canonical_reference)
 
 
 def bundle_aliases(items: Iterable[RawResource]) -> dict[str, str]:
@@ -41,7 +37,7 @@ def patient_key(resource: Mapping[str, Any], full_url: str | None,
     reference = patient_reference_of(resource)
     if reference is None:
         return UNOWNED
-    return aliases.get(reference) or _canonical(reference)
+    return aliases.get(reference) or canonical_reference(reference)
 
 
 def keyed(items: list[RawResource]) -> Iterator[tuple[str, RawResource]]:

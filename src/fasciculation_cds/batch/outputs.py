@@ -3,9 +3,11 @@ looks finished) and the final sorted files (staged, then moved into place, run.j
 
 from __future__ import annotations
 
+import functools
+import heapq
 import os
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import orjson
@@ -87,15 +89,20 @@ def shard_finished(parts: Path, stem: str, output_format: str) -> bool:
     return part_path(parts, "assessments", stem, output_format).exists()
 
 
-def read_rows(paths: Iterable[Path], output_format: str) -> list[Row]:
+def read_rows(paths: Iterable[Path], output_format: str,
+              columns: list[str] | None = None) -> list[Row]:
     rows: list[Row] = []
     for path in paths:
-        if output_format == "parquet":
-            rows += pq.read_table(path).to_pylist()  # a file, or a folder of parts (Spark)
+        if output_format == "parquet":  # a file, or a folder of parts (Spark)
+            rows += pq.read_table(path, columns=columns).to_pylist()
             continue
         for part in sorted(path.glob("*.json")) if path.is_dir() else [path]:
             with part.open("rb") as handle:
-                rows += [orjson.loads(line) for line in handle if line.strip()]
+                for line in handle:
+                    if line.strip():
+                        row = orjson.loads(line)
+                        rows.append(row if columns is None else
+                                    {name: row.get(name) for name in columns})
     return rows
 
 
@@ -106,14 +113,64 @@ def part_problems(parts: Path) -> list[str]:
     return problems
 
 
+MERGE_BATCH_ROWS = 8192  # rows per write while merging: memory stays flat in the patients
+
+
+def _part_rows(path: Path, output_format: str) -> Iterator[Row]:
+    """The rows of one (sorted) part, a batch at a time."""
+    if output_format == "parquet":
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=MERGE_BATCH_ROWS):
+            yield from batch.to_pylist()
+        return
+    with path.open("rb") as handle:
+        for line in handle:
+            if line.strip():
+                yield orjson.loads(line)
+
+
 def merge_parts(parts: Path, staging: Path, output_format: str, note: str | None) -> None:
-    """Final files in `staging`, rows sorted by patient (and rule): the same input gives the
-    same bytes. With `note` (the run had input problems) `ok` rows are written `partial`."""
+    """Final files in `staging`, rows sorted by patient (and rule): each part is sorted, so
+    they are merged as streams and written in batches of a fixed size; the same rows give the
+    same bytes, however many shards. With `note` (the run had input problems) `ok` rows are
+    written `partial`."""
     staging.mkdir(parents=True, exist_ok=True)
     for table in TABLES:
         sources = sorted(parts.glob(f"{table}-*.{extension(output_format)}"))
-        write_rows(staging / f"{table}.{extension(output_format)}",
-                   mark_partial(read_rows(sources, output_format), note), table, output_format)
+        rows = heapq.merge(*(_part_rows(path, output_format) for path in sources),
+                           key=sort_key)
+        target = staging / f"{table}.{extension(output_format)}"
+        atomic_write(target, functools.partial(_write_stream, rows=rows, table=table,
+                                               output_format=output_format, note=note))
+
+
+def _write_stream(path: Path, rows: Iterator[Row], table: str, output_format: str,
+                  note: str | None) -> None:
+    schema = TABLES[table]
+    if output_format == "parquet":
+        with pq.ParquetWriter(path, schema) as writer:
+            wrote = False
+            for chunk in _chunks(rows):
+                writer.write_table(pa.Table.from_pylist(mark_partial(chunk, note),
+                                                        schema=schema))
+                wrote = True
+            if not wrote:
+                writer.write_table(schema.empty_table())
+        return
+    with path.open("wb") as handle:
+        for chunk in _chunks(rows):
+            handle.write(b"".join(orjson.dumps(row) + b"\n"
+                                  for row in mark_partial(chunk, note)))
+
+
+def _chunks(rows: Iterator[Row]) -> Iterator[list[Row]]:
+    chunk: list[Row] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == MERGE_BATCH_ROWS:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def write_problems(path: Path, problems: list[str]) -> None:

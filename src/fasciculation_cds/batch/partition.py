@@ -27,7 +27,14 @@ from ..errors import InputError
 from ..fhir_time import latest_recorded_time, parse_as_of
 from ..ingest import is_relevant
 from ..ruleset import load_rules
-from ..sources import READ_ERRORS, RawResource, is_ndjson, parse_ndjson_line, read_file
+from ..sources import (
+    READ_ERRORS,
+    RawResource,
+    fewer_collections,
+    is_ndjson,
+    parse_ndjson_line,
+    read_file,
+)
 from ..terminology import Terminology
 from .keys import MEDICATION, UNOWNED, keyed, patient_key
 from .options import OutputError, Settings
@@ -301,7 +308,8 @@ def partition_file(task: PartitionTask) -> FilePartition:
         raise OutputError(f"cannot write {folder}: {exc}") from None
     router = Router(task.settings, writer)
     try:
-        router.result.sha256 = route_file(Path(task.path), router)
+        with fewer_collections():
+            router.result.sha256 = route_file(Path(task.path), router)
         router.close()
     except OSError as exc:
         raise OutputError(f"cannot write {folder}: {exc}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import threading
@@ -9,12 +10,12 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from multiprocessing import get_context
+from multiprocessing import get_context, resource_tracker
 from types import FrameType
 from typing import Any, TypeVar
 
 from .options import Stopped
-from .worker import watch_parent
+from .worker import start_worker
 
 T = TypeVar("T")
 
@@ -27,14 +28,16 @@ class Workers:
     """`workers` processes started with spawn (each builds its own durable-rules host), or the
     calling process itself for one worker (no start-up to pay)."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, rules_dir: str | None = None) -> None:
         self.executor: ProcessPoolExecutor | None = None
         self.size = workers
+        self.futures: list[Future[Any]] = []
         if workers > 1:
             self.executor = ProcessPoolExecutor(
                 max_workers=workers, mp_context=get_context("spawn"),
-                initializer=watch_parent, initargs=(os.getpid(),))
-        self.futures: list[Future[Any]] = []
+                initializer=start_worker, initargs=(os.getpid(), rules_dir))
+            with _sigint_blocked():  # a process starts at each submit while none is idle
+                self.futures = [self.executor.submit(os.getpid) for _ in range(workers)]
 
     def unordered(self, fn: Callable[..., T], calls: Sequence[tuple[Any, ...]]) -> Iterator[T]:
         """fn(*args) for each call, as they finish. Looks `fn` up at call time in serial mode."""
@@ -65,10 +68,24 @@ class Workers:
         self.executor.shutdown(wait=True, cancel_futures=True)
         for process in processes:
             process.join(timeout=5)
+        self.executor = None
+        _stop_resource_tracker()
 
     def close(self) -> None:
         if self.executor is not None:
             self.executor.shutdown(wait=True)
+            self.executor = None
+            _stop_resource_tracker()
+
+
+def _stop_resource_tracker() -> None:
+    """The spawn pool's queues start multiprocessing's resource tracker, a child that would
+    otherwise outlive this process by a moment: wait for it, so the run ends with no child."""
+    gc.collect()  # the pool's semaphores unregister themselves when collected
+    tracker = getattr(resource_tracker, "_resource_tracker", None)
+    stop = getattr(tracker, "_stop", None)
+    if callable(stop):
+        stop()
 
 
 @contextmanager
@@ -87,8 +104,8 @@ def _sigint_blocked() -> Iterator[None]:
 
 
 @contextmanager
-def workers_of(count: int) -> Iterator[Workers]:
-    pool = Workers(count)
+def workers_of(count: int, rules_dir: str | None = None) -> Iterator[Workers]:
+    pool = Workers(count, rules_dir)
     try:
         yield pool
     except BaseException:

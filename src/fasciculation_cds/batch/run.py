@@ -136,28 +136,32 @@ def run_batch(options: BatchOptions, console: Console | None = None) -> BatchSum
     check_engine(options)
     ruleset = load_rules(options.rules_dir)
     workers = options.workers or os.cpu_count() or 1
-    files = expand_paths(options.inputs)
-    out = options.out
-    work = out / WORK
-    state_file = work / "state.json"
-    state: dict[str, Any] = {}
-    if options.resume and state_file.exists():
-        state = json.loads(state_file.read_text())
-    as_of = state.get("as_of") if state else fix_as_of(options.as_of)
-    label = _as_of_label(as_of)
-    fingerprint = _fingerprint(files, options, ruleset.version)
-    if state and state.get("fingerprint") != fingerprint:
-        raise ValueError(f"{out}: --resume refused: the inputs or options differ from the "
-                         "interrupted run (start afresh without --resume)")
-    settings = Settings(str(options.rules_dir) if options.rules_dir else None, as_of, label,
-                        options.assume_presentation, options.strict, options.output_format)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        clear_outputs(out)
-        with sigterm_stops(), workers_of(workers) as pool:
+    rules_dir = str(options.rules_dir) if options.rules_dir else None
+    # the worker processes start (and warm up) now, while the inputs are being planned
+    with sigterm_stops(), workers_of(workers if options.engine == "local" else 1,
+                                     rules_dir) as pool:
+        files = expand_paths(options.inputs)
+        out = options.out
+        work = out / WORK
+        state_file = work / "state.json"
+        state: dict[str, Any] = {}
+        if options.resume and state_file.exists():
+            state = json.loads(state_file.read_text())
+        as_of = state.get("as_of") if state else fix_as_of(options.as_of)
+        label = _as_of_label(as_of)
+        fingerprint = _fingerprint(files, options, ruleset.version)
+        if state and state.get("fingerprint") != fingerprint:
+            raise ValueError(f"{out}: --resume refused: the inputs or options differ from the "
+                             "interrupted run (start afresh without --resume)")
+        settings = Settings(rules_dir, as_of, label, options.assume_presentation,
+                            options.strict, options.output_format)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            clear_outputs(out)
             summary = _run(options, files, state, fingerprint, settings, work, pool, console)
-    except OSError as exc:
-        raise OutputError(f"{out}: cannot write the output: {exc.strerror or exc}") from None
+        except OSError as exc:
+            raise OutputError(f"{out}: cannot write the output: {exc.strerror or exc}"
+                              ) from None
     summary.seconds["total"] = time.perf_counter() - started
     _write_report(options, summary, ruleset.version, label, workers)
     shutil.rmtree(work, ignore_errors=True)  # finished: the shards are no longer needed
@@ -228,6 +232,9 @@ def _partition(files: list[Path], work: Path, shards: int, pool: Workers,
                settings: Settings) -> PartitionResult:
     tasks = [(PartitionTask(str(path), str(work), task, shards, settings),)
              for task, path in enumerate(files)]
+    # largest first, so that no big file starts last while the other workers wait
+    weight = {str(p): _size(p) * (8 if p.name.endswith(".gz") else 1) for p in files}
+    tasks.sort(key=lambda call: -weight[call[0].path])
     results = dict(pool.unordered(_partition_one, tasks))
     ordered = [results[i] for i in range(len(tasks))]  # input order, whatever finished first
     merged = merge_file_results(ordered, shards)
@@ -313,7 +320,8 @@ class _Progress:
 
 def _summarize(outputs: dict[str, Path], output_format: str,
                problems: list[str]) -> BatchSummary:
-    rows = read_rows([outputs["assessments"]], output_format)
+    rows = read_rows([outputs["assessments"]], output_format,
+                     columns=["status", "highest_severity", "rule_ids"])
     severities: Counter[str] = Counter()
     rules: Counter[str] = Counter()
     errors = partial = 0

@@ -15,9 +15,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..evaluate import Outcome, PatientError, assess_all, new_grouper
+from fhir.resources.R4B import get_fhir_model_class
+
+from ..evaluate import Outcome, PatientError, assess_all, evaluator_for, new_grouper
+from ..ingest import READ_TYPES
 from ..ruleset import RuleSet, load_rules
-from ..sources import RawResource
+from ..sources import RawResource, fewer_collections
 from .options import Settings
 from .outputs import write_part
 from .partition import Skipped, medication_files, read_records, shard_files, shard_name
@@ -59,18 +62,28 @@ def watch_parent(parent: int) -> None:
     threading.Thread(target=poll, name="parent-watch", daemon=True).start()
 
 
+def start_worker(parent: int, rules_dir: str | None) -> None:
+    """Worker start-up: watch the parent, then compile the rules and import the FHIR models of
+    the types that are validated, once, while the batch process is still planning."""
+    watch_parent(parent)
+    evaluator_for(load_rules(rules_dir))
+    for resource_type in sorted(READ_TYPES):
+        get_fhir_model_class(resource_type)
+
+
 def evaluate_group(records: Iterable[RawResource | Skipped], medications: Iterable[RawResource],
                    ruleset: RuleSet, settings: Settings) -> list[Outcome]:
     """Outcomes for the resources of whole patients (the unit both engines evaluate)."""
     grouper = new_grouper(ruleset, settings.as_of, strict=settings.strict)
-    for raw in medications:
-        grouper.add(raw)
-    for record in records:
-        if isinstance(record, Skipped):
-            grouper.note_skipped(record.key, record.count, record.source, record.entry,
-                                 record.latest)
-        else:
-            grouper.add(record)
+    with fewer_collections():
+        for raw in medications:
+            grouper.add(raw)
+        for record in records:
+            if isinstance(record, Skipped):
+                grouper.note_skipped(record.key, record.count, record.source, record.entry,
+                                     record.latest)
+            else:
+                grouper.add(record)
     return list(assess_all(grouper.finish(), ruleset, settings.as_of,
                            assume_presentation=settings.assume_presentation))
 
