@@ -210,8 +210,10 @@ async def run(requests_per_level: int, stalled_calls: int, processes: int) -> di
 
 def markdown(runs: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = ["# CDS Hooks service benchmark", "",
-             f"{meta['when']} · {meta['cpus']} CPUs (shared with other work: load average "
-             f"{meta['load_before']} before the run) · Python {meta['python']} · "
+             f"{meta['when']} · {meta['cpus']} CPUs shared with other work (1-minute load "
+             f"average {meta['load_before']} before the run, {meta['load_after']} after; "
+             "figures move with it: repeat a run before reading much into one) · "
+             f"Python {meta['python']} · "
              f"{meta['requests_per_level']} calls per level · one `serve` process (uvicorn) · "
              "the client in another process", "",
              "patient-view calls with a complete prefetch (the fhir_examples/ patients in turn), "
