@@ -185,8 +185,6 @@ def _pattern_conditions(ruleset: RuleSet, pattern: FactPattern) -> list[JsonDict
         tests.append({"is_latest": pattern.latest})
     if pattern.max_age_days is not None:
         tests.append({"$lte": {"age_days": float(pattern.max_age_days)}})
-    if pattern.active is not None:
-        tests.append({"active": pattern.active})
     if pattern.rule:
         tests.append({"rule_id": pattern.rule})
     return tests
@@ -285,8 +283,6 @@ def fact_matches(pattern: FactPattern, fact: ClinicalFact, ruleset: RuleSet) -> 
         return False
     if pattern.in_groups and not set(pattern.in_groups) & set(getattr(fact, "groups", ())):
         return False
-    if pattern.active is not None and getattr(fact, "active", None) != pattern.active:
-        return False
     if pattern.latest is not None and getattr(fact, "is_latest", None) != pattern.latest:
         return False
     age = getattr(fact, "age_days", None)
@@ -344,8 +340,6 @@ def encode_fact(fact: ClinicalFact, key: str, ruleset: RuleSet) -> JsonDict:
         if multiple is not None:
             message["uln_times"] = multiple
     elif isinstance(fact, (Medication, DraftOrder)):
-        if isinstance(fact, Medication):
-            message["active"] = fact.active
         for cls in fact.classes:
             message[field_name("in", cls)] = True
     else:

@@ -88,8 +88,6 @@ class FactPattern(_Strict):
         description="For a lab with an upper limit (CK): the value as a multiple of the lab's "
         "referenceRange.high, else the default limit in derived.yaml (`{gt: 1}`: above it).",
     )
-    active: bool | None = Field(
-        default=None, description="Medication is active (docs/clinical-basis.md, Medications).")
     rule: str | None = Field(default=None, description="For fact: result — the rule id.")
 
 

@@ -52,7 +52,7 @@ def medication_facts(
         concept = content.term.concepts[match.concept]
         facts.append(Medication(
             reference=reference, concept=concept.id, label=concept.label,
-            classes=concept.classes, status=status, active=True, display=display,
+            classes=concept.classes, status=status, display=display,
             matched_by=match.matched_by, authored=started))
     return facts
 
