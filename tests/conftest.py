@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,9 @@ from fasciculation_cds import load_rules
 from fasciculation_cds.ruleset import RuleSet, default_rules_dir
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# ../shared/data beside the checkout; FASCICULATION_CDS_SHARED_DATA points elsewhere (a worktree).
+SHARED_DATA = Path(os.environ.get("FASCICULATION_CDS_SHARED_DATA",
+                                  REPO.parent / "shared" / "data"))
 RULES_DIR = REPO / "rules"
 EXAMPLES = REPO / "fhir_examples"
 

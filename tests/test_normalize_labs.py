@@ -261,3 +261,24 @@ def test_ingredient_fallback_knows_name_variants(ruleset: RuleSet) -> None:
 def test_medication_names_are_whole_words(ruleset: RuleSet) -> None:
     assert _drugs(ruleset, {"text": "Prednisolone eye drops"}) == {("prednisolone", "text")}
     assert _drugs(ruleset, {"text": "Vitamin supplement"}) == set()
+
+
+@pytest.mark.parametrize(("comparator", "value", "kept", "notice"), [
+    (">", 2000, True, False),  # above 10 x the default upper limit: decided
+    (">", 1000, True, True),  # above the limit, perhaps not above 10 x
+    ("<", 100, True, False),  # below the limit: decided
+    ("<", 300, False, True),  # may or may not be above 200 U/L
+])
+def test_ck_comparators_against_the_upper_limit(ruleset: RuleSet, comparator: str, value: int,
+                                                kept: bool, notice: bool) -> None:
+    result = normalized(ruleset, lab("2157-6", value, "U/L", comparator=comparator))
+    assert bool(_labs(result, "creatine-kinase")) is kept
+    assert notice_codes(result) == (["comparator-indeterminate"] if notice else [])
+
+
+def test_ck_comparator_uses_the_labs_own_upper_limit(ruleset: RuleSet) -> None:
+    high = {"referenceRange": [{"high": {"value": 400, "unit": "U/L"}}]}
+    result = normalized(ruleset, lab("2157-6", 300, "U/L", comparator="<", **high))
+    (fact,) = _labs(result, "creatine-kinase")
+    assert fact.above_upper_limit is False
+    assert notice_codes(result) == []

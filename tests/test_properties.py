@@ -10,7 +10,7 @@ Settings: derandomize=True (the same examples on every run, for CI) and no examp
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from fasciculation_cds import evaluate
 from fasciculation_cds.assessment import Assessment, dumps_assessments
 from fasciculation_cds.evaluate import evaluator_for
+from fasciculation_cds.findings import strict_summaries
 from fasciculation_cds.ruleset import RuleSet
 
 Resource = dict[str, Any]
@@ -48,6 +49,13 @@ PROPERTY = settings(
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
+
+@pytest.fixture(autouse=True)
+def _summaries_must_fit() -> Iterator[None]:
+    """A filled summary over 140 characters fails the test instead of falling back."""
+    with strict_summaries():
+        yield
+
 
 # --- codes (system, code, display), as in rules/valuesets/codes.yaml ---------------------------
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fasciculation_cds import Assessment, PatientError, evaluate_each
+from fasciculation_cds.findings import strict_summaries
 from fasciculation_cds.ruleset import RuleSet
 
 from .conftest import REPO, shared_data
@@ -21,6 +23,13 @@ MAX_ALERTED_SHARE = 0.10
 # Info cards other than the missing-electrolytes prompt (measured: 4/43 patients with rules v2).
 MAX_OTHER_INFO_SHARE = 0.20
 WORKUP = "workup.electrolytes-missing"
+
+
+@pytest.fixture(autouse=True)
+def _summaries_must_fit() -> Iterator[None]:
+    """A filled summary over 140 characters fails the test instead of falling back."""
+    with strict_summaries():
+        yield
 
 
 def _outcomes(path: Path, ruleset: RuleSet, **kwargs: object) -> list[Assessment | PatientError]:

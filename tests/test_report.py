@@ -14,18 +14,20 @@ import pytest
 from fhir.resources.R4B.bundle import Bundle
 from rich.console import Console
 
-from fasciculation_cds import Assessment, evaluate, evaluate_each
+from fasciculation_cds import Assessment, evaluate, evaluate_each, load_rules
 from fasciculation_cds.facts import LabResult
 from fasciculation_cds.render_text import render_assessment
 from fasciculation_cds.report import render_fhir, render_html, render_markdown, write_reports
-from fasciculation_cds.report.view import CHART_CONCEPTS
+from fasciculation_cds.report.view import build_view, charted_concepts
+from fasciculation_cds.rule_schema import CATEGORY_TITLES, RULE_CATEGORIES
 from fasciculation_cds.ruleset import RuleSet
 
 from .conftest import REPO, shared_data
 
 AS_OF = "2026-11-26"
 GOLDEN = Path(__file__).parent / "golden"
-UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"  # regenerate, then review the diff
+# UPDATE_GOLDEN=1 writes the golden files (new and changed) instead of comparing; review the diff.
+UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 EXAMPLES = sorted((REPO / "fhir_examples").glob("*.json"))
 
 
@@ -34,12 +36,25 @@ def _one(path: Path, ruleset: RuleSet) -> Assessment:
     return assessment
 
 
-def _golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if UPDATE or not path.exists():
+def _golden(name: str, text: str, folder: Path = GOLDEN) -> None:
+    """Compare with the golden file; a missing one fails (a test that writes its own expected
+    output proves nothing). UPDATE_GOLDEN=1 writes them."""
+    path = folder / name
+    if UPDATE:
         path.parent.mkdir(exist_ok=True)
         path.write_text(text, encoding="utf-8")
+    assert path.exists(), f"{path} is missing: run with UPDATE_GOLDEN=1, then review it"
     assert text == path.read_text(encoding="utf-8"), f"{name} changed (UPDATE_GOLDEN=1 to accept)"
+
+
+def test_a_missing_golden_file_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(__name__ + ".UPDATE", False)
+    with pytest.raises(AssertionError, match="is missing"):
+        _golden("absent.md", "text", folder=tmp_path)
+    assert not (tmp_path / "absent.md").exists()
+    monkeypatch.setattr(__name__ + ".UPDATE", True)
+    _golden("absent.md", "text", folder=tmp_path)
+    assert (tmp_path / "absent.md").read_text() == "text"
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
@@ -60,10 +75,13 @@ class _Outline(HTMLParser):
         self.tags: list[str] = []
         self.ids: set[str] = set()
         self.charts: dict[str, int] = {}
+        self.thresholds: dict[str, list[str]] = {}
+        self.ticks: dict[str, list[str]] = {}
         self.scripts = 0
         self.external: list[str] = []
         self._caption: str | None = None
         self._in_caption = False
+        self._text_class: str | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         found = dict(attrs)
@@ -78,14 +96,26 @@ class _Outline(HTMLParser):
             self._in_caption = True
         if tag == "svg" and self._caption is not None:
             self.charts[self._caption] = int(str(found["data-points"]))
+        if tag == "text":
+            self._text_class = found.get("class")
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "figcaption":
             self._in_caption = False
+        if tag == "text":
+            self._text_class = None
 
     def handle_data(self, data: str) -> None:
         if self._in_caption:
             self._caption = data.strip()
+        elif self._text_class == "threshold" and self._caption:
+            self.thresholds.setdefault(self._caption, []).append(data.strip())
+        elif self._text_class == "tick" and self._caption:
+            self.ticks.setdefault(self._caption, []).append(data.strip())
+
+
+def _significant_digits(number: str) -> int:
+    return len(number.lstrip("-").replace(".", "").lstrip("0"))
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
@@ -100,12 +130,102 @@ def test_html_page_structure(example: Path, ruleset: RuleSet) -> None:
     assert not outline.external  # self-contained
     for finding in assessment.findings:
         assert finding.rule_id in outline.ids
-    labs = [f for f in assessment.facts if isinstance(f, LabResult) and f.concept in CHART_CONCEPTS]
-    expected = {}
+    charted = charted_concepts(ruleset)
+    labs = [f for f in assessment.facts if isinstance(f, LabResult) and f.concept in charted]
+    by_label: dict[str, list[LabResult]] = {}
     for fact in labs:
-        key = f"{fact.label} ({fact.unit})"
-        expected[key] = expected.get(key, 0) + 1
-    assert outline.charts == expected
+        by_label.setdefault(fact.label, []).append(fact)
+    charts = {caption.rsplit(" (", 1)[0]: (caption.rsplit(" (", 1)[1].rstrip(")"), points)
+              for caption, points in outline.charts.items()}
+    assert {label: points for label, (_, points) in charts.items()} == {
+        label: len(facts) for label, facts in by_label.items()}
+    for label, (unit, _) in charts.items():
+        # one unit per chart: the canonical one, or the one every result was sent in
+        sent = {ruleset.units.fold(f.original_unit or "") for f in by_label[label]}
+        assert unit == by_label[label][0].unit or sent == {unit}
+        caption = f"{label} ({unit})"
+        for line in outline.thresholds.get(caption, []):
+            assert line.endswith(f" {unit}"), (caption, line)
+        for tick in outline.ticks[caption]:
+            assert _significant_digits(tick) >= 3, (caption, tick)
+
+
+def test_values_are_shown_in_the_lab_unit_and_corrections_said_plainly(
+        ruleset: RuleSet) -> None:
+    assessment = _one(REPO / "fhir_examples" / "hypocalcemia-albumin-corrected.json", ruleset)
+    page = render_html(assessment, ruleset)
+    # the evidence: as the lab sent it, the canonical value beside, and who corrected it
+    assert ("<td>7.2 mg/dL (1.80 mmol/L); corrected for albumin 2.8 g/dL by this package: "
+            "8.16 mg/dL</td>") in page
+    outline = _Outline()
+    outline.feed(page)
+    [calcium] = [c for c in outline.charts if c.startswith("Calcium corrected")]
+    assert calcium.endswith("(mg/dL)")  # the lab sent mg/dL
+    # the rule writes calcium thresholds in mg/dL: labelled as written; the lines drawn are the
+    # nearest on each side of the result (8.16), not the far hypercalcaemia ones
+    assert outline.thresholds[calcium] == ["critical < 7.5 mg/dL", "warning < 8.5 mg/dL"]
+    [magnesium] = [c for c in outline.charts if c.startswith("Magnesium")]
+    # the rule says 0.70 mmol/L; on this lab's mg/dL axis that is 1.70 mg/dL, digits kept
+    assert "warning < 1.70 mg/dL" in outline.thresholds[magnesium]
+    console = Console(width=100, record=True, color_system=None, file=io.StringIO())
+    console.print(render_assessment(assessment))
+    for text in (page, render_markdown(assessment), console.export_text()):
+        assert "reported by lab" not in text
+        assert "reported by the lab" not in text
+
+
+def test_charts_are_the_labs_the_rules_compare(ruleset: RuleSet) -> None:
+    compared = {p.concept for r in ruleset.active_rules() for m in r.match
+                for p in [*m.facts.values(), *(q for e in m.escalate for q in e.facts.values())]
+                if p.value is not None and p.concept}
+    assert set(charted_concepts(ruleset)) == compared
+    assert "calcium-corrected" in compared  # the value the calcium rule decides on
+
+
+def test_headline_rules_come_from_the_rule_files(tmp_path: Path, ruleset: RuleSet) -> None:
+    example = REPO / "fhir_examples" / "als-red-flags-critical.json"
+    assessment = _one(example, ruleset)
+    view = build_view(assessment, ruleset)
+    assert [f.rule_id for f in view.alerts] == [r.id for r in ruleset.rules if r.headline
+                                                and any(f.rule_id == r.id
+                                                        for f in assessment.findings)]
+    assert view.alerts
+    assert "headline sev-critical emphasised" in render_html(assessment, ruleset)
+    # the same rules without `headline: true`: no emphasis
+    rules = tmp_path / "rules"
+    shutil.copytree(REPO / "rules", rules, ignore=shutil.ignore_patterns("*.fires", "*.quiet"))
+    for path in rules.glob("*/*.yaml"):
+        path.write_text("".join(line for line in path.read_text().splitlines(keepends=True)
+                                if not line.startswith("headline:")))
+    plain = load_rules(rules)
+    [again] = evaluate(example, as_of=AS_OF, rules=plain, full_history=True)
+    assert not build_view(again, plain).alerts
+    assert "headline sev-critical\"" in render_html(again, plain)
+
+
+def test_a_headline_rule_is_named_even_below_a_more_severe_finding(ruleset: RuleSet) -> None:
+    red = _one(REPO / "fhir_examples" / "als-red-flags-critical.json", ruleset)
+    [flag] = [f for f in red.findings if f.rule_id == "mnd.red-flags"]
+    other = _one(REPO / "fhir_examples" / "hypomagnesemia-omeprazole.json", ruleset)
+    critical = other.findings[0].model_copy(update={"severity": "critical"})
+    mixed = red.model_copy(update={"findings": [critical, flag.model_copy(
+        update={"severity": "warning"})]})
+    view = build_view(mixed, ruleset)
+    assert view.headline == critical
+    assert view.alerts == [mixed.findings[1]]
+    page = render_html(mixed, ruleset)
+    assert "headline sev-critical emphasised" in page
+    assert f"<p><strong>{flag.title}:</strong> {flag.summary}</p>" in page
+
+
+def test_findings_are_grouped_by_every_category(ruleset: RuleSet) -> None:
+    assessments = evaluate(REPO / "fhir_examples", as_of=AS_OF, rules=ruleset)
+    for assessment in assessments:
+        view = build_view(assessment, ruleset)
+        titles = [title for title, _ in view.groups]
+        assert titles == [CATEGORY_TITLES[c] for c in RULE_CATEGORIES
+                          if any(f.category == c for f in assessment.findings)]
+        assert sum(len(members) for _, members in view.groups) == len(assessment.findings)
 
 
 def test_untrusted_text_is_escaped(tmp_path: Path, ruleset: RuleSet) -> None:
@@ -194,3 +314,16 @@ def test_pages_render_in_headless_chromium(example: str, tmp_path: Path,
         target = REPO / "docs" / "img" / SCREENSHOTS[example]
         target.parent.mkdir(exist_ok=True)
         shutil.copyfile(shot, target)
+
+
+def test_markdown_note_counts_data_notices(ruleset: RuleSet) -> None:
+    bundle = json.loads((REPO / "fhir_examples" / "hypomagnesemia-omeprazole.json").read_text())
+    for entry in bundle["entry"]:
+        quantity = entry["resource"].get("valueQuantity")
+        if quantity and quantity.get("unit") == "mmol/L" and "agnesium" in json.dumps(
+                entry["resource"]["code"]):
+            quantity.update(unit="mg", code="mg")
+    [assessment] = evaluate(bundle, as_of=AS_OF, rules=ruleset)
+    assert [n.code for n in assessment.notices] == ["unit-not-convertible"]
+    note = render_markdown(assessment)
+    assert "Data notices: 1 (unit-not-convertible); the full report lists them." in note

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
@@ -95,7 +96,20 @@ class Assessment(_Out):
         return self.model_dump(mode="json", exclude_none=True)
 
 
-def dumps_assessments(assessments: list[Assessment], *, indent: bool = True) -> bytes:
-    """Byte-stable JSON: fixed key order from the models, sorted findings, no timestamps."""
+class JsonRow(Protocol):
+    """An output row: an Assessment, or the error row of a patient that was not evaluated."""
+
+    def to_json_dict(self) -> dict[str, object]: ...
+
+
+def dumps_assessments(assessments: Sequence[JsonRow], *, indent: bool = True,
+                      lines: bool = False) -> bytes:
+    """Byte-stable JSON: fixed key order from the models, sorted findings, no timestamps.
+
+    A JSON array (indented unless `indent` is false), or with `lines` NDJSON: one object per
+    line, each line ending in a newline.
+    """
+    if lines:
+        return b"".join(orjson.dumps(a.to_json_dict()) + b"\n" for a in assessments)
     option = orjson.OPT_INDENT_2 if indent else 0
     return orjson.dumps([a.to_json_dict() for a in assessments], option=option)

@@ -12,16 +12,16 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
-import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from .assessment import Assessment
+from .assessment import Assessment, JsonRow, dumps_assessments
 from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, InputError, RuleFileError
 from .evaluate import Evaluator, PatientError, evaluate_each
 from .fhir_time import parse_as_of
-from .render_text import print_summary
+from .presentation import severity_rank
+from .render_text import write_summary
 from .rule_docs import write_rule_docs
 from .rule_schema import Rule
 from .ruleset import RuleSet, load_rules
@@ -103,17 +103,19 @@ def evaluate(
 
 def _write(assessments: list[Assessment], errors: list[PatientError], fmt: OutputFormat,
            output: Path | None) -> None:
-    records: list[dict[str, object]] = [a.to_json_dict() for a in assessments]
-    records += [e.to_json_dict() for e in errors]
     if fmt is OutputFormat.text:
-        console = Console(file=output.open("w", encoding="utf-8") if output else None,
-                          width=110 if output else None)
-        print_summary(assessments, console)
+        write_summary(assessments, output)
         return
+    rows: list[JsonRow] = [*assessments, *errors]
     if fmt is OutputFormat.json:
-        data = orjson.dumps(records, option=orjson.OPT_INDENT_2) + b"\n"
+        data = dumps_assessments(rows) + b"\n"
     else:
-        data = b"".join(orjson.dumps(r) + b"\n" for r in records)
+        data = dumps_assessments(rows, lines=True)
+    _emit(data, output)
+
+
+def _emit(data: bytes, output: Path | None) -> None:
+    """Bytes to a file, or to standard output."""
     if output:
         output.write_bytes(data)
     else:
@@ -141,7 +143,7 @@ def report(
 ) -> None:
     """Clinician-facing summaries: HTML pages with lab trends, a Markdown note, the terminal
     view, or FHIR DetectedIssue resources."""
-    from .report import render_fhir, render_html, render_markdown, write_reports
+    from .report import render_document, write_reports
 
     ruleset = _load(rules_dir)
     _check_as_of(as_of)
@@ -161,24 +163,16 @@ def report(
         raise typer.Exit(EXIT_BAD_INPUT)
     fmt = output_format.value
     if fmt == "text":
-        console = Console(file=out.open("w", encoding="utf-8") if out else None,
-                          width=110 if out else None)
-        print_summary(assessments, console)
+        write_summary(assessments, out)
     elif out is not None:
         for path in write_reports(assessments, ruleset, fmt, out):
             err.print(f"wrote {path}", highlight=False, soft_wrap=True)
-    elif fmt == "markdown":
-        sys.stdout.write("\n---\n\n".join(render_markdown(a) for a in assessments))
-    elif fmt == "fhir":
-        bundles = [render_fhir(a) for a in assessments]
-        sys.stdout.buffer.write(orjson.dumps(bundles[0] if len(bundles) == 1 else bundles,
-                                             option=orjson.OPT_INDENT_2) + b"\n")
-    elif len(assessments) == 1:
-        sys.stdout.write(render_html(assessments[0], ruleset))
-    else:
+    elif fmt == "html" and len(assessments) > 1:
         err.print("error: --format html for several patients needs --out FOLDER",
                   highlight=False)
         raise typer.Exit(EXIT_BAD_INPUT)
+    else:
+        _emit(render_document(assessments, ruleset, fmt), None)
     raise typer.Exit(EXIT_BAD_INPUT if errors else EXIT_OK)
 
 
@@ -279,10 +273,10 @@ def rules_list(rules_dir: Annotated[Path | None, typer.Option("--rules")] = None
     for rule in ruleset.rules:
         severities = sorted({m.severity for m in rule.match}
                             | {e.severity for m in rule.match for e in m.escalate},
-                            key=("info", "warning", "critical").index)
+                            key=severity_rank)
         table.add_row(rule.id, rule.category, "/".join(severities), rule.status, rule.title)
     Console().print(table)
-    Console().print(f"rules_version {ruleset.version}", style="dim")
+    Console().print(f"rules_version {ruleset.version}", style="dim", soft_wrap=True)
 
 
 @rules_app.command("check")
@@ -301,7 +295,7 @@ def rules_check(directory: Annotated[Path | None, typer.Argument()] = None) -> N
         err.print(f"error: {problem}", highlight=False, soft_wrap=True)
     if problems:
         raise typer.Exit(EXIT_BAD_INPUT)
-    Console().print(f"{len(ruleset.rules)} rules OK ({ruleset.version})")
+    Console().print(f"{len(ruleset.rules)} rules OK ({ruleset.version})", soft_wrap=True)
 
 
 @rules_app.command("docs")
@@ -311,7 +305,7 @@ def rules_docs(
 ) -> None:
     """Write one Markdown page per rule, generated from the rule files."""
     written = write_rule_docs(_load(rules_dir), out)
-    Console().print(f"wrote {len(written)} files to {out}")
+    Console().print(f"wrote {len(written)} files to {out}", soft_wrap=True)
 
 
 @rules_app.command("schema")

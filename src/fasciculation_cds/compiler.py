@@ -27,6 +27,7 @@ from .rule_schema import (
     Rule,
 )
 from .ruleset import RuleSet
+from .thresholds import threshold_to_canonical
 
 _UNSAFE = re.compile(r"[^a-z0-9]+")
 _OPS = ("lt", "lte", "gt", "gte", "eq")
@@ -163,10 +164,7 @@ def _pattern_conditions(ruleset: RuleSet, pattern: FactPattern) -> list[JsonDict
         for concept in concepts:
 
             def convert(bound: float, concept: str = concept) -> float:
-                canonical = ruleset.units.to_canonical(
-                    concept, Fraction(repr(bound)),
-                    value.unit or ruleset.units.canonical_unit(concept),
-                )
+                canonical = threshold_to_canonical(ruleset.units, concept, bound, value.unit)
                 if canonical is None:
                     raise ValueError(f"cannot convert threshold for {concept}")
                 return float(canonical)
@@ -187,8 +185,6 @@ def _pattern_conditions(ruleset: RuleSet, pattern: FactPattern) -> list[JsonDict
         tests.append({"is_latest": pattern.latest})
     if pattern.max_age_days is not None:
         tests.append({"$lte": {"age_days": float(pattern.max_age_days)}})
-    if pattern.active is not None:
-        tests.append({"active": pattern.active})
     if pattern.rule:
         tests.append({"rule_id": pattern.rule})
     return tests
@@ -287,8 +283,6 @@ def fact_matches(pattern: FactPattern, fact: ClinicalFact, ruleset: RuleSet) -> 
         return False
     if pattern.in_groups and not set(pattern.in_groups) & set(getattr(fact, "groups", ())):
         return False
-    if pattern.active is not None and getattr(fact, "active", None) != pattern.active:
-        return False
     if pattern.latest is not None and getattr(fact, "is_latest", None) != pattern.latest:
         return False
     age = getattr(fact, "age_days", None)
@@ -298,8 +292,7 @@ def fact_matches(pattern: FactPattern, fact: ClinicalFact, ruleset: RuleSet) -> 
         value = pattern.value
 
         def convert(bound: float) -> float:
-            canonical = ruleset.units.to_canonical(
-                concept, Fraction(repr(bound)), value.unit or ruleset.units.canonical_unit(concept))
+            canonical = threshold_to_canonical(ruleset.units, concept, bound, value.unit)
             if canonical is None:
                 raise ValueError(f"cannot convert threshold for {concept}")
             return float(canonical)
@@ -347,8 +340,6 @@ def encode_fact(fact: ClinicalFact, key: str, ruleset: RuleSet) -> JsonDict:
         if multiple is not None:
             message["uln_times"] = multiple
     elif isinstance(fact, (Medication, DraftOrder)):
-        if isinstance(fact, Medication):
-            message["active"] = fact.active
         for cls in fact.classes:
             message[field_name("in", cls)] = True
     else:

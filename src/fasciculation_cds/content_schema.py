@@ -111,7 +111,7 @@ class BodySiteRule(_Strict):
 
 
 class NegationCues(_Strict):
-    """Negation within a clause (RULES.md Definitions, "Negation")."""
+    """Negation within a clause (docs/clinical-basis.md, Definitions, "Negation")."""
 
     before: list[str] = Field(min_length=1, description="Cues before the term: 'no', 'denies'.")
     after: list[str] = Field(min_length=1, description="Cues after the term: 'absent'.")

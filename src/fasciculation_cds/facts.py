@@ -6,7 +6,7 @@ Values are in the concept's canonical unit; the original value and unit are kept
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -22,7 +22,6 @@ class PatientFact(FactBase):
     kind: Literal["patient"] = "patient"
     age: int | None = None
     sex: str | None = None
-    birth_date: date | None = None
 
 
 class LabResult(FactBase):
@@ -65,7 +64,6 @@ class _Drug(FactBase):
 class Medication(_Drug):
     kind: Literal["medication"] = "medication"
     status: str
-    active: bool
     authored: datetime | None = None
 
 

@@ -6,9 +6,11 @@ are gathered here into a single finding whose evidence lists every fact involved
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -29,6 +31,7 @@ from .facts import (
     Procedure,
 )
 from .fhir_time import iso_day
+from .presentation import order_findings
 from .quantity_text import (
     as_sent,
     format_significant,
@@ -51,17 +54,6 @@ class RuleHit:
 
     compiled: CompiledRule
     facts: Mapping[str, ClinicalFact | RuleFinding]
-
-
-def format_number(value: float) -> str:
-    """Short numbers with trailing zeros dropped (0.699, 2.12, 13.5, 135).
-
-    Kept for callers outside the rules; lab values are written by `quantity_text`, which keeps
-    significant digits (2.00, not 2)."""
-    magnitude = abs(value)
-    digits = 0 if magnitude >= 100 else 1 if magnitude >= 10 else 2 if magnitude >= 1 else 3
-    text = f"{value:.{digits}f}"
-    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def _environment() -> SandboxedEnvironment:
@@ -87,6 +79,26 @@ _ENV = _environment()
 
 class SummaryTooLongError(ValueError):
     """A filled summary is longer than a card allows: the rule's template must be rewritten."""
+
+
+_STRICT_SUMMARIES: ContextVar[bool] = ContextVar("strict_summaries", default=False)
+
+
+@contextlib.contextmanager
+def strict_summaries() -> Iterator[None]:
+    """Inside this block a summary over 140 characters raises SummaryTooLongError (rules check,
+    fixtures and tests). Outside it, the finding falls back to a short whole-word summary, so a
+    template that meets unforeseen data never costs a patient the assessment."""
+    token = _STRICT_SUMMARIES.set(True)
+    try:
+        yield
+    finally:
+        _STRICT_SUMMARIES.reset(token)
+
+
+def _fallback_summary(rule: Rule, severity: str) -> str:
+    action = "Urgent review: " if severity == "critical" else ""
+    return f"{action}{rule.title}; see the details"
 
 
 def _view(fact: ClinicalFact | RuleFinding, units: UnitTable) -> dict[str, Any]:
@@ -189,9 +201,11 @@ def build_finding(
     variables["matches"] = _matches(rule, ordered, units)
     summary = _SPACES.sub(" ", render(rule.summary, variables, rule.id, "summary")).strip()
     if len(summary) > SUMMARY_LIMIT:
-        raise SummaryTooLongError(
-            f"rule {rule.id}: summary is {len(summary)} characters, more than {SUMMARY_LIMIT}: "
-            f"{summary!r}")
+        if _STRICT_SUMMARIES.get():
+            raise SummaryTooLongError(
+                f"rule {rule.id}: summary is {len(summary)} characters, more than "
+                f"{SUMMARY_LIMIT}: {summary!r}")
+        summary = _fallback_summary(rule, primary.compiled.severity)
     fired = sorted({h.compiled.match_index for h in hits})
     citations: dict[tuple[str, str | None], Citation] = {}
     for ref in [*rule.references, *(r for i in fired for r in rule.match[i].references)]:
@@ -254,4 +268,4 @@ def _hit_key(hit: RuleHit) -> tuple[str, ...]:
 
 
 def sort_findings(findings: Sequence[RuleFinding]) -> list[RuleFinding]:
-    return sorted(findings, key=lambda f: (-SEVERITY_RANK[f.severity], f.rule_id))
+    return order_findings(findings)

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from rich.console import Console, Group
 from rich.panel import Panel
 from rich.text import Text
 
 from .assessment import Assessment
-from .rule_schema import SEVERITY_RANK
+from .presentation import most_severe_first
 
 STYLE = {"critical": "bold white on red", "warning": "bold black on yellow", "info": "bold cyan"}
 BORDER = {"critical": "red", "warning": "yellow", "info": "cyan", None: "green"}
-
-
-def most_severe_first(assessments: Sequence[Assessment]) -> list[Assessment]:
-    return sorted(assessments, key=lambda a: (-SEVERITY_RANK.get(a.highest_severity or "", 0),
-                                             a.patient.reference))
 
 
 def render_assessment(assessment: Assessment) -> Panel:
@@ -41,7 +37,13 @@ def render_assessment(assessment: Assessment) -> Panel:
         if finding.severity != "info":
             for recommendation in finding.recommendations:
                 parts.append(Text(f"     • {recommendation}"))
-        cited = ", ".join(e.reference for e in finding.evidence)
+        # lab values as every output shows them (the lab's unit, the canonical one beside)
+        for item in finding.evidence:
+            if item.shown:
+                when = f" on {item.effective}" if item.effective else ""
+                parts.append(Text(f"     {item.label or item.concept}: {item.shown}{when}",
+                                  style="dim"))
+        cited = ", ".join(dict.fromkeys(e.reference for e in finding.evidence))
         if cited:
             parts.append(Text(f"     evidence: {cited}", style="dim"))
     for notice in assessment.notices:
@@ -53,3 +55,15 @@ def render_assessment(assessment: Assessment) -> Panel:
 def print_summary(assessments: Sequence[Assessment], console: Console) -> None:
     for assessment in most_severe_first(assessments):
         console.print(render_assessment(assessment))
+
+
+FILE_WIDTH = 110  # columns when the summary goes to a file rather than a terminal
+
+
+def write_summary(assessments: Sequence[Assessment], out: Path | None) -> None:
+    """The summary on standard output (as wide as the terminal), or in a file."""
+    if out is None:
+        print_summary(assessments, Console())
+        return
+    with out.open("w", encoding="utf-8") as handle:
+        print_summary(assessments, Console(file=handle, width=FILE_WIDTH))

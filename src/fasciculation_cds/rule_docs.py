@@ -22,8 +22,6 @@ def _pattern_text(name: str, pattern: FactPattern) -> str:
         parts.append("in group " + " or ".join(f"`{g}`" for g in pattern.in_groups))
     if pattern.exclude_concepts:
         parts.append("except " + ", ".join(f"`{c}`" for c in pattern.exclude_concepts))
-    if pattern.active:
-        parts.append("that is active")
     if pattern.latest:
         parts.append("(the latest result)")
     if pattern.max_age_days is not None:

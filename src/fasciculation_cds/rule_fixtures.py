@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .evaluate import PatientError, evaluate_each
+from .findings import strict_summaries
 from .ruleset import RuleSet, iter_rule_files
 
 FIXTURE_SYSTEM = "https://fasciculation-cds.dev/fixture"
@@ -45,8 +46,9 @@ def run_fixture(path: Path, ruleset: RuleSet) -> dict[str, str]:
     drafts = [e["resource"] for e in bundle["entry"]
               if DRAFT_TAG in e["resource"].get("meta", {}).get("tag", [])]
     bundle["entry"] = [e for e in bundle["entry"] if e["resource"] not in drafts]
-    outcomes = list(evaluate_each(bundle, as_of=bundle["timestamp"], draft_orders=drafts,
-                                  assume_presentation=ASSUME_TAG in tags, rules=ruleset))
+    with strict_summaries():  # a summary over 140 characters is an error in the rule files
+        outcomes = list(evaluate_each(bundle, as_of=bundle["timestamp"], draft_orders=drafts,
+                                      assume_presentation=ASSUME_TAG in tags, rules=ruleset))
     errors = [o for o in outcomes if isinstance(o, PatientError)]
     if errors:
         raise ValueError(errors[0].message)

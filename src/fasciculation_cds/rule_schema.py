@@ -15,10 +15,21 @@ Severity = Literal["info", "warning", "critical"]
 Status = Literal["experimental", "test", "stable", "deprecated"]
 FactKind = Literal[
     "lab", "medication", "draft", "problem", "finding", "procedure", "patient", "result"]
-Category = Literal["electrolyte", "workup", "medication", "neuropathy", "metabolic", "differential",
-                   "mnd", "context"]
 
 SEVERITY_RANK: dict[str, int] = {"info": 1, "warning": 2, "critical": 3}
+# The one list of rule categories, in the order clinician summaries list them, with the heading
+# shown there. Rule files live in rules/<category>/ and a rule id starts with its category.
+CATEGORY_TITLES: dict[str, str] = {
+    "mnd": "Motor neuron disease",
+    "electrolyte": "Electrolytes and vitamins",
+    "metabolic": "Metabolic causes",
+    "medication": "Medications",
+    "neuropathy": "Nerve causes",
+    "differential": "Other conditions to consider",
+    "workup": "Work-up",
+    "context": "Possible contributors",
+}
+RULE_CATEGORIES: tuple[str, ...] = tuple(CATEGORY_TITLES)
 RULE_ID = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9][a-z0-9-]*$")
 
 
@@ -74,7 +85,6 @@ class FactPattern(_Strict):
         description="For a lab with an upper limit (CK): the value as a multiple of the lab's "
         "referenceRange.high, else the default limit in derived.yaml (`{gt: 1}`: above it).",
     )
-    active: bool | None = Field(default=None, description="Medication is active (RULES.md).")
     rule: str | None = Field(default=None, description="For fact: result — the rule id.")
 
 
@@ -178,7 +188,8 @@ class EvidenceCollect(_Strict):
 class Rule(_Strict):
     id: str = Field(description="Stable public id `category.slug`; never reused.")
     title: str
-    category: Category
+    category: str = Field(description="The rule's category; also its folder under rules/.",
+                          json_schema_extra={"enum": list(RULE_CATEGORIES)})
     status: Status
     requires_presentation: bool = Field(
         default=True,
@@ -195,6 +206,18 @@ class Rule(_Strict):
         default_factory=list,
         description="Sources for the rule as a whole (at least one, here or on every match).")
     notes: str | None = Field(default=None, description="Where sources differ; known limits.")
+    headline: bool = Field(
+        default=False,
+        description="When it fires, a clinician summary names it in its headline box, with an "
+        "emphasised border, whatever the most severe finding is.",
+    )
+
+    @field_validator("category")
+    @classmethod
+    def _known_category(cls, value: str) -> str:
+        if value not in CATEGORY_TITLES:
+            raise ValueError(f"category must be one of {', '.join(RULE_CATEGORIES)}")
+        return value
 
     @field_validator("id")
     @classmethod

@@ -19,15 +19,13 @@ from pydantic import BaseModel, ValidationError
 
 from .content_schema import DerivedFile, Systems, TextMatches, UnitsFile, ValueSets
 from .errors import RuleFileError
-from .rule_schema import ContextPattern, FactPattern, Rule
+from .rule_schema import RULE_CATEGORIES, ContextPattern, FactPattern, Rule
 from .terminology import Terminology
 from .thresholds import ThresholdLadder, ValueTest, rule_ladders
 from .units import UnitTable, parse_number
 
 CONTENT_FILES = ("valuesets/codes.yaml", "valuesets/systems.yaml", "units.yaml", "derived.yaml",
                  "text-matches.yaml")
-RULE_CATEGORIES = ("electrolyte", "workup", "medication", "neuropathy", "metabolic", "differential",
-                   "mnd", "context")
 
 
 def default_rules_dir() -> Path:
@@ -338,6 +336,10 @@ def check_references(rule: Rule, ruleset: RuleSet, file: Path) -> None:
             for concept in [context.newer.concept, *context.newer.than]:
                 check_concept(concept, where, ("lab",))
         for index, pattern in enumerate(context.without_facts):
+            kinds = pattern.fact if isinstance(pattern.fact, list) else [pattern.fact]
+            if "result" in kinds or pattern.rule:
+                fail("without_facts tests record facts; use without_findings for findings",
+                     f"{where}.without_facts.{index}")
             check_pattern(pattern, f"{where}.without_facts.{index}")
         for name in context.group_sets:
             if name not in ruleset.derived.counted_group_sets:
@@ -361,3 +363,14 @@ def check_references(rule: Rule, ruleset: RuleSet, file: Path) -> None:
         for concept in collect.concepts:
             check_concept(concept, f"evidence_also.{i}")
 
+
+
+def clear_rules_cache() -> None:
+    """Forget every rule set loaded so far: the next `load_rules` reads the files again.
+
+    `load_rules` reads a folder once per process, so a program that runs for long sees the rules
+    as they were when it first loaded them. One that lets its rules be edited calls this, then
+    `load_rules` again (a new `version`, a newly compiled engine). `serve` loads its rules when
+    it starts: restart it after editing rules.
+    """
+    _load_rules_cached.cache_clear()

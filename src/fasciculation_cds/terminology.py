@@ -1,4 +1,4 @@
-"""Codes to concepts, through the value sets in rules/valuesets (built from clinical/codes.yaml).
+"""Codes to concepts, through the value sets in rules/valuesets.
 
 The rule layer speaks of concepts ("magnesium", "loop-diuretic"); this module is the only place
 that knows about code systems, ICD dots, prefixes, text matches and the RxNorm ingredient fallback.
@@ -6,7 +6,6 @@ that knows about code systems, ICD dots, prefixes, text matches and the RxNorm i
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -56,10 +55,10 @@ class Terminology:
     _systems_by_uri: dict[str, _System] = field(default_factory=dict)
     _codes: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     _prefixes: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
-    _text: list[tuple[re.Pattern[str], str]] = field(default_factory=list)
-    _ingredients: list[tuple[re.Pattern[str], str]] = field(default_factory=list)
+    _text: Phrases = field(default_factory=lambda: Phrases(()))
+    _ingredients: Phrases = field(default_factory=lambda: Phrases(()))
     _negation: Negation | None = None
-    _value_words: tuple[re.Pattern[str], re.Pattern[str]] | None = None
+    _value_words: tuple[Phrases, Phrases] | None = None
     body_site_rules: list[tuple[str, tuple[str, ...], str]] = field(default_factory=list)
 
     @classmethod
@@ -112,6 +111,7 @@ class Terminology:
             for uri in [system_spec.uri, *system_spec.aliases]:
                 term._systems_by_uri[uri.rstrip("/")] = system
         codes_index: dict[tuple[str, str], list[str]] = {}
+        drug_names: list[tuple[str, str]] = []
         for cid, spec in codes.concepts.items():
             for coding in spec.codings:
                 found = term._systems_by_uri.get(coding.system.rstrip("/"))
@@ -129,18 +129,17 @@ class Terminology:
             if spec.kind == "medication":
                 names = [cid.replace("-", " "), *_label_names(spec.label),
                          *text_matches.medication_names.get(cid, [])]
-                for name in dict.fromkeys(n.lower() for n in names):
-                    term._ingredients.append((phrase_pattern(name), cid))
+                drug_names += [(name, cid) for name in names]
+        term._ingredients = Phrases(drug_names)
         term._codes = {k: tuple(v) for k, v in codes_index.items()}
-        for cid, phrases in text_matches.text.items():
-            for phrase in phrases:
-                term._text.append((phrase_pattern(phrase), cid))
+        term._text = Phrases((phrase, cid) for cid, phrases in text_matches.text.items()
+                             for phrase in phrases)
         if text_matches.negation is not None:
             term._negation = Negation.of(text_matches.negation)
         if text_matches.observation_values is not None:
             values = text_matches.observation_values
-            term._value_words = (_any_of(phrase_pattern(w) for w in values.negative),
-                                 _any_of(phrase_pattern(w) for w in values.positive))
+            term._value_words = (Phrases((w, "absent") for w in values.negative),
+                                 Phrases((w, "present") for w in values.positive))
         unknown_drugs = [c for c in text_matches.medication_names
                          if c not in concepts or concepts[c].kind != "medication"]
         if unknown_drugs:
@@ -149,7 +148,7 @@ class Terminology:
         for cid, rule in text_matches.body_site.items():
             words = tuple(w.lower() for w in rule.site_words)
             term.body_site_rules.append((rule.when_concept, words, cid))
-        unknown = [c for _, c in term._text if c not in concepts]
+        unknown = [c for c in term._text.values() if c not in concepts]
         unknown += [c for _, _, c in term.body_site_rules if c not in concepts]
         if unknown:
             raise ValueError(f"text-matches.yaml names unknown concepts: {sorted(set(unknown))}")
@@ -200,16 +199,13 @@ class Terminology:
         found: set[str] = set()
         for piece in pieces:
             lowered = piece.lower()
-            if not self._any_text.search(lowered):
+            if not self._text.mentioned_in(_tokens(lowered)):
                 continue
             for clause in self._clauses(lowered):
-                for pattern, cid in self._text:
-                    if cid in found:
-                        continue
-                    for match in pattern.finditer(clause):
-                        if not self._negated(clause, match.start(), match.end()):
-                            found.add(cid)
-                            break
+                tokens = _tokens(clause)
+                for start, end, cid in self._text.find(tokens):
+                    if cid not in found and not self._negated(tokens, start, end):
+                        found.add(cid)
         return found
 
     def _clauses(self, text: str) -> list[str]:
@@ -217,12 +213,12 @@ class Terminology:
             return [text]
         return self._negation.clause_break.split(text)
 
-    def _negated(self, clause: str, start: int, end: int) -> bool:
+    def _negated(self, tokens: list[str], start: int, end: int) -> bool:
         negation = self._negation
         if negation is None:
             return False
-        return bool(negation.before.search(clause, 0, start)
-                    or negation.after.search(clause, end))
+        return (negation.before.mentioned_in(tokens[:start])
+                or negation.after.mentioned_in(tokens[end:]))
 
     def value_meaning(self, pieces: Iterable[str]) -> str | None:
         """"absent" or "present" for the words of an Observation value; None when unclear.
@@ -230,10 +226,10 @@ class Terminology:
         if self._value_words is None:
             return None
         negative, positive = self._value_words
-        text = " | ".join(pieces).lower()
-        if negative.search(text):
+        tokens = _tokens(" | ".join(pieces).lower())
+        if negative.mentioned_in(tokens):
             return "absent"
-        if positive.search(text):
+        if positive.mentioned_in(tokens):
             return "present"
         return None
 
@@ -249,8 +245,8 @@ class Terminology:
             system = self._systems_by_uri.get(str(coding.get("system") or "").rstrip("/"))
             if system is None or not system.ingredient_fallback:
                 pieces.append(str(coding.get("display") or ""))
-        text = " | ".join(pieces).lower()
-        found = {cid for pattern, cid in self._ingredients if pattern.search(text)}
+        tokens = _tokens(" | ".join(pieces).lower())
+        found = {cid for _, _, cid in self._ingredients.find(tokens)}
         return [ConceptMatch(cid, MATCHED_BY_TEXT) for cid in sorted(found)]
 
     def _known_codings(
@@ -276,15 +272,10 @@ class Terminology:
             system = self._systems_by_uri.get(str(coding.get("system") or "").rstrip("/"))
             if system is None or not system.ingredient_fallback:
                 continue
-            text = str(coding.get("display") or "").lower()
-            for pattern, cid in self._ingredients:
-                if pattern.search(text):
-                    found.setdefault(
-                        cid,
-                        ConceptMatch(
-                            cid, MATCHED_BY_INGREDIENT_NAME, coding.get("code"), system.uri
-                        ),
-                    )
+            tokens = _tokens(str(coding.get("display") or "").lower())
+            for _, _, cid in self._ingredients.find(tokens):
+                found.setdefault(cid, ConceptMatch(cid, MATCHED_BY_INGREDIENT_NAME,
+                                                   coding.get("code"), system.uri))
         return sorted(found.values(), key=lambda m: m.concept)
 
     def has_relevant_code(self, codeable: Mapping[str, Any] | None) -> bool:
@@ -300,59 +291,67 @@ class Terminology:
                 return True
             if any(norm.startswith(p) for p, _ in self._prefixes.get(system.key, ())):
                 return True
-            if system.ingredient_fallback and self._any_ingredient.search(
-                    str(coding.get("display") or "").lower()):
+            if system.ingredient_fallback and self._ingredients.mentioned_in(
+                    _tokens(str(coding.get("display") or "").lower())):
                 return bool(self.match_ingredient_name(codeable))
-        texts = " | ".join(_text_pieces(codeable)).lower()
-        if self._any_text.search(texts):
+        tokens = _tokens(" | ".join(_text_pieces(codeable)).lower())
+        if self._text.mentioned_in(tokens):
             return bool(self.match_codeable(codeable))
         # a text-only medication (names are matched without negation)
-        return bool(self._any_ingredient.search(texts))
+        return self._ingredients.mentioned_in(tokens)
 
-    @functools.cached_property
-    def _any_text(self) -> re.Pattern[str]:
-        return _any_of(pattern for pattern, _ in self._text)
 
-    @functools.cached_property
-    def _any_ingredient(self) -> re.Pattern[str]:
-        return _any_of(pattern for pattern, _ in self._ingredients)
+# Words, plus ':' (negation cues such as "clonus: no" need it).
+_TOKEN = re.compile(r"[a-z0-9]+|:")
+
+
+def _tokens(text: str) -> list[str]:
+    return _TOKEN.findall(text)
+
+
+class Phrases:
+    """Phrases as whole-word token sequences, indexed by their first word (fast to test)."""
+
+    def __init__(self, phrases: Iterable[tuple[str, str]]) -> None:
+        self._by_first: dict[str, list[tuple[tuple[str, ...], str]]] = {}
+        for phrase, value in phrases:
+            words = tuple(_tokens(phrase.lower()))
+            entries = self._by_first.setdefault(words[0], []) if words else []
+            if words and (words, value) not in entries:
+                entries.append((words, value))
+
+    def values(self) -> list[str]:
+        return [value for entries in self._by_first.values() for _, value in entries]
+
+    def mentioned_in(self, tokens: list[str]) -> bool:
+        """Does any phrase occur in the tokens (negation aside)?"""
+        return next(self.find(tokens), None) is not None
+
+    def find(self, tokens: list[str]) -> Iterator[tuple[int, int, str]]:
+        """(start, end, value) of every phrase occurrence in the tokens."""
+        for start, token in enumerate(tokens):
+            for words, value in self._by_first.get(token, ()):
+                end = start + len(words)
+                if tuple(tokens[start:end]) == words:
+                    yield start, end, value
 
 
 @dataclass(frozen=True)
 class Negation:
-    """Compiled negation cues (text-matches.yaml `negation`)."""
+    """Negation cues (text-matches.yaml `negation`): phrases, and what ends a clause."""
 
-    before: re.Pattern[str]
-    after: re.Pattern[str]
+    before: Phrases
+    after: Phrases
     clause_break: re.Pattern[str]
 
     @classmethod
     def of(cls, cues: NegationCues) -> Negation:
         words = "|".join(re.escape(w.lower()) for w in cues.clause_breaks)
         return cls(
-            before=_any_of(phrase_pattern(c) for c in cues.before),
-            after=_any_of(phrase_pattern(c) for c in cues.after),
-            clause_break=re.compile(rf"[.;\n\r]|{_EDGE_BEFORE}(?:{words}){_EDGE_AFTER}"),
+            before=Phrases((c, "cue") for c in cues.before),
+            after=Phrases((c, "cue") for c in cues.after),
+            clause_break=re.compile(rf"[.;\n\r]|(?<![a-z0-9])(?:{words})(?![a-z0-9])"),
         )
-
-
-_EDGE_BEFORE = r"(?<![a-z0-9])"
-_EDGE_AFTER = r"(?![a-z0-9])"
-_SEPARATOR = r"[\s\-'\u2019]+"
-
-
-def phrase_pattern(phrase: str) -> re.Pattern[str]:
-    """Whole words of a phrase, case-folded, any spacing or hyphen between them; a leading ':'
-    (a negation cue such as ': no') must be there too."""
-    lowered = phrase.lower().strip()
-    lead = r":\s*" if lowered.startswith(":") else _EDGE_BEFORE
-    words = _WORD.findall(lowered)
-    return re.compile(lead + _SEPARATOR.join(re.escape(w) for w in words) + _EDGE_AFTER)
-
-
-def _any_of(patterns: Iterable[re.Pattern[str]]) -> re.Pattern[str]:
-    sources = [p.pattern for p in patterns]
-    return re.compile("|".join(f"(?:{s})" for s in sources) if sources else r"(?!x)x")
 
 
 def _label_names(label: str) -> list[str]:
@@ -366,5 +365,3 @@ def _text_pieces(codeable: Mapping[str, Any]) -> list[str]:
         if isinstance(coding, Mapping):
             pieces.append(str(coding.get("display") or ""))
     return [p for p in pieces if p]
-
-

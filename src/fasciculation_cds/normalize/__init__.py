@@ -131,5 +131,5 @@ def _patient(record: PatientRecord, as_of: datetime) -> PatientFact:
         day = as_of.date()
         age = day.year - birth.year - ((day.month, day.day) < (birth.month, birth.day))
     gender = resource.get("gender")
-    return PatientFact(reference=record.reference, age=age, birth_date=birth,
+    return PatientFact(reference=record.reference, age=age,
                        sex=gender if isinstance(gender, str) else None)

@@ -1,7 +1,7 @@
 """Albumin-corrected total calcium (Payne), as derived readings of concept calcium-corrected.
 
-RULES.md v2, Definitions "Albumin correction": with the albumin nearest in time within the
-window, applied only when that albumin is below the reference (4.0 g/dL); otherwise the measured
+docs/clinical-basis.md, "Albumin-corrected calcium": with the albumin nearest in time within
+the window, applied only when that albumin is below the reference (4.0 g/dL); otherwise the measured
 total stands, with a note saying why. An implausible albumin, or one sent with a comparator, is
 not used. A lab-reported corrected calcium is used only when no measured total of the same time
 exists.

@@ -1,10 +1,10 @@
 """Lab values sent with a comparator (`<12 ng/mL`), decided against the rules' own thresholds.
 
-RULES.md v2, Definitions "Comparators": the result is used when its bound decides every rule
-comparison on its concept without doubt; when a bound leaves a finding undecided (`<25 ng/mL`
-against 20) it counts as missing; when it proves a finding but not its severity (`<20 ng/mL`,
-`<=0.5 mmol/L` Mg) it is used at the severity the bound proves. Both cases give a notice
-`comparator-indeterminate`. A used result takes the value at its bound (just inside it for a
+docs/clinical-basis.md, "Lab results", comparators: the result is used when its bound decides
+every rule comparison on its concept without doubt; when a bound leaves a finding undecided
+(`<25 ng/mL` against 20) it counts as missing; when it proves a finding but not its severity
+(`<20 ng/mL`, `<=0.5 mmol/L` Mg) it is used at the severity the bound proves. Both cases give a
+notice `comparator-indeterminate`. A used result takes the value at its bound (just inside it for a
 strict comparator), which is where it is least severe.
 """
 

@@ -104,8 +104,9 @@ PRESENT, ABSENT, UNCLEAR = "present", "absent", "unclear"
 
 
 def observation_value(content: Content, resource: Mapping[str, Any]) -> str:
-    """What a sign Observation's value says (RULES.md v2, "Negation"): no value, true, or a value
-    meaning present -> present; false, a `negative-answer` code or a negative word -> absent."""
+    """What a sign Observation's value says (docs/clinical-basis.md, "Negation"): no value, true,
+    or a value meaning present -> present; false, a `negative-answer` code or a negative word ->
+    absent."""
     term = content.term
     keys = [key for key in resource if key.startswith("value")]
     if not keys:

@@ -112,7 +112,8 @@ def lab_facts(content: Content, readings: list[LabReading], as_of: datetime) -> 
     constants = content.constants
     facts = []
     for concept in sorted(by_concept):
-        # newest first; same instant: the more abnormal first (RULES.md v2), then by reference
+        # newest first; same instant: the more abnormal first (docs/clinical-basis.md, "Lab
+        # results"), then by reference
         ordered = sorted(by_concept[concept],
                          key=lambda lab: (-lab.effective.timestamp(), *_abnormal_first(
                              content, lab), lab.reference))

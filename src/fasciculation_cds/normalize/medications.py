@@ -23,7 +23,7 @@ ACTIVE_STATEMENT_STATUS = frozenset({"active", "intended"})
 def medication_facts(
     content: Content, sourced: SourcedResource, as_of: datetime
 ) -> list[Medication]:
-    """The ingredients of an active medication (RULES.md "Active medication")."""
+    """The ingredients of an active medication (docs/clinical-basis.md "Active medication")."""
     resource = sourced.resource
     status = str(resource.get("status") or "")
     if resource["resourceType"] == "MedicationRequest":
@@ -52,7 +52,7 @@ def medication_facts(
         concept = content.term.concepts[match.concept]
         facts.append(Medication(
             reference=reference, concept=concept.id, label=concept.label,
-            classes=concept.classes, status=status, active=True, display=display,
+            classes=concept.classes, status=status, display=display,
             matched_by=match.matched_by, authored=started))
     return facts
 

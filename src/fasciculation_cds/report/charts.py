@@ -1,11 +1,15 @@
 """Lab trend charts as inline SVG geometry (no scripts, no network): points over time, the
-rule thresholds as dashed lines, and the values that triggered a finding marked."""
+rule thresholds as dashed lines, and the values that triggered a finding marked.
+
+Everything on a chart is in one unit, the series' axis unit (see `view.axis_unit`); tick labels
+keep significant digits like every other number shown."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .view import Series
+from ..quantity_text import format_significant
+from .view import Series, Threshold
 
 WIDTH, HEIGHT = 560, 190
 LEFT, RIGHT, TOP, BOTTOM = 56, 16, 14, 30
@@ -36,12 +40,22 @@ class Chart:
     x_labels: list[tuple[float, str]]
 
 
-def _fmt(value: float) -> str:
-    return f"{value:.3g}"
+def framing_thresholds(series: Series) -> list[Threshold]:
+    """The thresholds among the results, and the nearest one on each side of them: the lines
+    that say where the results stand. Farther ones (a critical high for a low result) would
+    only squeeze the results into a sliver of the chart."""
+    values = [p.value for p in series.points]
+    low, high = min(values), max(values)
+    inside = [t for t in series.thresholds if low < t.value < high]
+    below = [t for t in series.thresholds if t.value <= low]
+    above = [t for t in series.thresholds if t.value >= high]
+    framing = inside + below[-1:] + above[:1]
+    return sorted(framing, key=lambda t: t.value)
 
 
 def plot(series: Series) -> Chart:
-    values = [p.value for p in series.points] + [t.value for t in series.thresholds]
+    thresholds = framing_thresholds(series)
+    values = [p.value for p in series.points] + [t.value for t in thresholds]
     low, high = min(values), max(values)
     span = high - low or abs(high) or 1.0
     low, high = low - 0.1 * span, high + 0.1 * span
@@ -65,6 +79,6 @@ def plot(series: Series) -> Chart:
     return Chart(
         width=WIDTH, height=HEIGHT, points=points,
         polyline=" ".join(f"{p.x},{p.y}" for p in points),
-        thresholds=[PlottedLine(round(y_of(t.value), 1), t.label) for t in series.thresholds],
-        y_ticks=[(round(y_of(v), 1), _fmt(v)) for v in ticks],
+        thresholds=[PlottedLine(round(y_of(t.value), 1), t.label) for t in thresholds],
+        y_ticks=[(round(y_of(v), 1), format_significant(v)) for v in ticks],
         x_labels=x_labels)

@@ -16,22 +16,19 @@ from markupsafe import Markup
 
 from ..assessment import Assessment
 from ..facts import Medication
-from ..findings import format_number
-from ..rule_schema import SEVERITY_RANK
+from ..presentation import RULES_SYSTEM, patient_order, severity_rank
 from ..ruleset import RuleSet
 from .charts import plot
-from .view import PatientView, build_view, most_severe_first
+from .view import PatientView, build_view
 
 TEMPLATES = Path(__file__).parent / "templates"
 _HTML = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True,
                     undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 _MARKDOWN = MarkdownIt("commonmark", {"html": False})  # raw HTML in record text stays escaped
 _HTML.filters["markdown"] = lambda text: Markup(_MARKDOWN.render(str(text)))
-_HTML.filters["num"] = format_number
 _TEXT = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=False,
                     undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 FHIR_SEVERITY = {"critical": "high", "warning": "moderate", "info": "low"}
-RULES_SYSTEM = "https://fasciculation-cds.dev/rules"
 _LOCAL_REFERENCE = re.compile(r"^[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}$")
 
 
@@ -43,8 +40,7 @@ def render_html(assessment: Assessment, ruleset: RuleSet) -> str:
 
 
 def render_index(views: Sequence[tuple[PatientView, str]]) -> str:
-    rank = {**dict(SEVERITY_RANK.items()), "none": 0}
-    return _HTML.get_template("index.html.j2").render(rows=list(views), rank=rank)
+    return _HTML.get_template("index.html.j2").render(rows=list(views), rank=severity_rank)
 
 
 def render_markdown(assessment: Assessment) -> str:
@@ -96,41 +92,41 @@ def _slug(reference: str) -> str:
     return re.sub(r"[^A-Za-z0-9.-]+", "-", reference).strip("-")
 
 
-def write_reports(assessments: Sequence[Assessment], ruleset: RuleSet, fmt: str,
-                  out: Path | None) -> list[Path]:
-    """Write one file per patient (plus index.html for html); returns what was written.
+def render_document(assessments: Sequence[Assessment], ruleset: RuleSet, fmt: str) -> bytes:
+    """Every patient in one document: Markdown notes between rules, a FHIR Bundle (a JSON array
+    of them for several patients), or the HTML page of a single patient."""
+    if fmt == "markdown":
+        return "\n---\n\n".join(render_markdown(a) for a in assessments).encode()
+    if fmt == "fhir":
+        bundles = [render_fhir(a) for a in assessments]
+        payload = bundles[0] if len(bundles) == 1 else bundles
+        return orjson.dumps(payload, option=orjson.OPT_INDENT_2) + b"\n"
+    if fmt == "html":
+        if len(assessments) != 1:
+            raise ValueError("an HTML page holds one patient; write several to a folder")
+        return render_html(assessments[0], ruleset).encode()
+    raise ValueError(f"unknown report format {fmt!r}")
 
-    With `out` None and one patient, the caller prints instead (see `render_*`).
+
+def write_reports(assessments: Sequence[Assessment], ruleset: RuleSet, fmt: str,
+                  out: Path) -> list[Path]:
+    """Write the report to `out`; returns what was written.
+
+    HTML for several patients, or to a path without a suffix, is a folder: one page per patient
+    plus `index.html`, most severe first. Every other case is one file (`render_document`).
     """
-    written: list[Path] = []
-    if out is None:
-        return written
     if fmt == "html" and (len(assessments) > 1 or out.suffix == ""):
         out.mkdir(parents=True, exist_ok=True)
         rows = []
+        written: list[Path] = []
         for assessment in assessments:
             name = f"{_slug(assessment.patient.reference)}.html"
             (out / name).write_text(render_html(assessment, ruleset), encoding="utf-8")
             written.append(out / name)
             rows.append((build_view(assessment, ruleset), name))
+        rows.sort(key=lambda row: patient_order(row[0].assessment))
         index = out / "index.html"
-        index.write_text(render_index([(v, h) for v, h in _ordered(rows)]), encoding="utf-8")
+        index.write_text(render_index(rows), encoding="utf-8")
         return [index, *written]
-    if fmt == "html":
-        out.write_text(render_html(assessments[0], ruleset), encoding="utf-8")
-        return [out]
-    if fmt == "markdown":
-        out.write_text("\n---\n\n".join(render_markdown(a) for a in assessments),
-                       encoding="utf-8")
-        return [out]
-    if fmt == "fhir":
-        bundles = [render_fhir(a) for a in assessments]
-        payload = bundles[0] if len(bundles) == 1 else bundles
-        out.write_bytes(orjson.dumps(payload, option=orjson.OPT_INDENT_2) + b"\n")
-        return [out]
-    raise ValueError(f"unknown report format {fmt!r}")
-
-
-def _ordered(rows: list[tuple[PatientView, str]]) -> list[tuple[PatientView, str]]:
-    order = {id(v): i for i, v in enumerate(most_severe_first([v for v, _ in rows]))}
-    return sorted(rows, key=lambda row: order[id(row[0])])
+    out.write_bytes(render_document(assessments, ruleset, fmt))
+    return [out]

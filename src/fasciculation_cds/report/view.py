@@ -13,18 +13,12 @@ from fractions import Fraction
 from ..assessment import Assessment, RuleFinding
 from ..facts import LabResult, Medication
 from ..fhir_time import iso_day
-from ..findings import format_number
-from ..rule_schema import SEVERITY_RANK
+from ..presentation import order_findings
+from ..quantity_text import converted_text, shown_text, threshold_text
+from ..rule_schema import CATEGORY_TITLES, RULE_CATEGORIES
 from ..ruleset import RuleSet
-
-# Analytes with a trend chart, in the order a clinician scans them. Calcium is charted as the
-# albumin-corrected value the rule decides on.
-CHART_CONCEPTS = ("calcium-corrected", "calcium-ionized", "magnesium", "potassium", "sodium",
-                  "phosphate", "vitamin-d-25oh", "vitamin-b12")
-CATEGORY_TITLES = {"mnd": "Motor neuron disease", "electrolyte": "Electrolytes and vitamins",
-                   "medication": "Medications", "neuropathy": "Nerve causes",
-                   "workup": "Work-up", "context": "Possible contributors"}
-CATEGORY_ORDER = tuple(CATEGORY_TITLES)
+from ..thresholds import compared_lab_concepts, lab_thresholds
+from ..units import UnitTable
 
 
 @dataclass(frozen=True)
@@ -67,7 +61,8 @@ class PatientView:
     series: list[Series]
     medications: list[MedicationLine]
     contributors: list[str]
-    red_flag: bool
+    alerts: list[RuleFinding]
+    """Findings of `headline: true` rules: the headline box names them, emphasised."""
     references: list[tuple[str, str | None]] = field(default_factory=list)
 
     @property
@@ -75,30 +70,56 @@ class PatientView:
         return self.assessment.highest_severity or "none"
 
 
-def thresholds_for(ruleset: RuleSet, concept: str) -> list[Threshold]:
-    """Threshold lines for a chart, read from the rule files (converted to canonical units)."""
+SYMBOL = {"lt": "<", "lte": "≤", "gt": ">", "gte": "≥"}
+
+
+def thresholds_for(ruleset: RuleSet, concept: str, axis_unit: str) -> list[Threshold]:
+    """Threshold lines for a chart, read from the rule files, at their place on an axis in
+    `axis_unit` and labelled in that unit: the number as the rule wrote it when the rule is
+    written in the axis unit, otherwise converted (significant digits kept)."""
+    units = ruleset.units
     lines: dict[float, Threshold] = {}
-    for rule in ruleset.active_rules():
-        for match in rule.match:
-            patterns = [(match.severity, p) for p in match.facts.values()]
-            patterns += [(e.severity, p) for e in match.escalate for p in e.facts.values()]
-            for severity, pattern in patterns:
-                concepts = [*([pattern.concept] if pattern.concept else []),
-                            *(pattern.concepts or [])]
-                if concept not in concepts or pattern.value is None:
-                    continue
-                for op in ("lt", "lte", "gt", "gte"):
-                    bound = getattr(pattern.value, op)
-                    if bound is None:
-                        continue
-                    canonical = ruleset.units.to_canonical(
-                        concept, Fraction(repr(bound)),
-                        pattern.value.unit or ruleset.units.canonical_unit(concept))
-                    if canonical is not None:
-                        value = float(canonical)
-                        shown = f"{format_number(bound)} {pattern.value.unit or ''}".strip()
-                        lines.setdefault(value, Threshold(value, f"{severity} {shown}"))
+    for found in lab_thresholds(ruleset.active_rules(), units, concept):
+        if found.operator not in SYMBOL:
+            continue
+        on_axis = units.from_canonical(concept, found.canonical, axis_unit)
+        if on_axis is None:
+            continue
+        written_in = units.fold(found.unit or units.canonical_unit(concept) or "")
+        shown = (threshold_text(found.bound, axis_unit) if written_in == axis_unit
+                 else converted_text(units, concept, found.bound, written_in, axis_unit))
+        if shown is None:
+            continue
+        lines.setdefault(float(on_axis), Threshold(
+            float(on_axis), f"{found.severity} {SYMBOL[found.operator]} {shown}"))
     return sorted(lines.values(), key=lambda t: t.value)
+
+
+def axis_unit(labs: Sequence[LabResult], units: UnitTable) -> str:
+    """The unit a chart is drawn in: the one the lab sent, when every result came in the same
+    convertible unit; otherwise the concept's canonical unit (results sent in several units are
+    drawn on one comparable scale)."""
+    canonical = labs[0].unit
+    sent = {units.fold(lab.original_unit) if lab.original_unit else None for lab in labs}
+    if len(sent) == 1:
+        [only] = sent
+        if only and units.from_canonical(labs[0].concept, Fraction(1), only) is not None:
+            return only
+    return canonical
+
+
+def _on_axis(lab: LabResult, unit: str, units: UnitTable) -> float:
+    """The value the rules used (corrected, for a corrected calcium), in the axis unit."""
+    if unit == lab.unit:
+        return lab.value
+    value = units.from_canonical(lab.concept, Fraction(repr(lab.value)), unit)
+    return float(value) if value is not None else lab.value
+
+
+def charted_concepts(ruleset: RuleSet) -> tuple[str, ...]:
+    """Labs with a trend chart: those the rules compare with a threshold. Calcium is charted as
+    the albumin-corrected value the rule decides on, because that is what the rule names."""
+    return compared_lab_concepts(ruleset.active_rules(), ruleset.units)
 
 
 def build_view(assessment: Assessment, ruleset: RuleSet) -> PatientView:
@@ -106,17 +127,18 @@ def build_view(assessment: Assessment, ruleset: RuleSet) -> PatientView:
     flagged_refs = {e.reference for f in findings for e in f.evidence}
     labs = [f for f in assessment.facts if isinstance(f, LabResult)]
     series = []
-    for concept in CHART_CONCEPTS:
+    for concept in charted_concepts(ruleset):
         points = sorted((f for f in labs if f.concept == concept), key=lambda f: f.effective)
         if not points:
             continue
-        unit = points[0].unit
+        unit = axis_unit(points, ruleset.units)
         series.append(Series(
             concept=concept, label=points[0].label, unit=unit,
-            points=[Point(p.effective, p.value, f"{format_number(p.value)} {unit}"
-                          f" ({iso_day(p.effective)})", p.reference,
-                          p.reference in flagged_refs and p.is_latest) for p in points],
-            thresholds=thresholds_for(ruleset, concept)))
+            points=[Point(p.effective, _on_axis(p, unit, ruleset.units),
+                          f"{shown_text(p, ruleset.units)} ({iso_day(p.effective)})",
+                          p.reference, p.reference in flagged_refs and p.is_latest)
+                    for p in points],
+            thresholds=thresholds_for(ruleset, concept, unit)))
     medications = []
     for fact in assessment.facts:
         if isinstance(fact, Medication):
@@ -126,13 +148,13 @@ def build_view(assessment: Assessment, ruleset: RuleSet) -> PatientView:
                                               fact.reference, by))
     medications.sort(key=lambda m: (not m.flagged_by, m.label))
     groups = []
-    for category in CATEGORY_ORDER:
+    for category in RULE_CATEGORIES:
         members = [f for f in findings if f.category == category]
         if members:
-            groups.append((CATEGORY_TITLES[category], sorted(
-                members, key=lambda f: (-SEVERITY_RANK[f.severity], f.rule_id))))
+            groups.append((CATEGORY_TITLES[category], order_findings(members)))
     contributors = sorted({e.label or e.concept for f in findings if f.category == "context"
                            for e in f.evidence})
+    headline_rules = {rule.id for rule in ruleset.rules if rule.headline}
     references: dict[str, str | None] = {}
     for finding in findings:
         for citation in finding.references:
@@ -140,10 +162,5 @@ def build_view(assessment: Assessment, ruleset: RuleSet) -> PatientView:
     return PatientView(
         assessment=assessment, headline=findings[0] if findings else None, groups=groups,
         series=series, medications=medications, contributors=contributors,
-        red_flag=any(f.rule_id == "mnd.red-flags" for f in findings),
+        alerts=[f for f in findings if f.rule_id in headline_rules],
         references=sorted(references.items()))
-
-
-def most_severe_first(views: Sequence[PatientView]) -> list[PatientView]:
-    return sorted(views, key=lambda v: (-SEVERITY_RANK.get(v.highest, 0),
-                                        v.assessment.patient.reference))

@@ -7,10 +7,10 @@ import uuid
 from typing import Any
 
 from ..assessment import Assessment, RuleFinding
+from ..presentation import RULES_SYSTEM
 from ..ruleset import RuleSet
 
 SOURCE_LABEL = "fasciculation-cds"
-RULES_SYSTEM = "https://fasciculation-cds.dev/rules"
 OVERRIDE_SYSTEM = "https://fasciculation-cds.dev/override-reason"
 OVERRIDE_REASONS = [
     {"code": "already-addressed", "system": OVERRIDE_SYSTEM, "display": "Already addressed"},
@@ -58,7 +58,8 @@ def _suggestions(finding: RuleFinding, assessment: Assessment, ruleset: RuleSet,
                 if concept in missing:
                     continue
                 codes = ruleset.terminology.codes_of([concept])
-                loinc = [(s, c) for s, c in codes if s == "http://loinc.org"]
+                loinc = [(s, c) for s, c in codes
+                         if s == ruleset.terminology.system_uri("loinc")]
                 if not loinc:
                     continue
                 label = ruleset.terminology.concepts[concept].label

@@ -15,7 +15,8 @@ LOOKBACK_DAYS = 400  # a little more than the rules' largest look-back (372 days
 def lab_codes(ruleset: RuleSet) -> str:
     lab_concepts = [c.id for c in ruleset.terminology.concepts.values() if c.kind == "lab"]
     pairs = ruleset.terminology.codes_of(lab_concepts)
-    return ",".join(f"{system}|{code}" for system, code in pairs if system == "http://loinc.org")
+    loinc = ruleset.terminology.system_uri("loinc")
+    return ",".join(f"{system}|{code}" for system, code in pairs if system == loinc)
 
 
 def templates(ruleset: RuleSet) -> dict[str, str]:

@@ -1,0 +1,53 @@
+"""What every output shows the same way: the order of findings and patients, and the system that
+names rule ids in FHIR resources and CDS Hooks cards.
+
+JSON, terminal text, Markdown, HTML, FHIR and cards all put the most severe first; keeping the
+order in one place means a change to it cannot make two outputs disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+from .rule_schema import SEVERITY_RANK
+
+if TYPE_CHECKING:
+    from .assessment import Assessment
+
+# The code system of rule ids (DetectedIssue.code, GuidanceResponse.moduleUri, card topics).
+RULES_SYSTEM = "https://fasciculation-cds.dev/rules"
+
+
+class _Ranked(Protocol):
+    @property
+    def severity(self) -> str: ...
+
+    @property
+    def rule_id(self) -> str: ...
+
+
+F = TypeVar("F", bound=_Ranked)
+
+
+def severity_rank(severity: str | None) -> int:
+    """1 info, 2 warning, 3 critical; 0 for no finding at all."""
+    return SEVERITY_RANK.get(severity or "", 0)
+
+
+def finding_order(finding: _Ranked) -> tuple[int, str]:
+    """Sort key: most severe first, then by rule id."""
+    return -severity_rank(finding.severity), finding.rule_id
+
+
+def order_findings(findings: Iterable[F]) -> list[F]:
+    return sorted(findings, key=finding_order)
+
+
+def patient_order(assessment: Assessment) -> tuple[int, str]:
+    """Sort key: the patient with the most severe finding first, then by patient reference."""
+    return -severity_rank(assessment.highest_severity), assessment.patient.reference
+
+
+def most_severe_first(assessments: Iterable[Assessment]) -> list[Assessment]:
+    return sorted(assessments, key=patient_order)
