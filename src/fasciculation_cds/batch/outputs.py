@@ -59,11 +59,15 @@ def publish(staging: Path, out: Path, output_format: str) -> dict[str, Path]:
     return {table: placed[table] for table in TABLES}
 
 
+PART_ROW_GROUP = 64  # rows: the merge holds one row group of every part at a time
+
+
 def write_rows(path: Path, rows: list[Row], table: str, output_format: str) -> None:
     ordered = sorted(rows, key=sort_key)
     if output_format == "parquet":
         data = pa.Table.from_pylist(ordered, schema=TABLES[table])
-        atomic_write(path, lambda target: pq.write_table(data, target))
+        atomic_write(path, lambda target: pq.write_table(data, target,
+                                                         row_group_size=PART_ROW_GROUP))
     else:
         payload = b"".join(orjson.dumps(row) + b"\n" for row in ordered)
         atomic_write(path, lambda target: target.write_bytes(payload))
@@ -113,13 +117,13 @@ def part_problems(parts: Path) -> list[str]:
     return problems
 
 
-MERGE_BATCH_ROWS = 8192  # rows per write while merging: memory stays flat in the patients
+MERGE_BATCH_ROWS = 2048  # rows per write while merging: memory stays flat in the patients
 
 
 def _part_rows(path: Path, output_format: str) -> Iterator[Row]:
     """The rows of one (sorted) part, a batch at a time."""
     if output_format == "parquet":
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=MERGE_BATCH_ROWS):
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=PART_ROW_GROUP):
             yield from batch.to_pylist()
         return
     with path.open("rb") as handle:

@@ -235,9 +235,14 @@ def _partition(files: list[Path], work: Path, shards: int, pool: Workers,
     # largest first, so that no big file starts last while the other workers wait
     weight = {str(p): _size(p) * (8 if p.name.endswith(".gz") else 1) for p in files}
     tasks.sort(key=lambda call: -weight[call[0].path])
-    results = dict(pool.unordered(_partition_one, tasks))
+    results, keys = {}, set()
+    for index, result in pool.unordered(_partition_one, tasks):
+        keys |= result.keys  # merged as they come: one set of patients, not one per file
+        result.keys = set()
+        results[index] = result
     ordered = [results[i] for i in range(len(tasks))]  # input order, whatever finished first
     merged = merge_file_results(ordered, shards)
+    merged.patients = len(keys)
     merged.inputs = [{"path": str(path), "sha256": result.sha256}
                      for path, result in zip(files, ordered, strict=True)]
     return merged

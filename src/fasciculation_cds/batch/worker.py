@@ -43,6 +43,7 @@ def watch_parent(parent: int) -> None:
     group: the parent decides what stops, so workers ignore SIGINT.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the run's handler
     if hasattr(signal, "pthread_sigmask"):  # blocked while the process started (pool.py)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if sys.platform.startswith("linux"):
