@@ -7,7 +7,8 @@ import fasciculation_cds
 
 def test_public_names() -> None:
     assert sorted(fasciculation_cds.__all__) == sorted([
-        "Assessment", "InputError", "PatientError", "RuleFileError", "RuleFinding", "RuleSet",
+        "Assessment", "InputError", "InputProblem", "PatientError", "RuleFileError",
+        "RuleFinding", "RuleSet",
         "__version__", "evaluate", "evaluate_each", "load_rules",
     ])
     for name in fasciculation_cds.__all__:

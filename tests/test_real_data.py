@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fasciculation_cds import Assessment, PatientError, evaluate_each
+from fasciculation_cds import Assessment, InputProblem, PatientError, evaluate_each
 from fasciculation_cds.findings import strict_summaries
 from fasciculation_cds.ruleset import RuleSet
 
@@ -32,7 +32,9 @@ def _summaries_must_fit() -> Iterator[None]:
         yield
 
 
-def _outcomes(path: Path, ruleset: RuleSet, **kwargs: object) -> list[Assessment | PatientError]:
+def _outcomes(
+    path: Path, ruleset: RuleSet, **kwargs: object
+) -> list[Assessment | PatientError | InputProblem]:
     return list(evaluate_each(path, rules=ruleset, **kwargs))  # type: ignore[arg-type]
 
 

@@ -10,12 +10,13 @@ FHIR R4 in, explainable findings out::
 from ._version import __version__
 from .assessment import Assessment, RuleFinding
 from .errors import InputError, RuleFileError
-from .evaluate import PatientError, evaluate, evaluate_each
+from .evaluate import InputProblem, PatientError, evaluate, evaluate_each
 from .ruleset import RuleSet, load_rules
 
 __all__ = [
     "Assessment",
     "InputError",
+    "InputProblem",
     "PatientError",
     "RuleFileError",
     "RuleFinding",

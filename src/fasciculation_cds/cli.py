@@ -18,7 +18,7 @@ from rich.table import Table
 
 from .assessment import Assessment, JsonRow, dumps_assessments
 from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, InputError, RuleFileError
-from .evaluate import Evaluator, PatientError, evaluate_each
+from .evaluate import Evaluator, InputProblem, PatientError, evaluate_each
 from .fhir_time import parse_as_of
 from .presentation import severity_rank
 from .render_text import write_summary
@@ -77,13 +77,13 @@ def evaluate(
     ruleset = _load(rules_dir)
     _check_as_of(as_of)
     assessments: list[Assessment] = []
-    errors: list[PatientError] = []
+    errors: list[PatientError | InputProblem] = []
     try:
         for outcome in evaluate_each(paths, as_of=as_of, assume_presentation=assume_presentation,
                                      rules=ruleset, strict=strict):
-            if isinstance(outcome, PatientError):
+            if not isinstance(outcome, Assessment):
                 errors.append(outcome)
-                who = f"{outcome.patient}: " if outcome.patient else ""
+                who = f"{outcome.patient}: " if isinstance(outcome, PatientError) else ""
                 err.print(f"error: {who}{outcome.message}", highlight=False, soft_wrap=True)
             else:
                 assessments.append(outcome)
@@ -101,8 +101,8 @@ def evaluate(
     raise typer.Exit(EXIT_BAD_INPUT if errors else EXIT_OK)
 
 
-def _write(assessments: list[Assessment], errors: list[PatientError], fmt: OutputFormat,
-           output: Path | None) -> None:
+def _write(assessments: list[Assessment], errors: list[PatientError | InputProblem],
+           fmt: OutputFormat, output: Path | None) -> None:
     if fmt is OutputFormat.text:
         write_summary(assessments, output)
         return
@@ -151,9 +151,9 @@ def report(
     errors = 0
     for outcome in evaluate_each(paths, as_of=as_of, assume_presentation=assume_presentation,
                                  rules=ruleset, full_history=True):
-        if isinstance(outcome, PatientError):
+        if not isinstance(outcome, Assessment):
             errors += 1
-            who = f"{outcome.patient}: " if outcome.patient else ""
+            who = f"{outcome.patient}: " if isinstance(outcome, PatientError) else ""
             err.print(f"error: {who}{outcome.message}", highlight=False, soft_wrap=True)
         else:
             assessments.append(outcome)

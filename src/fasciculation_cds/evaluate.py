@@ -37,9 +37,9 @@ Source = str | Path | Mapping[str, Any] | Iterable[Any]
 
 @dataclass(frozen=True)
 class PatientError:
-    """A patient (or input file) that could not be evaluated, and why."""
+    """A patient that could not be evaluated, and why."""
 
-    patient: str | None
+    patient: str
     message: str
     kind: Literal["input", "internal"] = "input"
 
@@ -47,7 +47,19 @@ class PatientError:
         return {"patient": self.patient, "error": self.kind, "message": self.message}
 
 
-Outcome = Assessment | PatientError
+@dataclass(frozen=True)
+class InputProblem:
+    """Input that belongs to no patient it could be charged to (an unreadable file or line)."""
+
+    message: str
+    kind: Literal["input"] = "input"
+
+    def to_json_dict(self) -> dict[str, object]:
+        return {"patient": None, "error": self.kind, "message": self.message}
+
+
+PatientOutcome = Assessment | PatientError
+Outcome = Assessment | PatientError | InputProblem
 
 
 class Evaluator:
@@ -76,7 +88,7 @@ class Evaluator:
         as_of: AsOf | Literal["auto"],
         *,
         assume_presentation: bool = False,
-    ) -> Outcome:
+    ) -> PatientOutcome:
         if record.errors:
             return PatientError(record.reference, "; ".join(e.describe() for e in record.errors))
         try:
@@ -182,11 +194,7 @@ def ingest(
     grouper = Grouper(ruleset.terminology, strict=strict, track_times=track_times,
                       observations_since=observations_since)  # explicit settings (benchmarks)
     with fewer_collections():
-        for item in _raw_items(source, strict):
-            if isinstance(item, InputError):
-                grouper.errors.append(item)
-            else:
-                grouper.add(item)
+        grouper.add_all(_raw_items(source, strict))
     return grouper.finish()
 
 
@@ -247,11 +255,7 @@ def evaluate_each(
     as_of = fix_as_of(as_of)
     grouper = new_grouper(ruleset, as_of, strict=strict, full_history=full_history)
     with fewer_collections():
-        for item in _raw_items(source, strict):
-            if isinstance(item, InputError):
-                grouper.errors.append(item)
-            else:
-                grouper.add(item)
+        grouper.add_all(_raw_items(source, strict))
     for index, order in enumerate(draft_orders):
         grouper.add(RawResource(dict(order), "draftOrders", f"entry[{index}]", draft_order=True))
     yield from assess_all(grouper.finish(), ruleset, as_of,
@@ -284,7 +288,7 @@ def assess_all(
     """One outcome per input patient (and one per unreadable part of the input)."""
     evaluator = evaluator_for(ruleset)
     for error in result.errors:
-        yield PatientError(None, error.describe())
+        yield InputProblem(error.describe())
     for record in result.patients:
         try:
             yield evaluator.assess(record, as_of,
@@ -309,11 +313,14 @@ def evaluate(
     patients and receive the errors as items).
     """
     assessments: list[Assessment] = []
-    errors: list[PatientError] = []
+    errors: list[PatientError | InputProblem] = []
     for outcome in evaluate_each(source, as_of=as_of, assume_presentation=assume_presentation,
                                  rules=rules, strict=strict, full_history=full_history,
                                  draft_orders=draft_orders):
-        (errors if isinstance(outcome, PatientError) else assessments).append(outcome)  # type: ignore[arg-type]
+        if isinstance(outcome, Assessment):
+            assessments.append(outcome)
+        else:
+            errors.append(outcome)
     if errors:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise InputError(errors[0].message + more)

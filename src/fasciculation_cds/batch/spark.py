@@ -18,6 +18,7 @@ from typing import Any
 
 from rich.console import Console
 
+from ..evaluate import InputProblem
 from ..ruleset import load_rules
 from ..sources import RawResource
 from .keys import MEDICATION
@@ -47,8 +48,8 @@ def _evaluate_partition(groups: Iterable[tuple[str, Iterable[Any]]], medications
     for _, lines in groups:
         for outcome in evaluate_group((decode_record(line) for line in lines), shared,
                                       ruleset, settings):
-            if getattr(outcome, "patient", "") is None:
-                yield "problem", {"problem": outcome.message}  # type: ignore[union-attr]
+            if isinstance(outcome, InputProblem):
+                yield "problem", {"problem": outcome.message}
                 continue
             yield "assessments", assessment_row(outcome, settings.as_of_label, ruleset.version)
             for row in finding_rows(outcome):

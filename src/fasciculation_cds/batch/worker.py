@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fhir.resources.R4B import get_fhir_model_class
 
-from ..evaluate import Outcome, PatientError, assess_all, evaluator_for, new_grouper
+from ..evaluate import InputProblem, Outcome, assess_all, evaluator_for, new_grouper
 from ..ingest import READ_TYPES
 from ..ruleset import RuleSet, load_rules
 from ..sources import RawResource, fewer_collections
@@ -96,8 +96,8 @@ def run_shard(shard: int, work: str, parts: str, settings: Settings) -> ShardRes
                    if isinstance(r, RawResource)]
     outcomes = evaluate_group(read_records(shard_files(Path(work), shard)), medications,
                               ruleset, settings)
-    problems = [o.message for o in outcomes if isinstance(o, PatientError) and o.patient is None]
-    kept = [o for o in outcomes if not (isinstance(o, PatientError) and o.patient is None)]
+    problems = [o.message for o in outcomes if isinstance(o, InputProblem)]
+    kept = [o for o in outcomes if not isinstance(o, InputProblem)]
     write_part(Path(parts), Path(shard_name(shard)).stem,
                [assessment_row(o, settings.as_of_label, ruleset.version) for o in kept],
                [row for o in kept for row in finding_rows(o)], problems,
