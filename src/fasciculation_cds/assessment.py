@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from .facts import ClinicalFact
 from .rule_schema import SEVERITY_RANK, Severity
 
 
@@ -81,10 +82,10 @@ class Assessment(_Out):
     rules_version: str
     # The normalized facts the assessment was made from (not part of the JSON contract): the
     # clinician summaries draw lab trends and medication lists from them, never from FHIR again.
-    _facts: tuple[Any, ...] = PrivateAttr(default=())
+    _facts: tuple[ClinicalFact, ...] = PrivateAttr(default=())
 
     @property
-    def facts(self) -> tuple[Any, ...]:
+    def facts(self) -> tuple[ClinicalFact, ...]:
         return self._facts
 
     @property
