@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, InvalidStateError, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from multiprocessing import get_context, resource_tracker
@@ -79,9 +79,14 @@ class Workers:
             future.cancel()
         # the executor has no public way to end busy workers before Python 3.14
         processes = list(getattr(self.executor, "_processes", {}).values())
-        for process in processes:
-            process.terminate()
-        self.executor.shutdown(wait=True, cancel_futures=True)
+        previous_hook = threading.excepthook
+        threading.excepthook = _quiet_cancelled_futures
+        try:
+            for process in processes:
+                process.terminate()
+            self.executor.shutdown(wait=True, cancel_futures=True)
+        finally:
+            threading.excepthook = previous_hook
         for process in processes:
             process.join(timeout=5)
         self.executor = None
@@ -92,6 +97,15 @@ class Workers:
             self.executor.shutdown(wait=True)
             self.executor = None
             _stop_resource_tracker()
+
+
+def _quiet_cancelled_futures(args: threading.ExceptHookArgs) -> None:
+    """While stopping, the executor's manager thread may try to fail futures this run has
+    already cancelled (a race in CPython's executor raises InvalidStateError there): nothing is
+    lost, so say nothing; anything else goes to the usual hook."""
+    if isinstance(args.exc_value, InvalidStateError):
+        return
+    threading.__excepthook__(args)
 
 
 def _stop_resource_tracker() -> None:
