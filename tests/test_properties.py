@@ -551,14 +551,12 @@ MONOTONE_UP_CASES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
 )
 
 
-@pytest.mark.parametrize(("rule_id", "lab_keys", "dropped"), MONOTONE_CASES,
-                         ids=[f"{c[0]}:{c[1][0]}" for c in MONOTONE_CASES])
-@settings(PROPERTY, max_examples=20)
-@given(data=st.data())
-def test_lower_value_never_gives_lower_severity(
+def _severities_at_two_values(
     rule_id: str, lab_keys: tuple[str, ...], dropped: tuple[str, ...], data: st.DataObject,
     rules: Rules,
-) -> None:
+) -> tuple[Decimal, Decimal, str | None, str | None, str]:
+    """Two drawn values of one lab on a presenting background: (lower, higher, the rule's
+    severity at each, the unit)."""
     background = without_labs(data.draw(patients(), label="background"), dropped)
     background = presenting(background, data.draw(st.sampled_from(list(PRESENTATION.values()))))
     lab = LABS[data.draw(st.sampled_from(lab_keys), label="lab")]
@@ -575,8 +573,21 @@ def test_lower_value_never_gives_lower_severity(
     low, high = sorted((first, second))
     at_low, at_high = severity(low), severity(high)
     event(f"severity {at_low} at the lower, {at_high} at the higher value")
+    return low, high, at_low, at_high, lab.unit
+
+
+@pytest.mark.parametrize(("rule_id", "lab_keys", "dropped"), MONOTONE_CASES,
+                         ids=[f"{c[0]}:{c[1][0]}" for c in MONOTONE_CASES])
+@settings(PROPERTY, max_examples=20)
+@given(data=st.data())
+def test_lower_value_never_gives_lower_severity(
+    rule_id: str, lab_keys: tuple[str, ...], dropped: tuple[str, ...], data: st.DataObject,
+    rules: Rules,
+) -> None:
+    low, high, at_low, at_high, unit = _severities_at_two_values(
+        rule_id, lab_keys, dropped, data, rules)
     assert RANK[at_low] >= RANK[at_high], (
-        f"{rule_id}: {low} {lab.unit} gives {at_low}, but {high} {lab.unit} gives {at_high}")
+        f"{rule_id}: {low} {unit} gives {at_low}, but {high} {unit} gives {at_high}")
 
 
 @pytest.mark.parametrize(("rule_id", "lab_keys", "dropped"), MONOTONE_UP_CASES,
@@ -587,24 +598,10 @@ def test_higher_value_never_gives_lower_severity(
     rule_id: str, lab_keys: tuple[str, ...], dropped: tuple[str, ...], data: st.DataObject,
     rules: Rules,
 ) -> None:
-    background = without_labs(data.draw(patients(), label="background"), dropped)
-    background = presenting(background, data.draw(st.sampled_from(list(PRESENTATION.values()))))
-    lab = LABS[data.draw(st.sampled_from(lab_keys), label="lab")]
-    values = st.one_of(decimals(lab.low, lab.high, lab.places),
-                       st.sampled_from([Decimal(e) for e in lab.edges]))
-    first = data.draw(values, label="first value")
-    second = data.draw(values, label="second value")
-    effective = before_as_of(data.draw(ages_in_minutes, label="age in minutes"))
-
-    def severity(value: Decimal) -> str | None:
-        probe = observation("pat-1-probe", "pat-1", lab, value, effective=effective)
-        return severity_of(run_one([*background, probe], rules), rule_id)
-
-    low, high = sorted((first, second))
-    at_low, at_high = severity(low), severity(high)
-    event(f"severity {at_low} at the lower, {at_high} at the higher value")
+    low, high, at_low, at_high, unit = _severities_at_two_values(
+        rule_id, lab_keys, dropped, data, rules)
     assert RANK[at_high] >= RANK[at_low], (
-        f"{rule_id}: {high} {lab.unit} gives {at_high}, but {low} {lab.unit} gives {at_low}")
+        f"{rule_id}: {high} {unit} gives {at_high}, but {low} {unit} gives {at_low}")
 
 
 # --- 4. unit invariance ------------------------------------------------------------------------

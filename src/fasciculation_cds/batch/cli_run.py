@@ -8,7 +8,7 @@ import signal
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import EXIT_OK, InputError
+from ..errors import EXIT_INTERNAL, EXIT_OK, InputError
 from .options import (
     EXIT_INCOMPLETE,
     EXIT_INTERRUPTED,
@@ -24,8 +24,6 @@ from .options import (
 )
 from .pool import WorkerDiedError
 from .run import WORK, run_batch
-
-EXIT_INTERNAL = 1
 
 
 def run_batch_command(options: BatchOptions, err: Console) -> int:
