@@ -165,6 +165,12 @@ class Terminology:
                 return system.uri
         raise KeyError(key)
 
+    def matched_beyond_codes(self) -> frozenset[str]:
+        """Concepts recognised otherwise than by an exact code: by the record's own words, or by
+        a code prefix. A search by code alone would miss their records."""
+        by_prefix = (c for found in self._prefixes.values() for _, c in found)
+        return frozenset([*self._text.values(), *by_prefix])
+
     def codes_of(self, concepts: Iterable[str]) -> list[tuple[str, str]]:
         """(system uri, code) pairs that map to any of the concepts (for prefetch queries)."""
         wanted = set(concepts)

@@ -36,21 +36,11 @@ def lookback_days(ruleset: RuleSet) -> int:
 
 
 def _text_or_prefix_matching(ruleset: RuleSet, kinds: set[str]) -> bool:
-    """Whether concepts of these kinds can be recognised otherwise than by an exact code (the
-    record's own words, or a code prefix): a search by code would then miss records."""
+    """Whether concepts of these kinds can be recognised otherwise than by an exact code: a
+    search by code would then miss records."""
     term = ruleset.terminology
-    text = getattr(term, "_text", None)
-    prefixes = getattr(term, "_prefixes", None)
-    if isinstance(text, list):
-        by_words = [c for _, c in text]
-    elif callable(getattr(text, "values", None)):
-        by_words = list(text.values())  # type: ignore[union-attr]
-    else:
-        return True  # cannot tell: ask for everything
-    if not isinstance(prefixes, dict):
-        return True
-    concepts = [*by_words, *(c for found in prefixes.values() for _, c in found)]
-    return any(term.concepts[c].kind in kinds for c in concepts if c in term.concepts)
+    return any(term.concepts[c].kind in kinds for c in term.matched_beyond_codes()
+               if c in term.concepts)
 
 
 def _codes(ruleset: RuleSet, kinds: set[str]) -> str:
