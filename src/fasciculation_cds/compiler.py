@@ -13,7 +13,6 @@ import operator
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any
 
 from .facts import ClinicalFact, DraftOrder, LabResult, Medication, PatientContext, PatientFact
@@ -255,18 +254,9 @@ def _holds(value: float | None, comparison: Comparison,
     return True
 
 
-def upper_limit_multiple(fact: LabResult, ruleset: RuleSet) -> float | None:
-    """The value as a multiple of the lab's upper limit, else of derived.yaml's default limit."""
-    spec = ruleset.derived.creatine_kinase_upper_limit
-    if fact.concept != spec.concept:
-        return None
-    limit = fact.reference_high
-    if limit is None:
-        default = spec.default
-        converted = ruleset.units.to_canonical(
-            fact.concept, Fraction(repr(float(default.value))), default.unit)
-        limit = float(converted) if converted is not None else None
-    return fact.value / limit if limit else None
+def upper_limit_multiple(fact: LabResult) -> float | None:
+    """The value as a multiple of the upper limit normalization found for it (CK)."""
+    return fact.value / fact.upper_limit if fact.upper_limit else None
 
 
 def fact_matches(pattern: FactPattern, fact: ClinicalFact, ruleset: RuleSet) -> bool:
@@ -300,7 +290,7 @@ def fact_matches(pattern: FactPattern, fact: ClinicalFact, ruleset: RuleSet) -> 
         if not isinstance(fact, LabResult) or not _holds(fact.value, value, convert):
             return False
     if pattern.times_upper_limit is not None:
-        multiple = upper_limit_multiple(fact, ruleset) if isinstance(fact, LabResult) else None
+        multiple = upper_limit_multiple(fact) if isinstance(fact, LabResult) else None
         if not _holds(multiple, pattern.times_upper_limit):
             return False
     return pattern.rule is None
@@ -336,7 +326,7 @@ def encode_fact(fact: ClinicalFact, key: str, ruleset: RuleSet) -> JsonDict:
     message["concept"] = fact.concept
     if isinstance(fact, LabResult):
         message.update(value=fact.value, is_latest=fact.is_latest, age_days=fact.age_days)
-        multiple = upper_limit_multiple(fact, ruleset)
+        multiple = upper_limit_multiple(fact)
         if multiple is not None:
             message["uln_times"] = multiple
     elif isinstance(fact, (Medication, DraftOrder)):

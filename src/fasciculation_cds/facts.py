@@ -39,6 +39,7 @@ class LabResult(FactBase):
     reference_low: float | None = None
     reference_high: float | None = None
     interpretation: str | None = None
+    upper_limit: float | None = None  # CK: the lab's referenceRange.high, else the default
     above_upper_limit: bool | None = None
     derived_from: tuple[str, ...] = ()
     note: str | None = None

@@ -109,7 +109,6 @@ def lab_facts(content: Content, readings: list[LabReading], as_of: datetime) -> 
     by_concept: dict[str, list[LabReading]] = {}
     for reading in readings:
         by_concept.setdefault(reading.concept, []).append(reading)
-    constants = content.constants
     facts = []
     for concept in sorted(by_concept):
         # newest first; same instant: the more abnormal first (docs/clinical-basis.md, "Lab
@@ -124,10 +123,7 @@ def lab_facts(content: Content, readings: list[LabReading], as_of: datetime) -> 
             if (lab.reference, str(lab.value)) in seen:
                 continue
             seen.add((lab.reference, str(lab.value)))
-            above = None
-            if concept == constants.ck_concept:
-                limit = lab.high if lab.high is not None else constants.ck_default
-                above = lab.value > limit
+            limit = upper_limit(content, lab)
             facts.append(LabResult(
                 reference=lab.reference, concept=concept, label=label,
                 value=float(lab.value), unit=unit, original_value=lab.original_value,
@@ -136,7 +132,9 @@ def lab_facts(content: Content, readings: list[LabReading], as_of: datetime) -> 
                 is_latest=index == 0,
                 reference_low=float(lab.low) if lab.low is not None else None,
                 reference_high=float(lab.high) if lab.high is not None else None,
-                interpretation=lab.interpretation, above_upper_limit=above,
+                interpretation=lab.interpretation,
+                upper_limit=float(limit) if limit is not None else None,
+                above_upper_limit=lab.value > limit if limit is not None else None,
                 derived_from=lab.derived_from, note=lab.note, provenance=lab.provenance,
                 measured_value=(float(lab.measured_value) if lab.measured_value is not None
                                 else None),

@@ -47,8 +47,7 @@ def markdown_blocks(text: str) -> str:
 
 
 def _evidence_line(item: Evidence) -> str:
-    shown = getattr(item, "shown", None)  # the display-ready value, where the rules give one
-    value = shown or item.reported or item.display
+    value = item.shown or item.reported or item.display
     when = f" ({item.effective})" if item.effective else ""
     return f"- {item.label or item.concept}:{f' {value}' if value else ''}{when}"
 
