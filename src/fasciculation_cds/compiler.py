@@ -26,10 +26,9 @@ from .rule_schema import (
     Rule,
 )
 from .ruleset import RuleSet
-from .thresholds import threshold_to_canonical
+from .thresholds import BOUND_OPERATORS, threshold_to_canonical
 
 _UNSAFE = re.compile(r"[^a-z0-9]+")
-_OPS = ("lt", "lte", "gt", "gte", "eq")
 
 JsonDict = dict[str, Any]
 
@@ -136,7 +135,7 @@ def _or(tests: list[JsonDict]) -> JsonDict:
 
 def _comparison(field: str, comparison: Comparison, convert: Any = None) -> list[JsonDict]:
     tests = []
-    for op in _OPS:
+    for op in BOUND_OPERATORS:
         bound = getattr(comparison, op)
         if bound is None:
             continue
@@ -153,10 +152,9 @@ def _expand(ruleset: RuleSet, concepts: Iterable[str]) -> list[str]:
 
 
 def _pattern_conditions(ruleset: RuleSet, pattern: FactPattern) -> list[JsonDict]:
-    kinds = pattern.fact if isinstance(pattern.fact, list) else [pattern.fact]
+    kinds = pattern.kinds
     tests: list[JsonDict] = [_or([{"t": k} for k in kinds])]
-    concepts = _expand(ruleset, [*([pattern.concept] if pattern.concept else []),
-                                 *(pattern.concepts or [])])
+    concepts = _expand(ruleset, pattern.named_concepts)
     if pattern.value is not None:
         value = pattern.value
         per_concept = []
@@ -247,7 +245,7 @@ def _holds(value: float | None, comparison: Comparison,
            convert: Callable[[float], float] | None = None) -> bool:
     if value is None:
         return False
-    for op in _OPS:
+    for op in BOUND_OPERATORS:
         bound = getattr(comparison, op)
         if bound is not None and not _COMPARE[op](value, convert(bound) if convert else bound):
             return False
@@ -261,12 +259,11 @@ def upper_limit_multiple(fact: LabResult) -> float | None:
 
 def fact_matches(pattern: FactPattern, fact: ClinicalFact, ruleset: RuleSet) -> bool:
     """The Python twin of `_pattern_conditions`, for closed-world `without_facts` tests."""
-    kinds = pattern.fact if isinstance(pattern.fact, list) else [pattern.fact]
+    kinds = pattern.kinds
     if fact.kind not in kinds or isinstance(fact, PatientFact):
         return False
     concept = str(getattr(fact, "concept", ""))
-    concepts = _expand(ruleset, [*([pattern.concept] if pattern.concept else []),
-                                 *(pattern.concepts or [])])
+    concepts = _expand(ruleset, pattern.named_concepts)
     if (concepts and concept not in concepts) or concept in pattern.exclude_concepts:
         return False
     if pattern.in_class and pattern.in_class not in getattr(fact, "classes", ()):

@@ -11,9 +11,9 @@ SYMBOL = {"lt": "<", "lte": "≤", "gt": ">", "gte": "≥", "eq": "="}
 
 
 def _pattern_text(name: str, pattern: FactPattern) -> str:
-    kinds = pattern.fact if isinstance(pattern.fact, list) else [pattern.fact]
+    kinds = pattern.kinds
     parts = [f"`{name}`: a {' or '.join(kinds)}"]
-    concepts = [*([pattern.concept] if pattern.concept else []), *(pattern.concepts or [])]
+    concepts = pattern.named_concepts
     if concepts:
         parts.append("of " + ", ".join(f"`{c}`" for c in concepts))
     if pattern.in_class:

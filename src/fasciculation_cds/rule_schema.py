@@ -90,6 +90,16 @@ class FactPattern(_Strict):
     )
     rule: str | None = Field(default=None, description="For fact: result — the rule id.")
 
+    @property
+    def kinds(self) -> list[FactKind]:
+        """The fact kinds this pattern accepts (`fact` as one kind or a list)."""
+        return self.fact if isinstance(self.fact, list) else [self.fact]
+
+    @property
+    def named_concepts(self) -> list[str]:
+        """`concept` and `concepts` together, as written (lab families not expanded)."""
+        return [*([self.concept] if self.concept else []), *(self.concepts or [])]
+
 
 class MeasuredWithin(_Strict):
     days: int = Field(ge=0)

@@ -296,10 +296,9 @@ def check_references(rule: Rule, ruleset: RuleSet, file: Path) -> None:
                     "finding": ("finding",), "procedure": ("procedure",)}
 
     def check_pattern(pattern: FactPattern, where: str) -> None:
-        facts = pattern.fact if isinstance(pattern.fact, list) else [pattern.fact]
+        facts = pattern.kinds
         kinds: tuple[str, ...] = tuple(k for f in facts for k in kind_of_fact.get(f, ()))
-        for concept in [*(pattern.concepts or []), *([pattern.concept] if pattern.concept else []),
-                        *pattern.exclude_concepts]:
+        for concept in [*pattern.named_concepts, *pattern.exclude_concepts]:
             check_concept(concept, where, kinds or None)
         if pattern.in_class and pattern.in_class not in term.classes:
             fail(f"unknown medication class {pattern.in_class!r}", where)
@@ -307,7 +306,7 @@ def check_references(rule: Rule, ruleset: RuleSet, file: Path) -> None:
             if group not in term.groups:
                 fail(f"unknown concept group {group!r}", where)
         if pattern.value is not None:
-            concepts = [*(pattern.concepts or []), *([pattern.concept] if pattern.concept else [])]
+            concepts = pattern.named_concepts
             if not concepts:
                 fail("a value test needs the lab concept it applies to", where)
             for concept in concepts:
@@ -320,7 +319,7 @@ def check_references(rule: Rule, ruleset: RuleSet, file: Path) -> None:
             fail(f"unknown rule {pattern.rule!r}", where)
         if pattern.times_upper_limit is not None:
             ck = ruleset.derived.creatine_kinase_upper_limit.concept
-            concepts = [*(pattern.concepts or []), *([pattern.concept] if pattern.concept else [])]
+            concepts = pattern.named_concepts
             if concepts != [ck]:
                 fail(f"times_upper_limit applies only to {ck!r}", where)
 
@@ -336,7 +335,7 @@ def check_references(rule: Rule, ruleset: RuleSet, file: Path) -> None:
             for concept in [context.newer.concept, *context.newer.than]:
                 check_concept(concept, where, ("lab",))
         for index, pattern in enumerate(context.without_facts):
-            kinds = pattern.fact if isinstance(pattern.fact, list) else [pattern.fact]
+            kinds = pattern.kinds
             if "result" in kinds or pattern.rule:
                 fail("without_facts tests record facts; use without_findings for findings",
                      f"{where}.without_facts.{index}")

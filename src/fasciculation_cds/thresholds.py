@@ -18,7 +18,7 @@ from .rule_schema import SEVERITY_RANK, Comparison, FactPattern, Rule
 from .units import UnitTable
 
 Field = Literal["value", "times_upper_limit"]
-_OPS = ("lt", "lte", "gt", "gte", "eq")
+BOUND_OPERATORS = ("lt", "lte", "gt", "gte", "eq")
 
 
 @dataclass(frozen=True)
@@ -153,10 +153,10 @@ def rule_ladders(
 def _tests(
     pattern: FactPattern, units: UnitTable, families: Mapping[str, tuple[str, ...]]
 ) -> list[tuple[str, ValueTest]]:
-    kinds = pattern.fact if isinstance(pattern.fact, list) else [pattern.fact]
+    kinds = pattern.kinds
     if "lab" not in kinds:
         return []
-    named = [*([pattern.concept] if pattern.concept else []), *(pattern.concepts or [])]
+    named = pattern.named_concepts
     concepts = [member for c in named for member in families.get(c, (c,))]
     out: list[tuple[str, ValueTest]] = []
     for concept in concepts:
@@ -173,7 +173,7 @@ def _bounds(
 ) -> tuple[tuple[str, Fraction], ...]:
     """The comparison's bounds, converted exactly as the compiler converts them."""
     bounds = []
-    for op in _OPS:
+    for op in BOUND_OPERATORS:
         bound = getattr(comparison, op)
         if bound is None:
             continue
@@ -188,8 +188,6 @@ def _bounds(
 
 
 # --- thresholds as the rules write them: the compiler's engine tests and the report's chart lines
-
-BOUND_OPERATORS = ("lt", "lte", "gt", "gte", "eq")
 
 
 def threshold_to_canonical(units: UnitTable, concept: str, bound: float,
@@ -238,7 +236,7 @@ def lab_thresholds(rules: tuple[Rule, ...], units: UnitTable,
     found: list[RuleThreshold] = []
     for rule in rules:
         for severity, pattern in _patterns(rule):
-            named = [*([pattern.concept] if pattern.concept else []), *(pattern.concepts or [])]
+            named = pattern.named_concepts
             if concept not in named or pattern.value is None:
                 continue
             for operator, bound in _written_bounds(pattern.value):
@@ -256,7 +254,6 @@ def compared_lab_concepts(rules: tuple[Rule, ...], units: UnitTable) -> tuple[st
     for rule in rules:
         for _, pattern in _patterns(rule):
             if pattern.value is not None:
-                named.update([*([pattern.concept] if pattern.concept else []),
-                              *(pattern.concepts or [])])
+                named.update(pattern.named_concepts)
     in_table = [c for analyte in units.analytes.values() for c in analyte.concepts]
     return tuple(c for c in in_table if c in named)

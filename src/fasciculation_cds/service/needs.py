@@ -118,7 +118,7 @@ def _kinds_read(ruleset: RuleSet, rule: Rule) -> set[str]:
 
 
 def _pattern_kinds(ruleset: RuleSet, pattern: FactPattern) -> set[str]:
-    facts = pattern.fact if isinstance(pattern.fact, list) else [pattern.fact]
+    facts = pattern.kinds
     return set(facts)
 
 
