@@ -532,3 +532,59 @@ def test_sandbox_token_with_jku_is_verified_without_fetching_it(
             listener.accept()  # nobody ever connected to the jku
     finally:
         listener.close()
+
+
+# --- partial records the EHR or the FHIR server marks as such ------------------------------------
+
+_CUT_SHORT = {"resourceType": "OperationOutcome", "issue": [
+    {"severity": "warning", "code": "too-costly", "diagnostics": "results truncated"}]}
+
+
+@pytest.mark.parametrize("page", [
+    {"resourceType": "Bundle", "type": "searchset", "total": 500, "entry": []},
+    {"resourceType": "Bundle", "type": "searchset",
+     "entry": [{"resource": _CUT_SHORT, "search": {"mode": "outcome"}}]},
+    {"resourceType": "Bundle", "type": "searchset", "total": "3", "entry": []},
+], ids=["total-above-entries", "outcome-too-costly", "total-not-a-number"])
+def test_a_search_the_fhir_server_cut_short_is_412(page: dict[str, Any], keys: Keys,
+                                                  tmp_path: Path, ruleset: RuleSet) -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/Patient/abc"):
+            return httpx.Response(200, json={"resourceType": "Patient", "id": "abc"})
+        return httpx.Response(200, json=page)
+
+    client = make_client(keys, tmp_path, ruleset, Recorder(answer))
+    answer_ = call(client, keys, f"/cds-services/{PV}", hook_request(
+        "patient-view", "abc", None, fhirServer=ALLOWED, fhirAuthorization=_auth()))
+    assert answer_.status_code == 412, answer_.text
+    assert set(answer_.json()) == {"error"}
+
+
+def test_a_complete_empty_search_from_the_fhir_server_is_answered(
+        keys: Keys, tmp_path: Path, ruleset: RuleSet) -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/Patient/abc"):
+            return httpx.Response(200, json={"resourceType": "Patient", "id": "abc"})
+        return httpx.Response(200, json={"resourceType": "Bundle", "type": "searchset",
+                                         "total": 0, "entry": []})
+
+    client = make_client(keys, tmp_path, ruleset, Recorder(answer))
+    answer_ = call(client, keys, f"/cds-services/{PV}", hook_request(
+        "patient-view", "abc", None, fhirServer=ALLOWED, fhirAuthorization=_auth()))
+    assert answer_.status_code == 200, answer_.text
+
+
+@pytest.mark.parametrize("conditions", [
+    {"resourceType": "Basic", "id": "b"},
+    {"resourceType": "Bundle", "type": "searchset", "total": "3", "entry": []},
+    {"resourceType": "Bundle", "type": "collection", "total": 3, "entry": []},
+    {"resourceType": "Bundle", "type": "searchset", "entry": [
+        {"resource": _CUT_SHORT, "search": {"mode": "outcome"}}]},
+], ids=["not-a-bundle", "total-not-a-number", "collection-with-total", "outcome-too-costly"])
+def test_a_prefetch_search_that_is_not_whole_never_gives_cards(
+        conditions: dict[str, Any], keys: Keys, tmp_path: Path, ruleset: RuleSet) -> None:
+    patient_id, prefetch = example()
+    client = make_client(keys, tmp_path, ruleset, Recorder())
+    answer = call(client, keys, f"/cds-services/{PV}", hook_request(
+        "patient-view", patient_id, {**prefetch, "conditions": conditions}))
+    assert_clean_4xx(answer)

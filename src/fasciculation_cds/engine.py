@@ -10,6 +10,7 @@ emptied afterwards, so the 1024-live-session limit is never approached.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -20,6 +21,17 @@ JsonDict = dict[str, Any]
 PATIENT_SESSION = "patient"
 RuleMatch = tuple[str, dict[str, JsonDict]]
 
+
+
+def _plain_number(value: object) -> object:
+    """durable-rules' C engine reads numbers only in plain decimal notation, and Python writes a
+    float below 1e-4 or from 1e16 up in exponent form, which it refuses (a result a second
+    before `as_of` has an age of 1e-05 days). No rule compares at such magnitudes, so they are
+    carried as 0 or as 1e15 with their sign: every comparison with a rule's bound comes out the
+    same."""
+    if isinstance(value, float) and value != 0.0 and not 1e-4 <= abs(value) < 1e16:
+        return 0.0 if abs(value) < 1e-4 else math.copysign(1e15, value)
+    return value
 
 class EngineError(RuntimeError):
     """The rule engine failed inside an action or rejected a ruleset."""
@@ -72,7 +84,7 @@ class RuleEngine:
                 # One fact at a time: in a batch, one fact that matches no rule makes durable-rules
                 # reject the whole batch.
                 for fact in facts:
-                    message = {**fact, "sid": sid}
+                    message = {**{k: _plain_number(v) for k, v in fact.items()}, "sid": sid}
                     try:
                         self._host.assert_fact(ruleset, message)
                     except durable_engine.MessageNotHandledException:

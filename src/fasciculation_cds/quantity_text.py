@@ -33,9 +33,9 @@ def format_significant(value: float | Fraction | Decimal, digits: int = SIGNIFIC
     number = value if isinstance(value, Decimal) else _decimal(value)
     if number == 0:
         return "0." + "0" * (digits - 1) if digits > 1 else "0"
+    exponent = number.adjusted()  # position of the leading digit
     with localcontext() as ctx:
-        ctx.prec = 50
-        exponent = number.adjusted()  # position of the leading digit
+        ctx.prec = max(50, exponent + digits + 2)  # room for every integer digit of a huge value
         places = max(digits - 1 - exponent, 0)
         rounded = number.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
         if rounded.adjusted() > exponent and places > 0:  # 9.996 -> 10.00: one digit too many

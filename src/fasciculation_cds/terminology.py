@@ -47,6 +47,13 @@ class _System:
     ingredient_fallback: bool = False
 
 
+
+def codings_of(codeable: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The codings of a CodeableConcept; anything else under `coding` (a number, a string, a
+    list of non-objects: bad input) holds none."""
+    found = codeable.get("coding")
+    return [c for c in found if isinstance(c, Mapping)] if isinstance(found, list) else []
+
 @dataclass
 class Terminology:
     concepts: dict[str, Concept]
@@ -245,7 +252,7 @@ class Terminology:
         if not codeable:
             return []
         pieces = [str(codeable.get("text") or "")]
-        for coding in codeable.get("coding") or []:
+        for coding in codings_of(codeable):
             if not isinstance(coding, Mapping):
                 continue
             system = self._systems_by_uri.get(str(coding.get("system") or "").rstrip("/"))
@@ -259,7 +266,7 @@ class Terminology:
         self, codeable: Mapping[str, Any]
     ) -> Iterator[tuple[_System, Mapping[str, Any], str, str]]:
         """(system, coding, code, normalized code) for each coding in a known code system."""
-        for coding in codeable.get("coding") or []:
+        for coding in codings_of(codeable):
             if not isinstance(coding, Mapping):
                 continue
             system = self._systems_by_uri.get(str(coding.get("system") or "").rstrip("/"))
@@ -272,7 +279,7 @@ class Terminology:
         if not codeable:
             return []
         found: dict[str, ConceptMatch] = {}
-        for coding in codeable.get("coding") or []:
+        for coding in codings_of(codeable):
             if not isinstance(coding, Mapping):
                 continue
             system = self._systems_by_uri.get(str(coding.get("system") or "").rstrip("/"))
@@ -367,7 +374,7 @@ def _label_names(label: str) -> list[str]:
 
 def _text_pieces(codeable: Mapping[str, Any]) -> list[str]:
     pieces = [str(codeable.get("text") or "")]
-    for coding in codeable.get("coding") or []:
+    for coding in codings_of(codeable):
         if isinstance(coding, Mapping):
             pieces.append(str(coding.get("display") or ""))
     return [p for p in pieces if p]

@@ -12,7 +12,7 @@ from typing import Any
 from ..fhir_time import parse_datetime
 from ..ingest import SourcedResource
 from ..ruleset import RuleSet
-from ..terminology import Terminology
+from ..terminology import Terminology, codings_of
 from ..units import UnitTable, parse_number
 
 COUNTING_OBSERVATION_STATUS = frozenset({"final", "amended", "corrected"})
@@ -28,7 +28,7 @@ class Notice:
 
 def status_code(codeable: Any) -> str | None:
     if isinstance(codeable, Mapping):
-        for coding in codeable.get("coding") or []:
+        for coding in codings_of(codeable):
             if isinstance(coding, Mapping) and isinstance(coding.get("code"), str):
                 return str(coding["code"])
     return None

@@ -9,7 +9,7 @@ from typing import Any
 from ..facts import Finding, Problem
 from ..fhir_time import parse_datetime
 from ..ingest import SourcedResource
-from ..terminology import MATCHED_BY_CODE, ConceptMatch
+from ..terminology import MATCHED_BY_CODE, ConceptMatch, codings_of
 from .common import Content, Notice, days_between, reference_of, status_code
 
 ACTIVE_CONDITION_STATUS = frozenset({"active", "recurrence", "relapse"})
@@ -118,7 +118,7 @@ def observation_value(content: Content, resource: Mapping[str, Any]) -> str:
         if any(term.concepts[m.concept].kind == "answer" for m in term.match_codeable(value)):
             return ABSENT
         pieces = [str(value.get("text") or "")]
-        pieces += [str(c.get("display") or "") for c in value.get("coding") or []
+        pieces += [str(c.get("display") or "") for c in codings_of(value)
                    if isinstance(c, Mapping)]
         return term.value_meaning(pieces) or UNCLEAR
     if keys[0] == "valueString" and isinstance(value, str):
@@ -154,7 +154,7 @@ def _body_site_text(resource: Mapping[str, Any]) -> str | None:
     for item in sites:
         if isinstance(item, Mapping):
             words.append(str(item.get("text") or ""))
-            words += [str(c.get("display") or "") for c in item.get("coding") or []
+            words += [str(c.get("display") or "") for c in codings_of(item)
                       if isinstance(c, Mapping)]
     text = " ".join(w for w in words if w).strip()
     return text or None

@@ -12,7 +12,7 @@ from typing import Any
 from ..facts import DraftOrder, Medication
 from ..fhir_time import parse_datetime
 from ..ingest import SourcedResource
-from ..terminology import ConceptMatch
+from ..terminology import ConceptMatch, codings_of
 from .common import Content, reference_of
 
 ACTIVE_REQUEST_STATUS = frozenset({"active", "on-hold"})
@@ -89,7 +89,7 @@ def medication_code(sourced: SourcedResource) -> tuple[Mapping[str, Any] | None,
     if not isinstance(codeable, Mapping):
         return None, None
     display = codeable.get("text")
-    for coding in codeable.get("coding") or []:
+    for coding in codings_of(codeable):
         if not display and isinstance(coding, Mapping):
             display = coding.get("display")
     return codeable, str(display) if display else None

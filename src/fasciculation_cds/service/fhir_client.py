@@ -145,12 +145,19 @@ class FhirClient:
 
     async def complete(self, document: Mapping[str, Any], *,
                        pages: int) -> list[dict[str, Any]]:
-        """The resources of a searchset Bundle and of every page after it (`link` next)."""
+        """The resources of a searchset Bundle and of every page after it (`link` next);
+        a search the server says it cut short is an unavailable answer, never a result."""
         resources: list[dict[str, Any]] = []
+        total = search_total(document)
+        matches = 0
         while True:
             resources += bundle_resources(document)
+            matches += search_matches(document)
             following = next_link(document)
             if following is None:
+                if total is not None and total > matches:
+                    raise FhirUnavailableError(f"the search gave {matches} of {total} results "
+                                               "and no link to the rest")
                 return resources
             if pages >= self.max_pages:
                 raise FhirUnavailableError(f"more than {self.max_pages} pages of results")
@@ -158,6 +165,42 @@ class FhirClient:
             if not isinstance(document, Mapping) or document.get("resourceType") != "Bundle":
                 raise FhirUnavailableError("a paging link did not give a Bundle")
             pages += 1
+
+
+# OperationOutcome issue codes by which a server says a search was cut short
+_TRUNCATION_CODES = frozenset({"too-costly", "incomplete", "throttled", "too-long"})
+
+
+def search_total(document: Mapping[str, Any]) -> int | None:
+    """`Bundle.total` when sent; anything but a whole number there is a malformed answer."""
+    total = document.get("total")
+    if total is None:
+        return None
+    if not isinstance(total, int) or isinstance(total, bool) or total < 0:
+        raise FhirUnavailableError("Bundle.total is not a whole number")
+    return total
+
+
+def search_matches(document: Mapping[str, Any]) -> int:
+    """The matches on one page (entries with a resource, `include`s and outcomes left out);
+    an outcome saying the search was cut short makes the page an unavailable answer."""
+    count = 0
+    for entry in document.get("entry") or []:
+        resource = entry.get("resource") if isinstance(entry, Mapping) else None
+        if not isinstance(resource, Mapping):
+            continue
+        if resource.get("resourceType") == "OperationOutcome":
+            for issue in resource.get("issue") or []:
+                if isinstance(issue, Mapping) and (
+                        issue.get("severity") in ("error", "fatal")
+                        or issue.get("code") in _TRUNCATION_CODES):
+                    raise FhirUnavailableError("the server says the search was cut short "
+                                               f"({issue.get('code')})")
+            continue
+        search = entry.get("search")
+        if not (isinstance(search, Mapping) and search.get("mode") == "include"):
+            count += 1
+    return count
 
 
 def bundle_resources(document: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -12,7 +12,14 @@ from datetime import date, timedelta
 from typing import Any
 
 from ..ruleset import RuleSet
-from .fhir_client import FhirClient, FhirUnavailableError, bundle_resources, next_link
+from .fhir_client import (
+    FhirClient,
+    FhirUnavailableError,
+    bundle_resources,
+    next_link,
+    search_matches,
+    search_total,
+)
 from .needs import needs_of
 
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -89,13 +96,9 @@ def _page_of(key: str, value: Mapping[str, Any]) -> tuple[list[dict[str, Any]], 
         if value.get("resourceType") == "Bundle":
             resources = bundle_resources(value)
             following = next_link(value)
-            if following is None and value.get("type") == "searchset":
-                total = value.get("total")
-                matches = sum(1 for e in value.get("entry") or []
-                              if isinstance(e, Mapping) and not (
-                                  isinstance(e.get("search"), Mapping)
-                                  and e["search"].get("mode") == "include"))
-                if isinstance(total, int) and not isinstance(total, bool) and total > matches:
+            if following is None:
+                total, matches = search_total(value), search_matches(value)
+                if total is not None and total > matches:
                     raise IncompleteRecordError(
                         f"prefetch '{key}' holds {matches} of {total} results and no link to "
                         "the rest")
@@ -127,6 +130,8 @@ async def gather(prefetch: Mapping[str, Any] | None, patient_id: str, wanted: Ma
     for key, value in sorted(prefetch.items()):  # any key: EHRs also send their own queries
         if not _usable(value):
             continue
+        if "?" in wanted.get(key, "") and value.get("resourceType") != "Bundle":
+            raise RequestProblemError(f"prefetch '{key}' answers a search: it must be a Bundle")
         found, following = _page_of(key, value)
         if following is None:
             resources += found
