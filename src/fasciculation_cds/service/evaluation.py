@@ -29,9 +29,9 @@ def assess_one(evaluator: Evaluator, resources: list[dict[str, Any]],
         grouper.add(RawResource(draft, "draftOrders", f"entry[{index}]", draft_order=True))
     result = grouper.finish()
     record = next((r for r in result.patients if r.reference == f"Patient/{patient_id}"), None)
-    if record is None or record.patient is None:
+    if record is None or (record.patient is None and not record.errors):
         raise IncompleteRecordError("the Patient resource was neither prefetched nor fetched")
-    outcome = evaluator.assess(record, as_of)
+    outcome = evaluator.assess(record, as_of)  # a record with errors gives a PatientError
     if isinstance(outcome, PatientError):
         raise IncompleteRecordError(f"the patient's data could not be read: "
                                     f"{outcome.message[:300]}")
