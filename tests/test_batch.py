@@ -6,13 +6,16 @@ import gzip
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import orjson
 import pyarrow.parquet as pq
 import pytest
 
 from fasciculation_cds.batch import BatchOptions, run_batch
+from fasciculation_cds.batch import outputs as batch_outputs
 from fasciculation_cds.batch import run as batch_run
 from fasciculation_cds.batch.rows import ASSESSMENTS_SCHEMA, FINDINGS_SCHEMA, sort_key
 
@@ -143,6 +146,42 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(
     resumed = _batch(source, tmp_path / "resumed", workers=1, shards=8, resume=True)
     assert counted["n"] == 5  # the 3 finished shards are not redone
     assert resumed == whole
+
+
+def test_merge_reads_a_bounded_number_of_parts_and_the_bytes_do_not_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Memory stays flat in the number of shards: the merge never reads more than
+    MERGE_FAN_IN parts at once (more are merged into runs first), with the same bytes."""
+    source = [shared_data("synthea")]
+
+    def run(out: Path, shards: int, fmt: Literal["parquet", "ndjson"]) -> None:
+        run_batch(BatchOptions(inputs=source, out=out, as_of=AS_OF, workers=1, shards=shards,
+                               output_format=fmt))
+
+    formats: tuple[Literal["parquet", "ndjson"], ...] = ("parquet", "ndjson")
+    for fmt in formats:
+        run(tmp_path / f"one-{fmt}", 1, fmt)
+    real = batch_outputs._lines
+    reading = {"now": 0, "most": 0}
+
+    def counted(path: Path) -> Iterator[dict[str, object]]:
+        reading["now"] += 1
+        reading["most"] = max(reading["most"], reading["now"])
+        try:
+            yield from real(path)
+        finally:
+            reading["now"] -= 1
+
+    monkeypatch.setattr(batch_outputs, "_lines", counted)
+    monkeypatch.setattr(batch_outputs, "MERGE_FAN_IN", 2)
+    for fmt in formats:
+        run(tmp_path / f"many-{fmt}", 9, fmt)
+        for table in ("assessments", "findings"):
+            name = f"{table}.{fmt}"
+            assert (tmp_path / f"many-{fmt}" / name).read_bytes() == \
+                (tmp_path / f"one-{fmt}" / name).read_bytes()
+    assert reading["most"] == 2
 
 
 def test_resume_refuses_different_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -159,7 +159,7 @@ def test_full_disk_fails_cleanly_and_leaves_no_complete_looking_output(
     def full(*args: Any, **kwargs: Any) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(batch_outputs.pq, "write_table", full)
+    monkeypatch.setattr(Path, "write_bytes", full)  # as a shard's part is written
     with pytest.raises(OutputError, match="No space left on device"):
         _run([data], out, workers=1)
     left = sorted(p.name for p in out.iterdir())
@@ -205,7 +205,7 @@ def test_cli_exit_codes_and_single_messages(tmp_path: Path,
     def full(*args: Any, **kwargs: Any) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(batch_outputs.pq, "write_table", full)
+    monkeypatch.setattr(Path, "write_bytes", full)  # as a shard's part is written
     disk = runner.invoke(app, [*base, str(data)])
     assert disk.exit_code == EXIT_OUTPUT_FAILED
     assert "No space left on device" in disk.output

@@ -59,55 +59,50 @@ def publish(staging: Path, out: Path, output_format: str) -> dict[str, Path]:
     return {table: placed[table] for table in TABLES}
 
 
-PART_ROW_GROUP = 64  # rows: the merge holds one row group of every part at a time
-
-
-def write_rows(path: Path, rows: list[Row], table: str, output_format: str) -> None:
-    ordered = sorted(rows, key=sort_key)
-    if output_format == "parquet":
-        data = pa.Table.from_pylist(ordered, schema=TABLES[table])
-        atomic_write(path, lambda target: pq.write_table(data, target,
-                                                         row_group_size=PART_ROW_GROUP))
-    else:
-        payload = b"".join(orjson.dumps(row) + b"\n" for row in ordered)
-        atomic_write(path, lambda target: target.write_bytes(payload))
-
-
-def part_path(parts: Path, table: str, stem: str, output_format: str) -> Path:
-    return parts / f"{table}-{stem}.{extension(output_format)}"
-
-
 def write_part(parts: Path, stem: str, assessments: list[Row], findings: list[Row],
-               problems: list[str], output_format: str) -> None:
+               problems: list[str]) -> None:
+    """One shard's rows, each table sorted, as NDJSON whatever the output format: the merge
+    then holds one line of each part (a Parquet reader per part holds buffers of its own, and
+    the parts grow in number with the patients)."""
     parts.mkdir(parents=True, exist_ok=True)
     # the assessments part is written last: its presence marks the shard finished
-    write_rows(part_path(parts, "findings", stem, output_format), findings, "findings",
-               output_format)
+    _write_sorted(part_path(parts, "findings", stem), findings)
     payload = orjson.dumps(problems)
     atomic_write(parts / f"problems-{stem}.json", lambda target: target.write_bytes(payload))
-    write_rows(part_path(parts, "assessments", stem, output_format), assessments, "assessments",
-               output_format)
+    _write_sorted(part_path(parts, "assessments", stem), assessments)
 
 
-def shard_finished(parts: Path, stem: str, output_format: str) -> bool:
-    return part_path(parts, "assessments", stem, output_format).exists()
+def _write_sorted(path: Path, rows: list[Row]) -> None:
+    payload = b"".join(orjson.dumps(row) + b"\n" for row in sorted(rows, key=sort_key))
+    atomic_write(path, lambda target: target.write_bytes(payload))
 
 
-def read_rows(paths: Iterable[Path], output_format: str,
-              columns: list[str] | None = None) -> list[Row]:
-    rows: list[Row] = []
+def part_path(parts: Path, table: str, stem: str) -> Path:
+    return parts / f"{table}-{stem}.ndjson"
+
+
+def shard_finished(parts: Path, stem: str) -> bool:
+    return part_path(parts, "assessments", stem).exists()
+
+
+def iter_rows(paths: Iterable[Path], output_format: str,
+              columns: list[str] | None = None) -> Iterator[Row]:
+    """The rows of final output files (each a file, or a folder of parts as Spark writes
+    them), read a batch at a time."""
     for path in paths:
-        if output_format == "parquet":  # a file, or a folder of parts (Spark)
-            rows += pq.read_table(path, columns=columns).to_pylist()
+        if output_format == "parquet":
+            for file in _parquet_files(path):
+                for batch in pq.ParquetFile(file).iter_batches(batch_size=MERGE_BATCH_ROWS,
+                                                               columns=columns):
+                    yield from batch.to_pylist()
             continue
         for part in sorted(path.glob("*.json")) if path.is_dir() else [path]:
             with part.open("rb") as handle:
                 for line in handle:
                     if line.strip():
                         row = orjson.loads(line)
-                        rows.append(row if columns is None else
-                                    {name: row.get(name) for name in columns})
-    return rows
+                        yield row if columns is None else {name: row.get(name)
+                                                           for name in columns}
 
 
 def part_problems(parts: Path) -> list[str]:
@@ -117,19 +112,46 @@ def part_problems(parts: Path) -> list[str]:
     return problems
 
 
+def _parquet_files(path: Path) -> list[Path]:
+    """A Parquet file, or the data files of a folder of parts (not Spark's `_SUCCESS` or
+    `.crc` files), in name order."""
+    if not path.is_dir():
+        return [path]
+    return sorted(p for p in path.glob("*.parquet") if not p.name.startswith(("_", ".")))
+
+
 MERGE_BATCH_ROWS = 2048  # rows per write while merging: memory stays flat in the patients
+MERGE_FAN_IN = 64  # parts read at once; more are first merged into runs of this many
+MERGE_RUNS = "merging"  # the folder of those runs, in the parts folder
 
 
-def _part_rows(path: Path, output_format: str) -> Iterator[Row]:
-    """The rows of one (sorted) part, a batch at a time."""
-    if output_format == "parquet":
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=PART_ROW_GROUP):
-            yield from batch.to_pylist()
-        return
+def _lines(path: Path) -> Iterator[Row]:
     with path.open("rb") as handle:
         for line in handle:
-            if line.strip():
-                yield orjson.loads(line)
+            yield orjson.loads(line)
+
+
+def _merged(sources: list[Path]) -> Iterator[Row]:
+    # heapq.merge is stable: rows with equal keys keep the order of `sources`
+    return heapq.merge(*(_lines(path) for path in sources), key=sort_key)
+
+
+def _fewer_sources(sources: list[Path], runs: Path, table: str) -> list[Path]:
+    """At most MERGE_FAN_IN sorted files holding the rows of `sources`: consecutive groups are
+    merged into runs (which keeps the order of equal rows), so a merge holds a bounded number
+    of open files and rows however many shards the run has."""
+    level = 0
+    while len(sources) > MERGE_FAN_IN:
+        runs.mkdir(parents=True, exist_ok=True)
+        merged = []
+        for start in range(0, len(sources), MERGE_FAN_IN):
+            target = runs / f"{table}-{level:02d}-{start // MERGE_FAN_IN:06d}.ndjson"
+            with target.open("wb") as handle:
+                for chunk in _chunks(_merged(sources[start:start + MERGE_FAN_IN])):
+                    handle.write(b"".join(orjson.dumps(row) + b"\n" for row in chunk))
+            merged.append(target)
+        sources, level = merged, level + 1
+    return sources
 
 
 def merge_parts(parts: Path, staging: Path, output_format: str, note: str | None) -> None:
@@ -138,13 +160,15 @@ def merge_parts(parts: Path, staging: Path, output_format: str, note: str | None
     same bytes, however many shards. With `note` (the run had input problems) `ok` rows are
     written `partial`."""
     staging.mkdir(parents=True, exist_ok=True)
+    runs = parts / MERGE_RUNS
+    shutil.rmtree(runs, ignore_errors=True)  # left by an interrupted merge
     for table in TABLES:
-        sources = sorted(parts.glob(f"{table}-*.{extension(output_format)}"))
-        rows = heapq.merge(*(_part_rows(path, output_format) for path in sources),
-                           key=sort_key)
+        sources = _fewer_sources(sorted(parts.glob(f"{table}-*.ndjson")), runs, table)
         target = staging / f"{table}.{extension(output_format)}"
-        atomic_write(target, functools.partial(_write_stream, rows=rows, table=table,
-                                               output_format=output_format, note=note))
+        atomic_write(target, functools.partial(_write_stream, rows=_merged(sources),
+                                               table=table, output_format=output_format,
+                                               note=note))
+    shutil.rmtree(runs, ignore_errors=True)
 
 
 def _write_stream(path: Path, rows: Iterator[Row], table: str, output_format: str,

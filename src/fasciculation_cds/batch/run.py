@@ -38,10 +38,10 @@ from .outputs import (
     RUN_REPORT,
     atomic_write,
     clear_outputs,
+    iter_rows,
     merge_parts,
     part_problems,
     publish,
-    read_rows,
     shard_finished,
     write_problems,
 )
@@ -256,7 +256,7 @@ def _run_local(parted: PartitionResult, work: Path, settings: Settings, shards: 
                pool: Workers, console: Console) -> None:
     parts = work / "parts"
     todo = [i for i in range(shards)
-            if not shard_finished(parts, Path(shard_name(i)).stem, settings.output_format)]
+            if not shard_finished(parts, Path(shard_name(i)).stem)]
     total = parted.patients
     with _Progress(console, total) as progress:
         progress.already_done(
@@ -325,19 +325,20 @@ class _Progress:
 
 def _summarize(outputs: dict[str, Path], output_format: str,
                problems: list[str]) -> BatchSummary:
-    rows = read_rows([outputs["assessments"]], output_format,
+    rows = iter_rows([outputs["assessments"]], output_format,
                      columns=["status", "highest_severity", "rule_ids"])
     severities: Counter[str] = Counter()
     rules: Counter[str] = Counter()
-    errors = partial = 0
-    for row in rows:
+    patients = errors = partial = 0
+    for row in rows:  # streamed: memory stays flat in the patients
+        patients += 1
         if row["status"] == "error":
             errors += 1
             continue
         partial += row["status"] == "partial"
         severities[row["highest_severity"] or "none"] += 1
         rules.update(row["rule_ids"] or [])
-    return BatchSummary(patients=len(rows), evaluated=len(rows) - errors, errors=errors,
+    return BatchSummary(patients=patients, evaluated=patients - errors, errors=errors,
                         severities=dict(sorted(severities.items())),
                         top_rules=rules.most_common(10), problems=problems,
                         outputs={k: str(v) for k, v in outputs.items()}, partial=partial)

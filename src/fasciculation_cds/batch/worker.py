@@ -100,6 +100,5 @@ def run_shard(shard: int, work: str, parts: str, settings: Settings) -> ShardRes
     kept = [o for o in outcomes if not isinstance(o, InputProblem)]
     write_part(Path(parts), Path(shard_name(shard)).stem,
                [assessment_row(o, settings.as_of_label, ruleset.version) for o in kept],
-               [row for o in kept for row in finding_rows(o)], problems,
-               settings.output_format)
+               [row for o in kept for row in finding_rows(o)], problems)
     return ShardResult(shard=shard_name(shard), patients=len(kept))
