@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from typing import Literal
 import orjson
 import pyarrow.parquet as pq
 import pytest
+from rich.console import Console
 
 from fasciculation_cds.batch import BatchOptions, run_batch
 from fasciculation_cds.batch import outputs as batch_outputs
@@ -60,7 +62,7 @@ def test_synthea_bundles_one_row_per_patient_with_declared_schema(tmp_path: Path
     findings = pq.read_table(tmp_path / "out" / "findings.parquet")
     assert assessments.schema.equals(ASSESSMENTS_SCHEMA, check_metadata=False)
     assert findings.schema.equals(FINDINGS_SCHEMA, check_metadata=False)
-    assert findings.num_rows == sum(len(r["rule_ids"]) for r in rows)  # type: ignore[arg-type]
+    assert findings.num_rows == sum(len(r["rule_ids"]) for r in rows)  # type: ignore[arg-type,misc]
     run = orjson.loads((tmp_path / "out" / "run.json").read_bytes())
     assert run["counts"]["patients"] == 43
     assert run["rules_version"].startswith("sha256:")
@@ -182,6 +184,35 @@ def test_merge_reads_a_bounded_number_of_parts_and_the_bytes_do_not_change(
             assert (tmp_path / f"many-{fmt}" / name).read_bytes() == \
                 (tmp_path / f"one-{fmt}" / name).read_bytes()
     assert reading["most"] == 2
+
+
+def test_progress_counts_shards_and_patients_also_after_a_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = [shared_data("ndjson", "pathling-9-patients")]
+    real = batch_run.run_shard
+    calls = {"n": 0}
+
+    def interrupted(*args: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(batch_run, "run_shard", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _batch(source, tmp_path / "out", workers=1, shards=4)
+    parts = list((tmp_path / "out" / "_work" / "parts").glob("assessments-*"))
+    done = sum(len(p.read_bytes().splitlines()) for p in parts)
+    monkeypatch.setattr(batch_run, "run_shard", real)
+    log = io.StringIO()
+    run_batch(BatchOptions(inputs=source, out=tmp_path / "out", as_of=AS_OF, workers=1,
+                           shards=4, assume_presentation=True, resume=True),
+              Console(file=log, width=200))
+    lines = [line for line in log.getvalue().splitlines() if "patients" in line]
+    assert len(parts) == 2
+    assert f"shards 2/4, patients {done} (0/s)" in lines[0]
+    assert "shards 4/4, patients 9 (" in lines[-1]
 
 
 def test_resume_refuses_different_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -195,7 +195,7 @@ def test_cli_exit_codes_and_single_messages(tmp_path: Path,
     missing = runner.invoke(app, [*base, str(tmp_path / "nowhere")])
     assert missing.exit_code == EXIT_UNREADABLE_INPUT
     assert "no such file or folder" in missing.output
-    monkeypatch.setattr(batch_run.importlib.util, "find_spec",
+    monkeypatch.setattr("fasciculation_cds.batch.run.importlib.util.find_spec",
                         lambda name, *a: None if name == "pyspark" else object())
     spark = runner.invoke(app, [*base, str(data), "--engine", "spark"])
     assert spark.exit_code == EXIT_MISSING_DEPENDENCY

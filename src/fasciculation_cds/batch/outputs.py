@@ -85,6 +85,12 @@ def shard_finished(parts: Path, stem: str) -> bool:
     return part_path(parts, "assessments", stem).exists()
 
 
+def part_rows(parts: Path, stem: str) -> int:
+    """The patients of a finished shard (one assessments line each)."""
+    with part_path(parts, "assessments", stem).open("rb") as handle:
+        return sum(1 for _ in handle)
+
+
 def iter_rows(paths: Iterable[Path], output_format: str,
               columns: list[str] | None = None) -> Iterator[Row]:
     """The rows of final output files (each a file, or a folder of parts as Spark writes

@@ -46,7 +46,6 @@ RESOURCE, SKIPPED = "r", "s"
 @dataclass
 class PartitionResult:
     shards: list[Path]
-    patients: int
     resources: int
     skipped_unowned: int
     problems: list[str] = field(default_factory=list)
@@ -96,7 +95,6 @@ class FilePartition:
 
     resources: int = 0
     skipped_unowned: int = 0
-    keys: set[str] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
     sha256: str | None = None
 
@@ -169,9 +167,7 @@ class Router:
             self.result.skipped_unowned += 1
             return
         relevant = self.relevance.keeps(resource)
-        if key != MEDICATION:
-            self.result.keys.add(key)
-        elif not relevant:
+        if key == MEDICATION and not relevant:
             return
         if relevant:
             self.emit(key, encode_record(key, source, entry, full_url,
@@ -343,13 +339,10 @@ def read_records(paths: Sequence[Path]) -> Iterator[RawResource | Skipped]:
 
 
 def merge_file_results(results: Sequence[FilePartition], shards: int) -> PartitionResult:
-    keys: set[str] = set()
-    merged = PartitionResult(shards=[], patients=0, resources=0, skipped_unowned=0)
+    merged = PartitionResult(shards=[], resources=0, skipped_unowned=0)
     for result in results:
-        keys |= result.keys
         merged.resources += result.resources
         merged.skipped_unowned += result.skipped_unowned
         merged.problems += result.problems
-    merged.patients = len(keys)
     merged.shards = [Path(shard_name(i)) for i in range(shards)]
     return merged

@@ -11,15 +11,13 @@ import platform
 import shutil
 import time
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import orjson
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .._version import __version__
 from ..evaluate import fix_as_of
@@ -41,6 +39,7 @@ from .outputs import (
     iter_rows,
     merge_parts,
     part_problems,
+    part_rows,
     publish,
     shard_finished,
     write_problems,
@@ -51,12 +50,12 @@ from .partition import (
     PartitionTask,
     merge_file_results,
     partition_file,
-    shard_files,
     shard_name,
 )
 from .pool import Workers, sigterm_stops, workers_of
+from .progress import ShardProgress
 from .rows import incomplete_note
-from .worker import run_shard
+from .worker import run_shard as run_shard  # re-exported: tests stand in for it
 
 WORK = "_work"
 SHARD_TARGET_BYTES = 32 << 20  # of input per shard; a worker holds one shard at a time
@@ -175,8 +174,7 @@ def _run(options: BatchOptions, files: list[Path], state: dict[str, Any], finger
     read = [Path(p["path"]) for p in planned if p["read"]]
     if state.get("partition"):
         shards = int(state["shards"])
-        parted = PartitionResult(**{**state["partition"], "shards": [
-            Path(p) for p in state["partition"]["shards"]]})
+        parted = _partition_result(state["partition"])
         console.log(f"resuming: {shards} shards already partitioned")
     else:
         shards = _shard_count(options, read, pool.size)
@@ -185,7 +183,7 @@ def _run(options: BatchOptions, files: list[Path], state: dict[str, Any], finger
         work.mkdir(parents=True)
         t0 = time.perf_counter()
         if options.engine == "spark":
-            parted = PartitionResult(shards=[], patients=0, resources=0, skipped_unowned=0)
+            parted = PartitionResult(shards=[], resources=0, skipped_unowned=0)
         else:
             parted = _partition(read, work / "shards", shards, pool, settings)
         parted.inputs = _describe(planned, parted.inputs)
@@ -202,7 +200,7 @@ def _run(options: BatchOptions, files: list[Path], state: dict[str, Any], finger
         problems = run_spark(options, settings, work, staging, read, console)
         parted.problems = problems
     else:
-        _run_local(parted, work, settings, shards, pool, console)
+        _run_local(work, settings, shards, pool, console)
         timings["evaluate"] = time.perf_counter() - t1
         problems = parted.problems + part_problems(work / "parts")
         merge_parts(work / "parts", staging, options.output_format, incomplete_note(problems))
@@ -222,6 +220,14 @@ def _describe(planned: list[dict[str, Any]], read: list[dict[str, Any]]) -> list
     return [{**entry, "sha256": digests.get(entry["path"])} for entry in planned]
 
 
+def _partition_result(saved: dict[str, Any]) -> PartitionResult:
+    """From state.json (a field an earlier version wrote and this one no longer has is
+    ignored)."""
+    known = {f.name for f in fields(PartitionResult)}
+    return PartitionResult(**{**{k: v for k, v in saved.items() if k in known},
+                              "shards": [Path(p) for p in saved["shards"]]})
+
+
 def _jsonable(parted: PartitionResult) -> dict[str, Any]:
     data = asdict(parted)
     data["shards"] = [str(p) for p in parted.shards]
@@ -235,14 +241,9 @@ def _partition(files: list[Path], work: Path, shards: int, pool: Workers,
     # largest first, so that no big file starts last while the other workers wait
     weight = {str(p): _size(p) * (8 if p.name.endswith(".gz") else 1) for p in files}
     tasks.sort(key=lambda call: -weight[call[0].path])
-    results, keys = {}, set()
-    for index, result in pool.unordered(_partition_one, tasks):
-        keys |= result.keys  # merged as they come: one set of patients, not one per file
-        result.keys = set()
-        results[index] = result
+    results = dict(pool.unordered(_partition_one, tasks))
     ordered = [results[i] for i in range(len(tasks))]  # input order, whatever finished first
     merged = merge_file_results(ordered, shards)
-    merged.patients = len(keys)
     merged.inputs = [{"path": str(path), "sha256": result.sha256}
                      for path, result in zip(files, ordered, strict=True)]
     return merged
@@ -252,75 +253,25 @@ def _partition_one(task: PartitionTask) -> tuple[int, FilePartition]:
     return task.task, partition_file(task)
 
 
-def _run_local(parted: PartitionResult, work: Path, settings: Settings, shards: int,
-               pool: Workers, console: Console) -> None:
+def _run_local(work: Path, settings: Settings, shards: int, pool: Workers,
+               console: Console) -> None:
     parts = work / "parts"
-    todo = [i for i in range(shards)
-            if not shard_finished(parts, Path(shard_name(i)).stem)]
-    total = parted.patients
-    with _Progress(console, total) as progress:
-        progress.already_done(
-            total - _patients_in([p for i in todo for p in shard_files(work / "shards", i)]))
-        for finished in pool.unordered(run_shard_task, [(i, str(work / "shards"), str(parts),
-                                                         settings) for i in todo]):
-            progress.advance(finished.patients)
+    finished = [i for i in range(shards) if shard_finished(parts, _stem(i))]
+    todo = sorted(set(range(shards)) - set(finished))
+    with ShardProgress(console, shards) as progress:
+        progress.already_done(len(finished), sum(part_rows(parts, _stem(i)) for i in finished))
+        for result in pool.unordered(run_shard_task, [(i, str(work / "shards"), str(parts),
+                                                       settings) for i in todo]):
+            progress.advance(result.patients)
+
+
+def _stem(shard: int) -> str:
+    return Path(shard_name(shard)).stem
 
 
 def run_shard_task(shard: int, work: str, parts: str, settings: Settings) -> Any:
     # looked up at call time, so a test can stand in for run_shard
     return run_shard(shard, work, parts, settings)
-
-
-def _patients_in(files: list[Path]) -> int:
-    keys: set[str] = set()
-    for path in files:
-        with path.open("rb") as handle:
-            for line in handle:
-                tab = line.find(b"\t")
-                keys.add(orjson.loads(line[:tab] if tab >= 0 else line)[1])
-    return len(keys)
-
-
-class _Progress:
-    """A rich progress bar on a terminal; plain periodic log lines otherwise."""
-
-    def __init__(self, console: Console, total: int) -> None:
-        self.console, self.total, self.done, self.baseline = console, total, 0, 0
-        self.last_logged = -1
-        self.started = time.perf_counter()
-        self.last_log = 0.0
-        self.bar: Progress | None = None
-        self.task: Any = None
-
-    def __enter__(self) -> Any:
-        if self.console.is_terminal:
-            self.bar = Progress(TextColumn("patients"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
-                                console=self.console)
-            self.bar.__enter__()
-            self.task = self.bar.add_task("evaluate", total=self.total, rate="")
-        return self
-
-    def already_done(self, patients: int) -> None:
-        """Patients of shards finished before a resume: counted, but not in the rate."""
-        self.baseline += patients
-        self.advance(patients)
-
-    def advance(self, patients: int) -> None:
-        self.done += patients
-        elapsed = max(time.perf_counter() - self.started, 1e-9)
-        rate = f"{(self.done - self.baseline) / elapsed:,.0f}/s"
-        if self.bar is not None:
-            self.bar.update(self.task, completed=self.done, rate=rate)
-        elif (time.perf_counter() - self.last_log >= 5 or self.done >= self.total) \
-                and self.done != self.last_logged:
-            self.last_logged = self.done
-            self.last_log = time.perf_counter()
-            self.console.log(f"patients {self.done}/{self.total} ({rate})")
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(None, None, None)
 
 
 def _summarize(outputs: dict[str, Path], output_format: str,
