@@ -18,6 +18,7 @@ from rich.console import Console
 
 from fasciculation_cds.batch import BatchOptions, run_batch
 from fasciculation_cds.batch import outputs as batch_outputs
+from fasciculation_cds.batch import partition as batch_partition
 from fasciculation_cds.batch import run as batch_run
 from fasciculation_cds.batch.rows import ASSESSMENTS_SCHEMA, FINDINGS_SCHEMA, sort_key
 
@@ -93,6 +94,48 @@ def test_bad_lines_and_orphans_become_error_rows_or_problems(tmp_path: Path) -> 
     others = [r for r in rows if r["patient"] != "Patient/nobody"]
     assert {r["status"] for r in others} == {"partial"}
     assert all("Observation.ndjson: line 1503" in str(r["error"]) for r in others)
+
+
+@pytest.mark.parametrize("as_of", [AS_OF, "auto"])
+def test_summaries_written_out_early_give_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, as_of: str
+) -> None:
+    """The router writes out its per-patient summaries of what no rule uses every
+    SUMMARIES_HELD patients (memory flat in the patients of a file): the rows stay the same,
+    down to where an orphan's first resource is named."""
+    data = tmp_path / "in"
+    shutil.copytree(shared_data("ndjson", "pathling-9-patients"), data)
+    orphan: dict[str, object] = {"resourceType": "Observation", "status": "final",
+                                 "subject": {"reference": "Patient/nobody"},
+                                 "effectiveDateTime": "2026-11-01T10:00:00Z"}
+    with (data / "Observation.ndjson").open("ab") as handle:
+        handle.write(orjson.dumps({**orphan, "id": "pulse", "code": {"coding": [
+            {"system": "http://loinc.org", "code": "8867-4"}]},
+            "valueQuantity": {"value": 70, "unit": "/min"}}) + b"\n")
+        # another patient's: with SUMMARIES_HELD = 1, the orphan's summary is written here
+        handle.write(orjson.dumps({**orphan, "id": "pulse-2", "code": {"coding": [
+            {"system": "http://loinc.org", "code": "8867-4"}]},
+            "subject": {"reference": "Patient/8ee183e2-b3c0-4151-be94-b945d6aa8c6d"},
+            "valueQuantity": {"value": 72, "unit": "/min"}}) + b"\n")
+        handle.write(orjson.dumps({**orphan, "id": "k", "code": {"coding": [
+            {"system": "http://loinc.org", "code": "2823-3"}]},
+            "valueQuantity": {"value": 3.1, "unit": "mmol/L"}}) + b"\n")
+
+    def run(out: Path) -> dict[str, bytes]:
+        run_batch(BatchOptions(inputs=[data], out=out, as_of=as_of, workers=1, shards=3,
+                               output_format="ndjson"))
+        return {name: (out / name).read_bytes()
+                for name in ("assessments.ndjson", "findings.ndjson")}
+
+    held = run(tmp_path / "held")
+    monkeypatch.setattr(batch_partition, "SUMMARIES_HELD", 1)
+    assert run(tmp_path / "written-out") == held
+    nobody = [orjson.loads(line) for line in held["assessments.ndjson"].splitlines()
+              if b"Patient/nobody" in line]
+    assert nobody[0]["status"] == "error"
+    # named by its first resource a rule can use, wherever the other was summed up
+    assert "Observation.ndjson: line 1505: 2 resource(s) refer to Patient/nobody" in \
+        nobody[0]["error"]
 
 
 def test_gzip_input_gives_the_same_rows(tmp_path: Path) -> None:

@@ -2,8 +2,8 @@
 
 Each line is parsed once. A resource some rule can use is written to shard
 `crc32(patient key) % shards` as the bytes it was read as (an NDJSON line is not re-encoded);
-every other resource of a patient is only counted, and each input file writes one summary
-record per patient instead (with the latest time, for `--as-of auto`). So every resource of a
+every other resource of a patient is only counted, and each input file writes summary records
+per patient instead (with the latest time, for `--as-of auto`). So every resource of a
 patient lands in the same shard whatever file it came from (Bulk Data puts each resource type
 in its own file), and the shards hold only what the evaluation reads. Medication resources go to
 a side file every shard reads.
@@ -147,16 +147,24 @@ class Relevance:
         return True
 
 
+SUMMARIES_HELD = 8192  # patients: more, and the summaries held so far are written out
+
+
 class Router:
     """Routes one file's resources: kept whole, summed up per patient, or dropped.
 
-    `emit(key, record)` receives each shard record and `close()` the summaries; the local engine
-    writes them to shard files (`ShardWriter`), Spark collects them.
+    `emit(key, record)` receives each kept resource's shard record, and `emit_summary(key,
+    record)` the summaries of what no rule can use: whenever SUMMARIES_HELD patients have one,
+    and at `close()`, so that memory stays flat in the patients of the file. A patient may then
+    have several summaries of one file: the evaluation adds them up, and their first names the
+    patient's first such line. The local engine writes summaries after every kept resource of
+    the file (`ShardWriter`), Spark collects them, so the evaluation sees them in that order.
     """
 
-    def __init__(self, settings: Settings, emit: Callable[[str, bytes], None]) -> None:
+    def __init__(self, settings: Settings, emit: Callable[[str, bytes], None],
+                 emit_summary: Callable[[str, bytes], None]) -> None:
         self.relevance = Relevance(settings)
-        self.emit = emit
+        self.emit, self.emit_summary = emit, emit_summary
         self.skipped: dict[str, list[Any]] = {}  # key -> [source, entry, count, latest]
         self.result = FilePartition()
 
@@ -176,6 +184,8 @@ class Router:
         latest = latest_recorded_time(resource) if self.relevance.track_times else None
         seen = self.skipped.get(key)
         if seen is None:
+            if len(self.skipped) == SUMMARIES_HELD:
+                self.close()
             self.skipped[key] = [source, entry, 1, latest]
             return
         seen[2] += 1
@@ -183,26 +193,38 @@ class Router:
             seen[3] = latest
 
     def close(self) -> None:
+        """Write out the summaries held (at the end of the file, or to make room)."""
         for key, (source, entry, count, latest) in self.skipped.items():
-            self.emit(key, encode_skipped(key, source, entry, count, latest))
+            self.emit_summary(key, encode_skipped(key, source, entry, count, latest))
+        self.skipped.clear()
 
 
 class ShardWriter:
-    """One task's shard files (and its Medication side file) in its own folder."""
+    """One task's shard files, summary files and Medication side file, in its own folder.
+
+    A shard's summaries go to a file of their own, read after the shard file: so the
+    evaluation sees every kept resource of the input file before any summary, wherever the
+    router wrote summaries out.
+    """
 
     def __init__(self, folder: Path, shards: int) -> None:
         self.folder, self.shards = folder, shards
-        self.handles: dict[int, IO[bytes]] = {}
+        self.handles: dict[str, IO[bytes]] = {}
         self.medications = (folder / MEDICATIONS_FILE).open("wb")
 
     def __call__(self, key: str, record: bytes) -> None:
         if key == MEDICATION:
             self.medications.write(record)
             return
-        shard = shard_of(key, self.shards)
-        handle = self.handles.get(shard)
+        self._write(shard_name(shard_of(key, self.shards)), record)
+
+    def summary(self, key: str, record: bytes) -> None:
+        self._write(summary_name(shard_of(key, self.shards)), record)
+
+    def _write(self, name: str, record: bytes) -> None:
+        handle = self.handles.get(name)
         if handle is None:
-            handle = self.handles[shard] = (self.folder / shard_name(shard)).open("wb")
+            handle = self.handles[name] = (self.folder / name).open("wb")
         handle.write(record)
 
     def close(self) -> None:
@@ -302,7 +324,7 @@ def partition_file(task: PartitionTask) -> FilePartition:
         writer = ShardWriter(folder, task.shards)
     except OSError as exc:
         raise OutputError(f"cannot write {folder}: {exc}") from None
-    router = Router(task.settings, writer)
+    router = Router(task.settings, writer, writer.summary)
     try:
         with fewer_collections():
             router.result.sha256 = route_file(Path(task.path), router)
@@ -322,9 +344,18 @@ def shard_name(shard: int) -> str:
     return f"shard-{shard:05d}.ndjson"
 
 
+def summary_name(shard: int) -> str:
+    return f"summary-{shard:05d}.ndjson"
+
+
 def shard_files(work: Path, shard: int) -> list[Path]:
-    """The files that make up one shard, in input order."""
-    return sorted(work.glob(f"t*/{shard_name(shard)}"))
+    """The files that make up one shard, in input order: each task's shard file, then its
+    summary file."""
+    files = []
+    for folder in sorted(work.glob("t*")):
+        files += [path for path in (folder / shard_name(shard), folder / summary_name(shard))
+                  if path.exists()]
+    return files
 
 
 def medication_files(work: Path) -> list[Path]:

@@ -34,10 +34,13 @@ PROBLEM = "\x00problem"
 def _keyed_file(settings: Settings, path: str) -> list[tuple[str, Any]]:
     """(key, shard record) pairs of one input file, and (PROBLEM, text) for its problems."""
     records: list[tuple[str, Any]] = []
-    router = Router(settings, lambda key, record: records.append((key, record)))
+    summaries: list[tuple[str, Any]] = []
+    router = Router(settings, lambda key, record: records.append((key, record)),
+                    lambda key, record: summaries.append((key, record)))
     route_file(Path(path), router)
     router.close()
-    return [(PROBLEM, problem) for problem in router.result.problems] + records
+    # the summaries after the kept resources, as the local engine reads them
+    return [(PROBLEM, problem) for problem in router.result.problems] + records + summaries
 
 
 def _evaluate_partition(groups: Iterable[tuple[str, Iterable[Any]]], medications: list[Any],
