@@ -24,7 +24,7 @@ from typing import IO, Any
 import orjson
 
 from ..errors import InputError
-from ..fhir_time import latest_recorded_time, parse_as_of
+from ..fhir_time import PERIOD_FIELDS, TIME_FIELDS, latest_recorded_time, parse_as_of
 from ..ingest import is_relevant
 from ..ruleset import load_rules
 from ..sources import (
@@ -123,6 +123,10 @@ class _HashingReader(io.RawIOBase):
         return count
 
 
+TIMED_FIELDS = (*TIME_FIELDS, *PERIOD_FIELDS)  # all that latest_recorded_time reads
+RECENT_MEMO_LIMIT = 1 << 16
+
+
 class Relevance:
     """Which resources a shard keeps whole: those some rule can use (all of them with
     `--strict`, which validates every resource), minus Observations older than every look-back."""
@@ -135,16 +139,34 @@ class Relevance:
         if settings.as_of not in (None, "auto"):
             self.since = parse_as_of(settings.as_of) - timedelta(days=ruleset.max_lookback_days)
 
+        # the answer for each distinct set of time elements: the Observations of one panel
+        # or visit share theirs, so most are decided by one dictionary look-up
+        self.recent: dict[bytes, bool] = {}
+
     def keeps(self, resource: dict[str, Any]) -> bool:
         if self.terminology is None:
             return True
         if not is_relevant(resource, self.terminology):
             return False
         if self.since is not None and resource.get("resourceType") == "Observation":
-            # the grouper would skip it unvalidated too
-            when = latest_recorded_time(resource)
-            return when is None or when >= self.since
+            return self._recent(resource)  # else the grouper would skip it unvalidated too
         return True
+
+    def _recent(self, resource: dict[str, Any]) -> bool:
+        try:
+            key = orjson.dumps([resource.get(name) for name in TIMED_FIELDS])
+        except TypeError:  # not JSON (a caller's own objects): no memo
+            return self._newer_than_since(resource)
+        known = self.recent.get(key)
+        if known is None:
+            if len(self.recent) >= RECENT_MEMO_LIMIT:
+                self.recent.clear()
+            known = self.recent[key] = self._newer_than_since(resource)
+        return known
+
+    def _newer_than_since(self, resource: dict[str, Any]) -> bool:
+        when = latest_recorded_time(resource)
+        return when is None or self.since is None or when >= self.since
 
 
 SUMMARIES_HELD = 8192  # patients: more, and the summaries held so far are written out
@@ -253,8 +275,11 @@ def _ndjson(path: Path, router: Router, source: str) -> str:
         with path.open("rb") as file:
             hashing = _HashingReader(file)
             buffered = io.BufferedReader(hashing, 1 << 20)
-            handle: IO[bytes] = (gzip.GzipFile(fileobj=buffered, mode="rb")  # type: ignore[assignment]
-                                 if path.name.lower().endswith(".gz") else buffered)
+            # lines split by a buffer in C over large reads of the decompressed stream (a
+            # GzipFile's own line iteration costs a Python call per line)
+            handle: IO[bytes] = (io.BufferedReader(gzip.GzipFile(
+                fileobj=buffered, mode="rb"), 1 << 20)
+                if path.name.lower().endswith(".gz") else buffered)
             for number, line in enumerate(handle, start=1):
                 try:
                     resource = orjson.loads(line)
