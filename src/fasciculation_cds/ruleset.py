@@ -53,7 +53,7 @@ class RuleSet:
                 return rule
         raise KeyError(rule_id)
 
-    @property
+    @functools.cached_property
     def max_lookback_days(self) -> float:
         """No rule can see an Observation older than this (for cheap filtering before validation).
 
@@ -95,6 +95,10 @@ class RuleSet:
 
     def active_rules(self) -> tuple[Rule, ...]:
         """Rules that run: every status but deprecated."""
+        return self._active
+
+    @functools.cached_property
+    def _active(self) -> tuple[Rule, ...]:
         return tuple(r for r in self.rules if r.status != "deprecated")
 
 
