@@ -7,6 +7,7 @@ thread-safe). A whole-request deadline bounds every hook call.
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import logging
 import sys
@@ -111,6 +112,11 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         print(f"fasciculation-cds: feedback database {store.location}", file=sys.stderr)
+        pool.warm_up()
+        # What start-up built (rules, compiled engine, models) lives as long as the service:
+        # kept out of the collector's sight, a full collection no longer walks it mid-call.
+        gc.collect()
+        gc.freeze()
         yield
         pool.close()
         store.close()
