@@ -59,7 +59,9 @@ def _process_ready() -> None:
 
 def _assess_in_process(*args: Any) -> Assessment:
     assert _process_evaluator is not None, "worker process not initialised"
-    return assess_one(_process_evaluator, *args)
+    assessment = assess_one(_process_evaluator, *args)
+    assessment._facts = ()  # cards never read the facts: not worth pickling back
+    return assessment
 
 
 class EvaluationPool:
