@@ -35,6 +35,7 @@ from fasciculation_cds.batch.options import (
 from fasciculation_cds.cli import app
 
 from .conftest import REPO, shared_data
+from .process_helpers import children_of, wait_gone
 
 AS_OF = "2026-11-26"
 CLI = str(Path(sys.executable).parent / "fasciculation-cds")
@@ -242,37 +243,6 @@ def test_real_full_disk(tmp_path: Path, tiny_disk: Path) -> None:
 # --- signals and orphans ------------------------------------------------------------------
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
-
-
-def _running(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _wait_gone(pids: list[int], seconds: float = 10.0) -> list[int]:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        alive = [p for p in pids if _running(p)]
-        if not alive:
-            return []
-        time.sleep(0.1)
-    return [p for p in pids if _running(p)]
-
-
 @pytest.fixture(scope="module")
 def population(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Big enough that a run with two workers lasts a few seconds."""
@@ -290,10 +260,10 @@ def _start(population: Path, out: Path) -> tuple[subprocess.Popen[str], list[int
                                 AS_OF, "--workers", "2"], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(_children(process.pid)) < 2:
+    while time.monotonic() < deadline and len(children_of(process.pid)) < 2:
         time.sleep(0.05)
     time.sleep(0.5)  # the workers are busy now
-    children = _children(process.pid)
+    children = children_of(process.pid)
     assert len(children) >= 2, "the workers did not start"
     return process, children
 
@@ -303,7 +273,7 @@ def test_kill_9_leaves_no_worker_running(tmp_path: Path, population: Path) -> No
     process, children = _start(population, tmp_path / "out")
     os.kill(process.pid, signal.SIGKILL)
     process.communicate()
-    assert _wait_gone(children) == []
+    assert wait_gone(children) == []
 
 
 @pytest.mark.cli
@@ -321,7 +291,7 @@ def test_signals_stop_cleanly_and_resume_is_exact(tmp_path: Path, population: Pa
     assert process.returncode == code, stderr
     assert "Traceback" not in stderr
     assert "--resume" in stderr
-    assert _wait_gone(children) == []
+    assert wait_gone(children) == []
     assert not (out / "run.json").exists()
     resumed = subprocess.run([CLI, "batch", str(population), "--out", str(out), "--as-of",
                               AS_OF, "--workers", "2", "--resume"], capture_output=True,

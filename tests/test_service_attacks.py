@@ -493,6 +493,25 @@ def test_replayed_token_is_refused(keys: Keys, tmp_path: Path, ruleset: RuleSet)
     assert client.get("/cds-services", headers=headers).status_code == 401
 
 
+def test_used_token_ids_are_forgotten_once_their_tokens_expire(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replay memory is bounded by the tokens still valid, not by every token ever seen."""
+    from fasciculation_cds.service.auth import Authenticator, AuthError
+    from fasciculation_cds.service.settings import ServiceSettings
+
+    authenticator = Authenticator(ServiceSettings(clock_skew_seconds=10))
+    now = 1_000_000.0
+    monkeypatch.setattr(time, "time", lambda: now)
+    for index in range(1000):
+        authenticator._check_replay(f"iss|{index}", now + 60)
+    with pytest.raises(AuthError):
+        authenticator._check_replay("iss|5", now + 60)
+    now += 71  # past exp + skew: every one of them could only be refused as expired now
+    authenticator._check_replay("iss|new", now + 60)
+    assert set(authenticator._seen) == {"iss|new"}
+    authenticator._check_replay("iss|5", now + 60)  # an expired jti no longer blocks anything
+
+
 def test_token_lifetime_is_configurable(keys: Keys, tmp_path: Path, ruleset: RuleSet) -> None:
     client = make_client(keys, tmp_path, ruleset, Recorder(), max_token_lifetime_seconds=3600)
     token = _raw_token(keys, _claims(exp=int(time.time()) + 3000))

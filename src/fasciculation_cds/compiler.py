@@ -347,18 +347,34 @@ def encode_context(
 ) -> JsonDict:
     """The closed-world context fact, limited to `fields`; `stage_one` (rule id -> severity)
     adds what second-stage rules test, `derived` the values of `derived_values`."""
+    names = _context_names(ruleset, fields)
     values: JsonDict = {"presenting": context.presenting, **(derived or {})}
     present = set(context.concepts_present)
-    values.update({field_name("has", c): c in present for c in ruleset.terminology.concepts})
+    values.update({name: concept in present for concept, name in names.has})
     values.update({field_name("days", c): days for c, days in context.days_since.items()})
     values.update({field_name("n", n): float(k) for n, k in context.group_set_counts.items()})
     if stage_one is not None:
         values["max_rank"] = float(max((SEVERITY_RANK[s] for s in stage_one.values()), default=0))
-        values.update({field_name("found", r.id): r.id in stage_one
-                       for r in ruleset.active_rules() if r.stage == 1})
+        values.update({name: rule_id in stage_one for rule_id, name in names.found})
     message: JsonDict = {"id": "context", "t": "context"}
     message.update({key: value for key, value in values.items() if key in fields})
     return message
+
+
+@dataclass(frozen=True)
+class _ContextNames:
+    has: tuple[tuple[str, str], ...]
+    found: tuple[tuple[str, str], ...]
+
+
+@functools.lru_cache(maxsize=16)
+def _context_names(ruleset: RuleSet, fields: frozenset[str]) -> _ContextNames:
+    """(concept, field) and (stage-one rule id, field) pairs a stage reads: worked out once per
+    rule set and stage, not once per patient."""
+    has = [(c, field_name("has", c)) for c in ruleset.terminology.concepts]
+    found = [(r.id, field_name("found", r.id)) for r in ruleset.active_rules() if r.stage == 1]
+    return _ContextNames(tuple(p for p in has if p[1] in fields),
+                         tuple(p for p in found if p[1] in fields))
 
 
 def encode_result(rule_id: str, severity: str, key: str) -> JsonDict:

@@ -1,11 +1,13 @@
 """The one module that speaks to durable-rules.
 
 durable-rules facts of life handled here: the host is not thread-safe (one lock serialises all
-access), it keeps at most 1024 live sessions, and
-posting facts that match nothing raises MessageNotHandledException (that simply means "no match").
-The stock host starts background dispatch threads that would race with callers; this host runs
-actions synchronously inside each assert and starts none. Each evaluation uses the same session,
-emptied afterwards, so the 1024-live-session limit is never approached.
+access), it keeps at most 1024 live sessions, and posting facts that match nothing raises
+MessageNotHandledException (that simply means "no match"). The stock host starts background
+dispatch threads that would race with callers; this host runs actions synchronously inside each
+assert and starts none. Each evaluation uses the same session, emptied afterwards, so the
+1024-live-session limit is never approached. Facts go to the C engine as orjson text and "no
+match" is read from its status code: the stock path encodes each fact with the json module, and
+again to build the exception for every fact that matches nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import durable_rules_engine
+import orjson
 from durable import engine as durable_engine
 
 JsonDict = dict[str, Any]
@@ -79,25 +83,21 @@ class RuleEngine:
             return []
         with self._lock:
             sid = PATIENT_SESSION
-            stored: list[JsonDict] = []
+            stored: list[str] = []
+            rules = self._host.get_ruleset(ruleset)
             try:
                 # One fact at a time: in a batch, one fact that matches no rule makes durable-rules
                 # reject the whole batch.
                 for fact in facts:
                     message = {**{k: _plain_number(v) for k, v in fact.items()}, "sid": sid}
-                    try:
-                        self._host.assert_fact(ruleset, message)
-                    except durable_engine.MessageNotHandledException:
-                        continue  # this fact takes part in no rule: a normal outcome
-                    stored.append(message)
+                    text = orjson.dumps(message).decode()
+                    if self._post(rules, durable_rules_engine.assert_fact, text):
+                        stored.append(text)
             finally:
                 # Retracting, not delete_state: deleting a session that holds partial matches
                 # crashes durable-rules 2.0.28 (seen here); an emptied session is as good as new.
-                for message in stored:
-                    try:
-                        self._host.retract_fact(ruleset, message)
-                    except durable_engine.MessageNotHandledException:
-                        continue
+                for posted in stored:
+                    self._post(rules, durable_rules_engine.retract_fact, posted)
             matches = self._host.collected.pop(sid, [])
             if self._host.failures:
                 failures, self._host.failures = self._host.failures, []
@@ -106,3 +106,19 @@ class RuleEngine:
             for fact in bound.values():
                 fact.pop("sid", None)
         return matches
+
+    @staticmethod
+    def _post(rules: Any, operation: Any, text: str) -> bool:
+        """Assert or retract one fact and run the actions it completes; False when no rule
+        takes the fact (durable-rules status 1)."""
+        status, state = operation(rules._handle, text)[:2]
+        if status == 1:
+            return False
+        if status == 2:
+            raise EngineError("durable-rules has already observed this fact")
+        failure: list[BaseException] = []
+        rules.do_actions(0 if status == 3 else state,
+                         lambda error, _: failure.append(error) if error else None)
+        if failure:
+            raise EngineError(f"durable-rules failed: {failure[0]!r}")
+        return True

@@ -2,8 +2,9 @@
 
 Only resources the rules can use are validated with fhir.resources (R4 through the R4B models):
 Patient, and Observation / Condition / MedicationRequest / MedicationStatement / Medication whose
-codes are in the value sets. Everything else is counted and skipped without validation, unless
-`strict` asks for every resource to be validated.
+codes are in the value sets; and of those, the elements something reads (read_elements.py).
+Everything else is counted and skipped without validation, unless `strict` asks for every element
+of every resource to be validated.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pydantic import ValidationError
 
 from .errors import InputError
 from .fhir_time import latest_recorded_time
+from .read_elements import read_part
 from .sources import RawResource
 from .strict_checks import strict_problems
 from .terminology import Terminology
@@ -120,8 +122,9 @@ def _has_relevant_code(codeable: dict[str, Any], terminology: Terminology) -> bo
     return found
 
 
-def validate(raw: SourcedResource) -> InputError | None:
-    """fhir.resources validation; the error names file, entry, FHIR path and what is wrong."""
+def validate(raw: SourcedResource, *, whole: bool = False) -> InputError | None:
+    """fhir.resources validation of the elements that are read (`whole`: of every element); the
+    error names file, entry, FHIR path and what is wrong."""
     resource_type = str(raw.resource.get("resourceType"))
     try:
         model = get_fhir_model_class(resource_type)
@@ -129,7 +132,7 @@ def validate(raw: SourcedResource) -> InputError | None:
         return InputError(f"unknown resourceType {resource_type!r} (is this FHIR R4?)",
                           source=raw.source, entry=raw.entry)
     try:
-        model.model_validate(raw.resource)
+        model.model_validate(raw.resource if whole else read_part(raw.resource))
     except ValidationError as exc:
         first = exc.errors()[0]
         path = ".".join([resource_type, *(str(p) for p in first["loc"] if p != "__root__")])
@@ -201,7 +204,7 @@ class Grouper:
         # fields the rules read (service/drafts.py), so it is not validated as a resource.
         if (relevant or self._strict) and not raw.draft_order:
             self.counts["validated"] += 1
-            error = validate(sourced)
+            error = validate(sourced, whole=self._strict)
             if error is None and self._strict:
                 error = _strict_error(raw)
             if error is not None:

@@ -5,12 +5,6 @@ Also what each worker process does when it starts: it must never outlive the bat
 
 from __future__ import annotations
 
-import ctypes
-import os
-import signal
-import sys
-import threading
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +13,7 @@ from fhir.resources.R4B import get_fhir_model_class
 
 from ..evaluate import InputProblem, Outcome, assess_all, evaluator_for, new_grouper
 from ..ingest import READ_TYPES
+from ..parent_watch import watch_parent
 from ..ruleset import RuleSet, load_rules
 from ..sources import RawResource, fewer_collections
 from .options import Settings
@@ -26,41 +21,11 @@ from .outputs import write_part
 from .partition import Skipped, medication_files, read_records, shard_files, shard_name
 from .rows import assessment_row, finding_rows
 
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
 
 @dataclass
 class ShardResult:
     shard: str
     patients: int
-
-
-def watch_parent(parent: int) -> None:
-    """Worker start-up: die with the batch process, even when it is killed with SIGKILL.
-
-    On Linux the kernel sends SIGKILL when the parent dies (PR_SET_PDEATHSIG); elsewhere, and
-    as a second line on Linux, a thread polls the parent id. Ctrl-C reaches the whole process
-    group: the parent decides what stops, so workers ignore SIGINT.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the run's handler
-    if hasattr(signal, "pthread_sigmask"):  # blocked while the process started (pool.py)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent:  # the parent died before the line above took effect
-        os._exit(1)
-
-    def poll() -> None:
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=poll, name="parent-watch", daemon=True).start()
 
 
 def start_worker(parent: int, rules_dir: str | None) -> None:

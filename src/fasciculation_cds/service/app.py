@@ -7,6 +7,7 @@ thread-safe). A whole-request deadline bounds every hook call.
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import logging
 import sys
@@ -111,8 +112,14 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         print(f"fasciculation-cds: feedback database {store.location}", file=sys.stderr)
+        pool.warm_up()
+        # What start-up built (rules, compiled engine, models) lives as long as the service:
+        # kept out of the collector's sight, a full collection no longer walks it mid-call.
+        gc.collect()
+        gc.freeze()
         yield
         pool.close()
+        store.close()
 
     app = FastAPI(title="fasciculation-cds CDS Hooks service", version="0.2.0",
                   description="CDS Hooks 2.0 service for muscle twitching, cramps and spasms.",
@@ -129,9 +136,11 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
             except ValueError:
                 pass
         try:
-            # off the loop: a JWKS URL may have to be fetched
-            await run_in_threadpool(authenticator.verify, request.headers.get("authorization"),
-                                    f"{base}{endpoint}")
+            token = authenticator.read(request.headers.get("authorization"))
+            if token.keys_at_hand:  # a signature check: shorter than a hop to a thread
+                authenticator.verify_read(token, f"{base}{endpoint}")
+            else:  # off the loop: the issuer's JWKS URL may have to be fetched
+                await run_in_threadpool(authenticator.verify_read, token, f"{base}{endpoint}")
         except AuthError as exc:
             raise _problem(401, str(exc)) from None
 
@@ -186,8 +195,10 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
             raise _problem(412, str(exc)) from None
         log.info("hook=%s cards=%d ms=%.0f", hook, len(cards),
                  (time.perf_counter() - started) * 1000)  # no patient data, no tokens
+        shown = [card.to_json() for card in cards]
+        store.count_shown(service_id, shown)
         # a ready JSON body: FastAPI's response validation would walk every card again
-        return ORJSONBody({"cards": [card.to_json() for card in cards]})
+        return ORJSONBody({"cards": shown})
 
     async def _answer(service_id: str, hook: str, request: HookRequest) -> list[Card]:
         patient_id = request.context.get("patientId")
@@ -209,13 +220,7 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
             key = card_uuid(f"{service_id}|Patient/{patient_id}",
                             order_key(request.context, drafts))
         draft_references = frozenset(f"{d['resourceType']}/{d['id']}" for d in drafts)
-        cards = to_cards(assessment, rules, hook, key, f"{base}/rules", draft_references)
-        try:
-            await run_in_threadpool(store.cards_shown, service_id,
-                                    [c.to_json() for c in cards])
-        except FeedbackStoreError as exc:  # counting must never hold back a card
-            log.warning("cards shown not recorded: %s", exc)
-        return cards
+        return to_cards(assessment, rules, hook, key, f"{base}/rules", draft_references)
 
     def _client_for(request: HookRequest) -> tuple[FhirClient | None, str]:
         if not request.fhir_server:

@@ -4,10 +4,12 @@ and replay (`jti`) rejection. A `jku` header is never followed."""
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +34,28 @@ def _numeric(claims: dict[str, Any], name: str) -> float:
     return float(value)
 
 
+@dataclass(frozen=True)
+class UnverifiedToken:
+    """A bearer token read but not yet trusted: its header, issuer and the key it names."""
+
+    token: str
+    alg: str
+    kid: str | None
+    issuer: TrustedIssuer
+
+    @property
+    def keys_at_hand(self) -> bool:
+        """Whether verifying needs no network: the issuer's keys are in a local file."""
+        return self.issuer.jwks_file is not None
+
+
 class Authenticator:
     def __init__(self, settings: ServiceSettings) -> None:
         self.settings = settings
         self._issuers = {i.iss: i for i in settings.issuers}
         self._clients: dict[str, jwt.PyJWKClient] = {}
         self._seen: dict[str, float] = {}
+        self._expiry: list[tuple[float, str]] = []  # heap of (forget after, jti) for _seen
         self._lock = threading.Lock()
         self._key_files: dict[Path, tuple[tuple[int, int], jwt.PyJWKSet]] = {}
 
@@ -78,16 +96,20 @@ class Authenticator:
 
     def verify(self, authorization: str | None, audience: str) -> dict[str, Any]:
         """The token's claims if it was made by a trusted issuer for exactly `audience`."""
+        return self.verify_read(self.read(authorization), audience)
+
+    def read(self, authorization: str | None) -> UnverifiedToken:
+        """The bearer token's header and issuer, checked for form only (cheap, no key yet)."""
         if not authorization or not authorization.lower().startswith("bearer "):
             raise AuthError("missing bearer token")
         token = authorization[7:].strip()
         if len(token) > MAX_TOKEN_CHARS:
             raise AuthError("token too long")
         try:
-            header = jwt.get_unverified_header(token)
-            unverified = jwt.decode(token, options={"verify_signature": False})
+            parts = jwt.api_jwt.decode_complete(token, options={"verify_signature": False})
         except (jwt.PyJWTError, ValueError, TypeError):
             raise AuthError("malformed token") from None
+        header, unverified = parts["header"], parts["payload"]
         alg = header.get("alg")
         if alg not in ALGORITHMS:
             raise AuthError("token algorithm must be RS384 or ES384")
@@ -95,7 +117,13 @@ class Authenticator:
         if issuer is None:
             raise AuthError("token issuer is not trusted")
         kid = header.get("kid")
-        key = self._key(issuer, token, kid if isinstance(kid, str) else None, str(alg))
+        return UnverifiedToken(token, str(alg), kid if isinstance(kid, str) else None, issuer)
+
+    def verify_read(self, read: UnverifiedToken, audience: str) -> dict[str, Any]:
+        """Signature, audience, times and replay of a token `read` returned (may fetch a JWKS
+        when the issuer's keys are at a URL)."""
+        token, alg, issuer = read.token, read.alg, read.issuer
+        key = self._key(issuer, token, read.kid, alg)
         skew = self.settings.clock_skew_seconds
         try:
             claims: dict[str, Any] = jwt.decode(
@@ -118,11 +146,16 @@ class Authenticator:
         return claims
 
     def _check_replay(self, jti: str, expires: float) -> None:
+        """Each jti once while its token could still be accepted; forgotten after that, oldest
+        first, so a check costs the same however many tokens are remembered."""
         now = time.time()
+        skew = self.settings.clock_skew_seconds
         with self._lock:
-            for seen, until in list(self._seen.items()):
-                if until + self.settings.clock_skew_seconds < now:
-                    del self._seen[seen]
+            while self._expiry and self._expiry[0][0] + skew < now:
+                _, old = heapq.heappop(self._expiry)
+                if self._seen.get(old, now) + skew < now:
+                    del self._seen[old]
             if jti in self._seen:
                 raise AuthError("token replayed (jti already used)")
             self._seen[jti] = expires
+            heapq.heappush(self._expiry, (expires, jti))

@@ -5,7 +5,9 @@ processes (`evaluation_processes`) when more than one core should evaluate at on
 from __future__ import annotations
 
 import asyncio
+import gc
 import multiprocessing
+import os
 import threading
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from datetime import datetime
@@ -14,6 +16,7 @@ from typing import Any
 
 from ..assessment import Assessment
 from ..evaluate import Evaluator, PatientError, new_grouper
+from ..parent_watch import watch_parent
 from ..ruleset import RuleSet, load_rules
 from ..sources import RawResource
 from .prefetch import IncompleteRecordError
@@ -41,26 +44,37 @@ def assess_one(evaluator: Evaluator, resources: list[dict[str, Any]],
 _process_evaluator: Evaluator | None = None
 
 
-def _start_process(rules_dir: str) -> None:
+def _start_process(parent: int, rules_dir: str) -> None:
     global _process_evaluator
+    watch_parent(parent)
     _process_evaluator = Evaluator(load_rules(Path(rules_dir)))
+    gc.collect()
+    gc.freeze()  # as in the service process: long-lived objects out of the collector's walk
+
+
+def _process_ready() -> None:
+    if _process_evaluator is None:
+        raise RuntimeError("worker process not initialised")
 
 
 def _assess_in_process(*args: Any) -> Assessment:
     assert _process_evaluator is not None, "worker process not initialised"
-    return assess_one(_process_evaluator, *args)
+    assessment = assess_one(_process_evaluator, *args)
+    assessment._facts = ()  # cards never read the facts: not worth pickling back
+    return assessment
 
 
 class EvaluationPool:
     def __init__(self, ruleset: RuleSet, *, threads: int, processes: int = 0) -> None:
         self.ruleset = ruleset
         self._local = threading.local()
+        self.workers = processes if processes > 0 else threads
         self.executor: Executor
         if processes > 0:
             # spawn: a forked copy of a process with threads (uvicorn's) is not safe
             self.executor = ProcessPoolExecutor(
                 max_workers=processes, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_start_process, initargs=(str(ruleset.directory),))
+                initializer=_start_process, initargs=(os.getpid(), str(ruleset.directory)))
             self._call: Any = _assess_in_process
         else:
             self.executor = ThreadPoolExecutor(max_workers=threads,
@@ -73,6 +87,22 @@ class EvaluationPool:
             evaluator = self._local.evaluator = Evaluator(self.ruleset)
         return assess_one(evaluator, *args)
 
+    def warm_up(self) -> None:
+        """Start every worker and compile its engine now, not during the first calls."""
+        if isinstance(self.executor, ThreadPoolExecutor):
+            barrier = threading.Barrier(self.workers)  # each thread takes exactly one
+            futures = [self.executor.submit(self._thread_ready, barrier)
+                       for _ in range(self.workers)]
+        else:
+            futures = [self.executor.submit(_process_ready) for _ in range(self.workers)]
+        for future in futures:
+            future.result()
+
+    def _thread_ready(self, barrier: threading.Barrier) -> None:
+        barrier.wait(timeout=120)
+        if getattr(self._local, "evaluator", None) is None:
+            self._local.evaluator = Evaluator(self.ruleset)
+
     async def run(self, resources: list[dict[str, Any]], drafts: list[dict[str, Any]],
                   patient_id: str, as_of: datetime) -> Assessment:
         loop = asyncio.get_running_loop()
@@ -80,4 +110,6 @@ class EvaluationPool:
                                           patient_id, as_of)
 
     def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        # processes are waited for (they finish a call in milliseconds) so none is left behind
+        self.executor.shutdown(wait=isinstance(self.executor, ProcessPoolExecutor),
+                               cancel_futures=True)

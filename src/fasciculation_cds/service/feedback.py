@@ -4,7 +4,10 @@ the per-rule report an informaticist uses to fight alert fatigue."""
 from __future__ import annotations
 
 import json
+import logging
+import threading
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+log = logging.getLogger("fasciculation_cds.service.feedback")
 metadata = MetaData()
 cards_shown = Table(
     "cards_shown", metadata,
@@ -75,11 +79,41 @@ class FeedbackStore:
             event.listen(self.engine, "connect", _sqlite_write_ahead_log)
         metadata.create_all(self.engine)
         self.location = parsed.render_as_string(hide_password=True)
+        # Cards shown are counted off the request path, by one writer, many calls a statement.
+        self._pending: list[tuple[str, list[dict[str, Any]], datetime]] = []
+        self._pending_lock = threading.Lock()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fasciculation-shown")
 
-    def cards_shown(self, service: str, cards: list[dict[str, Any]]) -> None:
+    def count_shown(self, service: str, cards: list[dict[str, Any]]) -> None:
+        """Count `cards` as shown, later: the hook answer never waits for the database. A
+        failure is logged (no card content) and never holds back a card."""
         if not cards:
             return
-        now = datetime.now(timezone.utc)
+        with self._pending_lock:
+            self._pending.append((service, cards, datetime.now(timezone.utc)))
+        self._writer.submit(self._write_pending)
+
+    def flush(self) -> None:
+        """Wait until every card counted so far is in the database."""
+        self._writer.submit(lambda: None).result()
+
+    def close(self) -> None:
+        self._writer.shutdown(wait=True)
+
+    def _write_pending(self) -> None:
+        with self._pending_lock:
+            batch, self._pending = self._pending, []
+        for service, cards, now in batch:
+            try:
+                self.cards_shown(service, cards, now)
+            except FeedbackStoreError as exc:
+                log.warning("cards shown not recorded: %s", exc)
+
+    def cards_shown(self, service: str, cards: list[dict[str, Any]],
+                    now: datetime | None = None) -> None:
+        if not cards:
+            return
+        now = now or datetime.now(timezone.utc)
         try:
             try:
                 self._cards_shown(service, cards, now)
@@ -107,6 +141,7 @@ class FeedbackStore:
                 db.execute(cards_shown.insert(), rows)
 
     def record(self, service: str, items: list[dict[str, Any]]) -> int:
+        self.flush()  # a card's showing is stored before any feedback on it
         now = datetime.now(timezone.utc)
         rows = []
         for item in items:
@@ -126,6 +161,7 @@ class FeedbackStore:
 
     def report(self) -> list[dict[str, Any]]:
         """Per rule: cards shown, accepted, overridden, and the top override reasons."""
+        self.flush()
         with self.engine.connect() as db:
             per_rule = select(cards_shown.c.rule_id, func.count()).group_by(cards_shown.c.rule_id)
             shown: dict[str, int] = {rule: int(n) for rule, n in db.execute(per_rule).all()}
