@@ -40,6 +40,7 @@ from .keys import MEDICATION, UNOWNED, keyed, patient_key
 from .options import OutputError, Settings
 
 MEDICATIONS_FILE = "medications.ndjson"
+SPILL_FILE = "summaries.spill"  # a task's summaries until its shard files are complete
 RESOURCE, SKIPPED = "r", "s"
 
 
@@ -77,6 +78,12 @@ class Skipped:
     entry: str
     count: int
     latest: datetime | None
+
+
+def decode_key(line: bytes) -> str:
+    tab = line.find(b"\t")
+    key: str = orjson.loads(line[:tab] if tab >= 0 else line)[1]
+    return key
 
 
 def decode_record(line: bytes) -> RawResource | Skipped:
@@ -222,37 +229,51 @@ class Router:
 
 
 class ShardWriter:
-    """One task's shard files, summary files and Medication side file, in its own folder.
+    """One task's shard files and Medication side file, in its own folder.
 
-    A shard's summaries go to a file of their own, read after the shard file: so the
-    evaluation sees every kept resource of the input file before any summary, wherever the
-    router wrote summaries out.
+    Summaries are spilled to a file of the task as the router writes them out, and appended to
+    the shard files by `finish()`: so a shard file holds every kept resource of the input file
+    first and then the summaries, in the order they were written out, however often that was.
     """
 
     def __init__(self, folder: Path, shards: int) -> None:
         self.folder, self.shards = folder, shards
-        self.handles: dict[str, IO[bytes]] = {}
+        self.handles: dict[int, IO[bytes]] = {}
         self.medications = (folder / MEDICATIONS_FILE).open("wb")
+        self.spill: IO[bytes] | None = None
 
     def __call__(self, key: str, record: bytes) -> None:
         if key == MEDICATION:
             self.medications.write(record)
             return
-        self._write(shard_name(shard_of(key, self.shards)), record)
+        shard = shard_of(key, self.shards)
+        handle = self.handles.get(shard)
+        if handle is None:
+            handle = self.handles[shard] = (self.folder / shard_name(shard)).open("wb")
+        handle.write(record)
 
     def summary(self, key: str, record: bytes) -> None:
-        self._write(summary_name(shard_of(key, self.shards)), record)
+        if self.spill is None:
+            self.spill = (self.folder / SPILL_FILE).open("w+b")
+        self.spill.write(record)
 
-    def _write(self, name: str, record: bytes) -> None:
-        handle = self.handles.get(name)
-        if handle is None:
-            handle = self.handles[name] = (self.folder / name).open("wb")
-        handle.write(record)
+    def finish(self) -> None:
+        """The spilled summaries, after everything else, each to its patient's shard."""
+        if self.spill is None:
+            return
+        self.spill.seek(0)
+        for line in self.spill:
+            self(decode_key(line), line)
+        self.spill.close()
+        (self.folder / SPILL_FILE).unlink()
+        self.spill = None
 
     def close(self) -> None:
         for handle in self.handles.values():
             handle.close()
         self.medications.close()
+        if self.spill is not None:
+            self.spill.close()
 
 
 def route_file(path: Path, router: Router) -> str | None:
@@ -354,6 +375,7 @@ def partition_file(task: PartitionTask) -> FilePartition:
         with fewer_collections():
             router.result.sha256 = route_file(Path(task.path), router)
         router.close()
+        writer.finish()
     except OSError as exc:
         raise OutputError(f"cannot write {folder}: {exc}") from None
     finally:
@@ -369,18 +391,9 @@ def shard_name(shard: int) -> str:
     return f"shard-{shard:05d}.ndjson"
 
 
-def summary_name(shard: int) -> str:
-    return f"summary-{shard:05d}.ndjson"
-
-
 def shard_files(work: Path, shard: int) -> list[Path]:
-    """The files that make up one shard, in input order: each task's shard file, then its
-    summary file."""
-    files = []
-    for folder in sorted(work.glob("t*")):
-        files += [path for path in (folder / shard_name(shard), folder / summary_name(shard))
-                  if path.exists()]
-    return files
+    """The files that make up one shard, in input order."""
+    return sorted(work.glob(f"t*/{shard_name(shard)}"))
 
 
 def medication_files(work: Path) -> list[Path]:
