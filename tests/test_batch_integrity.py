@@ -249,7 +249,7 @@ def population(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not MAKE_POPULATION.exists():
         pytest.skip("make_population.py not available")
     out = tmp_path_factory.mktemp("pop") / "pop"
-    subprocess.run([sys.executable, str(MAKE_POPULATION), "--patients", "400", "--seed", "3",
+    subprocess.run([sys.executable, str(MAKE_POPULATION), "--patients", "1000", "--seed", "3",
                     "--format", "ndjson", "--gzip", "--out", str(out)], check=True,
                    capture_output=True)
     return out
@@ -260,11 +260,13 @@ def _start(population: Path, out: Path) -> tuple[subprocess.Popen[str], list[int
                                 AS_OF, "--workers", "2"], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(children_of(process.pid)) < 2:
-        time.sleep(0.05)
-    time.sleep(0.5)  # the workers are busy now
     children = children_of(process.pid)
+    while time.monotonic() < deadline and len(children) < 2 and process.poll() is None:
+        time.sleep(0.02)
+        children = children_of(process.pid)
     assert len(children) >= 2, "the workers did not start"
+    time.sleep(0.3)  # the workers are busy now
+    assert process.poll() is None, "the run ended before it could be interrupted"
     return process, children
 
 

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from .errors import InputError
 from .fhir_time import latest_recorded_time
+from .fhir_validation import ShapeValidator
 from .read_elements import read_part
 from .sources import RawResource
 from .strict_checks import strict_problems
@@ -122,25 +123,37 @@ def _has_relevant_code(codeable: dict[str, Any], terminology: Terminology) -> bo
     return found
 
 
+_validator = ShapeValidator()  # one per process: a population's shapes are worth keeping
+
+
 def validate(raw: SourcedResource, *, whole: bool = False) -> InputError | None:
     """fhir.resources validation of the elements that are read (`whole`: of every element); the
     error names file, entry, FHIR path and what is wrong."""
     resource_type = str(raw.resource.get("resourceType"))
     try:
-        model = get_fhir_model_class(resource_type)
-    except ValueError:
-        return InputError(f"unknown resourceType {resource_type!r} (is this FHIR R4?)",
-                          source=raw.source, entry=raw.entry)
-    try:
-        model.model_validate(raw.resource if whole else read_part(raw.resource))
+        if whole:
+            get_fhir_model_class(resource_type).model_validate(raw.resource)
+        else:
+            _validator.validate(read_part(raw.resource))
     except ValidationError as exc:
         first = exc.errors()[0]
         path = ".".join([resource_type, *(str(p) for p in first["loc"] if p != "__root__")])
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         return InputError(f"{first['msg']}{more}", source=raw.source, entry=raw.entry, path=path)
     except (TypeError, ValueError) as exc:
+        if not _is_known_type(resource_type):
+            return InputError(f"unknown resourceType {resource_type!r} (is this FHIR R4?)",
+                              source=raw.source, entry=raw.entry)
         return InputError(str(exc), source=raw.source, entry=raw.entry)
     return None
+
+
+def _is_known_type(resource_type: str) -> bool:
+    try:
+        get_fhir_model_class(resource_type)
+    except ValueError:
+        return False
+    return True
 
 
 def _strict_error(raw: RawResource) -> InputError | None:
