@@ -103,42 +103,41 @@ class FeedbackStore:
     def _write_pending(self) -> None:
         with self._pending_lock:
             batch, self._pending = self._pending, []
-        for service, cards, now in batch:
-            try:
-                self.cards_shown(service, cards, now)
-            except FeedbackStoreError as exc:
-                log.warning("cards shown not recorded: %s", exc)
+        rows: dict[str, dict[str, Any]] = {}
+        for service, cards, now in batch:  # a card counted twice in a burst: its first showing
+            for card in cards:
+                rows.setdefault(card["uuid"], {
+                    "uuid": card["uuid"], "rule_id": card["source"]["topic"]["code"],
+                    "service": service, "shown_at": now})
+        try:
+            self._store_shown(list(rows.values()))
+        except FeedbackStoreError as exc:
+            log.warning("cards shown not recorded: %s", exc)
 
-    def cards_shown(self, service: str, cards: list[dict[str, Any]],
-                    now: datetime | None = None) -> None:
-        if not cards:
+    def _store_shown(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
             return
-        now = now or datetime.now(timezone.utc)
         try:
             try:
-                self._cards_shown(service, cards, now)
+                self._insert_shown(rows)
             except IntegrityError:  # the same card counted by a concurrent call: count once
-                self._cards_shown(service, cards, now)
+                self._insert_shown(rows)
         except SQLAlchemyError as exc:
             raise FeedbackStoreError(f"feedback database error ({type(exc).__name__})") from None
 
-    def _cards_shown(self, service: str, cards: list[dict[str, Any]], now: datetime) -> None:
-        rows = [{"uuid": c["uuid"], "rule_id": c["source"]["topic"]["code"], "service": service,
-                 "shown_at": now} for c in cards]
+    def _insert_shown(self, rows: list[dict[str, Any]]) -> None:
         if self.engine.dialect.name in ("sqlite", "postgresql"):
-            # one statement per call: a card already counted is left as it is
+            # one statement for the lot: a card already counted is left as it is
             dialect = sqlite if self.engine.dialect.name == "sqlite" else postgresql
             with self.engine.begin() as db:
                 db.execute(dialect.insert(cards_shown).on_conflict_do_nothing(), rows)
             return
         with self.engine.begin() as db:
             known = set(db.scalars(select(cards_shown.c.uuid).where(
-                cards_shown.c.uuid.in_([c["uuid"] for c in cards]))))
-            rows = [{"uuid": c["uuid"], "rule_id": c["source"]["topic"]["code"],
-                     "service": service, "shown_at": now} for c in cards
-                    if c["uuid"] not in known]
-            if rows:
-                db.execute(cards_shown.insert(), rows)
+                cards_shown.c.uuid.in_([row["uuid"] for row in rows]))))
+            fresh = [row for row in rows if row["uuid"] not in known]
+            if fresh:
+                db.execute(cards_shown.insert(), fresh)
 
     def record(self, service: str, items: list[dict[str, Any]]) -> int:
         self.flush()  # a card's showing is stored before any feedback on it
