@@ -9,7 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 import pyarrow.parquet as pq
@@ -26,6 +26,22 @@ from .conftest import REPO, shared_data
 
 AS_OF = "2026-11-26"
 MAKE_POPULATION = REPO.parent / "shared" / "tools" / "make_population.py"
+
+
+def _interrupt_at(monkeypatch: pytest.MonkeyPatch, shard_call: int) -> Any:
+    """Make the `shard_call`-th shard evaluation raise KeyboardInterrupt; returns the real
+    `run_shard` (to put back)."""
+    real = batch_run.run_shard
+    calls = {"n": 0}
+
+    def interrupted(*args: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == shard_call:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(batch_run, "run_shard", interrupted)
+    return real
 
 
 def _batch(inputs: list[Path], out: Path, **kwargs: object) -> list[dict[str, object]]:
@@ -165,16 +181,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(
 ) -> None:
     source = [shared_data("synthea")]
     whole = _batch(source, tmp_path / "whole", workers=1, shards=8)
-    real = batch_run.run_shard
-    calls = {"n": 0}
-
-    def interrupted(*args: object) -> object:
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return real(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(batch_run, "run_shard", interrupted)
+    real = _interrupt_at(monkeypatch, 4)
     with pytest.raises(KeyboardInterrupt):
         _batch(source, tmp_path / "resumed", workers=1, shards=8)
     assert not (tmp_path / "resumed" / "assessments.parquet").exists()
@@ -233,16 +240,7 @@ def test_progress_counts_shards_and_patients_also_after_a_resume(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source = [shared_data("ndjson", "pathling-9-patients")]
-    real = batch_run.run_shard
-    calls = {"n": 0}
-
-    def interrupted(*args: object) -> object:
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(batch_run, "run_shard", interrupted)
+    real = _interrupt_at(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         _batch(source, tmp_path / "out", workers=1, shards=4)
     parts = list((tmp_path / "out" / "_work" / "parts").glob("assessments-*"))
