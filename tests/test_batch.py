@@ -38,7 +38,7 @@ def _interrupt_at(monkeypatch: pytest.MonkeyPatch, shard_call: int) -> Any:
         calls["n"] += 1
         if calls["n"] == shard_call:
             raise KeyboardInterrupt
-        return real(*args)
+        return real(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(batch_run, "run_shard", interrupted)
     return real
@@ -192,7 +192,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(
 
     def counting(*args: object) -> object:
         counted["n"] += 1
-        return real(*args)  # type: ignore[arg-type]
+        return real(*args)
 
     monkeypatch.setattr(batch_run, "run_shard", counting)
     resumed = _batch(source, tmp_path / "resumed", workers=1, shards=8, resume=True)
