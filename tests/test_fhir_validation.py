@@ -125,3 +125,28 @@ def test_a_bad_varying_value_is_reported_as_full_validation_words_it(
     with pytest.raises(ValidationError) as full:
         get_fhir_model_class(seed["resourceType"]).model_validate(broken)
     assert short.value.errors() == full.value.errors()
+
+
+@pytest.mark.parametrize("odd", [float("nan"), float("inf"), float("-inf")])
+def test_a_value_that_is_not_plain_json_never_borrows_a_known_shape(odd: float) -> None:
+    """A null high passed; NaN or an infinity in its place is refused, as in full."""
+    validator = ShapeValidator()
+    passed = copy.deepcopy(SEEDS[0])
+    passed["referenceRange"] = [{"high": {"value": None, "unit": "mmol/L"}}]
+    validator.validate(passed)
+    odd_one = copy.deepcopy(passed)
+    odd_one["referenceRange"][0]["high"]["value"] = odd
+    assert not _passes_in_full(odd_one)
+    assert not _passes(validator, odd_one)
+
+
+def test_a_python_object_where_json_has_a_string_takes_the_full_path() -> None:
+    from datetime import datetime, timezone
+
+    validator = ShapeValidator()
+    passed = copy.deepcopy(SEEDS[0])
+    passed["referenceRange"] = [{"text": "2024-01-01T00:00:00+00:00"}]
+    validator.validate(passed)
+    odd_one = copy.deepcopy(passed)
+    odd_one["referenceRange"][0]["text"] = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    assert _passes(validator, odd_one) == _passes_in_full(odd_one)

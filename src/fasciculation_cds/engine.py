@@ -71,6 +71,8 @@ class RuleEngine:
 
     def __init__(self, rulesets: Mapping[str, JsonDict]) -> None:
         self._lock = threading.Lock()
+        self._session = PATIENT_SESSION
+        self._generation = 0
         self._host = _SyncHost()
         try:
             self._host.set_rulesets({name: dict(rules) for name, rules in rulesets.items()})
@@ -82,22 +84,29 @@ class RuleEngine:
         if not facts:
             return []
         with self._lock:
-            sid = PATIENT_SESSION
+            sid = self._session
             stored: list[str] = []
             rules = self._host.get_ruleset(ruleset)
+            clean = False
             try:
                 # One fact at a time: in a batch, one fact that matches no rule makes durable-rules
                 # reject the whole batch.
                 for fact in facts:
                     message = {**{k: _plain_number(v) for k, v in fact.items()}, "sid": sid}
-                    text = orjson.dumps(message).decode()
-                    if self._post(rules, durable_rules_engine.assert_fact, text):
-                        stored.append(text)
+                    self._post(rules, durable_rules_engine.assert_fact,
+                               orjson.dumps(message).decode(), taken=stored)
+                clean = True
             finally:
                 # Retracting, not delete_state: deleting a session that holds partial matches
                 # crashes durable-rules 2.0.28 (seen here); an emptied session is as good as new.
                 for posted in stored:
-                    self._post(rules, durable_rules_engine.retract_fact, posted)
+                    try:
+                        self._post(rules, durable_rules_engine.retract_fact, posted)
+                    except EngineError:
+                        clean = False
+                if not clean:  # a fact may be left behind: the next patient gets a new session
+                    self._generation += 1
+                    self._session = f"{PATIENT_SESSION}-{self._generation}"
             matches = self._host.collected.pop(sid, [])
             if self._host.failures:
                 failures, self._host.failures = self._host.failures, []
@@ -108,14 +117,17 @@ class RuleEngine:
         return matches
 
     @staticmethod
-    def _post(rules: Any, operation: Any, text: str) -> bool:
+    def _post(rules: Any, operation: Any, text: str, taken: list[str] | None = None) -> bool:
         """Assert or retract one fact and run the actions it completes; False when no rule
-        takes the fact (durable-rules status 1)."""
+        takes the fact (durable-rules status 1). A fact the engine took is added to `taken`
+        before its actions run, so that it is retracted even if they fail."""
         status, state = operation(rules._handle, text)[:2]
         if status == 1:
             return False
         if status == 2:
             raise EngineError("durable-rules has already observed this fact")
+        if taken is not None:
+            taken.append(text)
         failure: list[BaseException] = []
         rules.do_actions(0 if status == 3 else state,
                          lambda error, _: failure.append(error) if error else None)

@@ -70,7 +70,8 @@ class ShapeValidator:
 
 def _shape(resource: Mapping[str, Any]) -> bytes | None:
     """Which elements are present, and the values of those that are not expected to vary;
-    None when the short path does not apply (a null anywhere at the top, or not JSON)."""
+    None when the short path does not apply (a null at the top, or a value that is not plain
+    JSON: only the Python API can pass one)."""
     varying: list[str] = []
     shared: dict[str, Any] = {}
     for key, value in resource.items():
@@ -80,10 +81,14 @@ def _shape(resource: Mapping[str, Any]) -> bytes | None:
             varying.append(key)
         else:
             shared[key] = value
+    described = [sorted(varying), shared]
     try:
-        return orjson.dumps([sorted(varying), shared], option=orjson.OPT_SORT_KEYS)
+        shape = orjson.dumps(described, option=orjson.OPT_SORT_KEYS)
     except TypeError:
         return None
+    # orjson writes NaN and infinities as null, and dates, UUIDs and enums as strings: a value
+    # that does not read back as itself could pass for a different one, so it has no shape
+    return shape if orjson.loads(shape) == described else None
 
 
 @functools.cache

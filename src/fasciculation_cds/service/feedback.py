@@ -30,6 +30,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 log = logging.getLogger("fasciculation_cds.service.feedback")
+MAX_PENDING_CALLS = 10_000  # calls whose cards wait to be counted; beyond, counts are dropped
 metadata = MetaData()
 cards_shown = Table(
     "cards_shown", metadata,
@@ -82,6 +83,7 @@ class FeedbackStore:
         # Cards shown are counted off the request path, by one writer, many calls a statement.
         self._pending: list[tuple[str, list[dict[str, Any]], datetime]] = []
         self._pending_lock = threading.Lock()
+        self._dropped = 0
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fasciculation-shown")
 
     def count_shown(self, service: str, cards: list[dict[str, Any]]) -> None:
@@ -90,8 +92,18 @@ class FeedbackStore:
         if not cards:
             return
         with self._pending_lock:
+            if len(self._pending) >= MAX_PENDING_CALLS:  # the database is not keeping up
+                self._dropped += 1
+                if self._dropped % 1000 == 1:
+                    log.warning("cards shown not recorded: %d calls already wait for the "
+                                "feedback database (%d dropped)", len(self._pending),
+                                self._dropped)
+                return
             self._pending.append((service, cards, datetime.now(timezone.utc)))
-        self._writer.submit(self._write_pending)
+        try:
+            self._writer.submit(self._write_pending)
+        except RuntimeError:  # the service is stopping: the writer takes no more
+            log.warning("cards shown not recorded: the service is stopping")
 
     def flush(self) -> None:
         """Wait until every card counted so far is in the database."""
@@ -103,16 +115,27 @@ class FeedbackStore:
     def _write_pending(self) -> None:
         with self._pending_lock:
             batch, self._pending = self._pending, []
+        if not batch:
+            return
         rows: dict[str, dict[str, Any]] = {}
-        for service, cards, now in batch:  # a card counted twice in a burst: its first showing
+        unreadable = 0
+        for service, cards, now in batch:  # counted twice in a burst: its first showing
             for card in cards:
-                rows.setdefault(card["uuid"], {
-                    "uuid": card["uuid"], "rule_id": card["source"]["topic"]["code"],
-                    "service": service, "shown_at": now})
+                try:
+                    uuid, rule_id = str(card["uuid"]), str(card["source"]["topic"]["code"])
+                except (KeyError, TypeError):
+                    unreadable += 1
+                    continue
+                rows.setdefault(uuid, {"uuid": uuid, "rule_id": rule_id, "service": service,
+                                       "shown_at": now})
+        if unreadable:
+            log.error("cards shown not recorded: %d card(s) without uuid or topic", unreadable)
         try:
             self._store_shown(list(rows.values()))
         except FeedbackStoreError as exc:
             log.warning("cards shown not recorded: %s", exc)
+        except Exception as exc:  # nobody reads this thread's results: say it here
+            log.error("cards shown not recorded (%s)", type(exc).__name__)
 
     def _store_shown(self, rows: list[dict[str, Any]]) -> None:
         if not rows:
