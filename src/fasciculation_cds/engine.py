@@ -117,13 +117,13 @@ class RuleEngine:
         return matches
 
     @staticmethod
-    def _post(rules: Any, operation: Any, text: str, taken: list[str] | None = None) -> bool:
-        """Assert or retract one fact and run the actions it completes; False when no rule
-        takes the fact (durable-rules status 1). A fact the engine took is added to `taken`
-        before its actions run, so that it is retracted even if they fail."""
+    def _post(rules: Any, operation: Any, text: str, taken: list[str] | None = None) -> None:
+        """Assert or retract one fact and run the actions it completes. Status 1 (no rule takes
+        the fact) is a normal outcome. A fact the engine took is added to `taken` before its
+        actions run, so that it is retracted even if they fail."""
         status, state = operation(rules._handle, text)[:2]
         if status == 1:
-            return False
+            return
         if status == 2:
             raise EngineError("durable-rules has already observed this fact")
         if taken is not None:
@@ -133,4 +133,3 @@ class RuleEngine:
                          lambda error, _: failure.append(error) if error else None)
         if failure:
             raise EngineError(f"durable-rules failed: {failure[0]!r}")
-        return True

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
 
 # Elements whose values differ from one resource to the next (identity, subject, time, value);
 # every other element is part of the shape. A list-valued one is left in the shape.
@@ -51,10 +52,8 @@ class ShapeValidator:
         of `resource` would."""
         resource_type = str(resource.get("resourceType"))
         model = get_fhir_model_class(resource_type)  # ValueError for an unknown type
-        shape = _shape(resource)
+        shape, varying = _shape(resource)
         if shape is not None and shape in self._shapes:
-            varying = [(key, value) for key, value in resource.items()
-                       if key in VARYING_ELEMENTS and not isinstance(value, list)]
             try:
                 for key, value in varying:
                     _element_adapter(resource_type, key).validate_python(value)
@@ -68,36 +67,42 @@ class ShapeValidator:
             self._shapes.add(shape)
 
 
-def _shape(resource: Mapping[str, Any]) -> bytes | None:
-    """Which elements are present, and the values of those that are not expected to vary;
-    None when the short path does not apply (a null at the top, or a value that is not plain
-    JSON: only the Python API can pass one)."""
-    varying: list[str] = []
+def _shape(resource: Mapping[str, Any]) -> tuple[bytes | None, list[tuple[str, Any]]]:
+    """Which elements are present and the values of those that are not expected to vary (None
+    when the short path does not apply: a null at the top, or a value that is not plain JSON,
+    which only the Python API can pass); and the varying elements."""
+    varying: list[tuple[str, Any]] = []
     shared: dict[str, Any] = {}
     for key, value in resource.items():
         if value is None:
-            return None
+            return None, varying
         if key in VARYING_ELEMENTS and not isinstance(value, list):
-            varying.append(key)
+            varying.append((key, value))
         else:
             shared[key] = value
-    described = [sorted(varying), shared]
+    described = [sorted(key for key, _ in varying), shared]
     try:
         shape = orjson.dumps(described, option=orjson.OPT_SORT_KEYS)
     except TypeError:
-        return None
+        return None, varying
     # orjson writes NaN and infinities as null, and dates, UUIDs and enums as strings: a value
     # that does not read back as itself could pass for a different one, so it has no shape
-    return shape if orjson.loads(shape) == described else None
+    return (shape if orjson.loads(shape) == described else None), varying
+
+
+@functools.cache
+def element_fields(resource_type: str) -> Mapping[str, FieldInfo]:
+    """The type's elements by their JSON name (`_name` for a primitive's extension), as the
+    R4B model declares them; ValueError for an unknown type."""
+    return {field.alias or name: field
+            for name, field in get_fhir_model_class(resource_type).model_fields.items()}
 
 
 @functools.cache
 def _element_adapter(resource_type: str, element: str) -> TypeAdapter[Any]:
     """The element's type as the resource model declares it (KeyError: no such element, which
     a shape that passed full validation cannot hold)."""
-    fields = {field.alias or name: field
-              for name, field in get_fhir_model_class(resource_type).model_fields.items()}
-    annotation = fields[element].annotation
+    annotation = element_fields(resource_type)[element].annotation
     if annotation is None:
         raise KeyError(element)
     return TypeAdapter(annotation)

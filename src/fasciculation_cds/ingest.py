@@ -131,8 +131,13 @@ def validate(raw: SourcedResource, *, whole: bool = False) -> InputError | None:
     error names file, entry, FHIR path and what is wrong."""
     resource_type = str(raw.resource.get("resourceType"))
     try:
+        model = get_fhir_model_class(resource_type)
+    except ValueError:
+        return InputError(f"unknown resourceType {resource_type!r} (is this FHIR R4?)",
+                          source=raw.source, entry=raw.entry)
+    try:
         if whole:
-            get_fhir_model_class(resource_type).model_validate(raw.resource)
+            model.model_validate(raw.resource)
         else:
             _validator.validate(read_part(raw.resource))
     except ValidationError as exc:
@@ -141,19 +146,8 @@ def validate(raw: SourcedResource, *, whole: bool = False) -> InputError | None:
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         return InputError(f"{first['msg']}{more}", source=raw.source, entry=raw.entry, path=path)
     except (TypeError, ValueError) as exc:
-        if not _is_known_type(resource_type):
-            return InputError(f"unknown resourceType {resource_type!r} (is this FHIR R4?)",
-                              source=raw.source, entry=raw.entry)
         return InputError(str(exc), source=raw.source, entry=raw.entry)
     return None
-
-
-def _is_known_type(resource_type: str) -> bool:
-    try:
-        get_fhir_model_class(resource_type)
-    except ValueError:
-        return False
-    return True
 
 
 def _strict_error(raw: RawResource) -> InputError | None:

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fhir.resources.R4B import get_fhir_model_class
+from .fhir_validation import element_fields
 
 # read for every type: grouping (subject, patient), references (id), contained Medications
 _EVERY_TYPE = ("resourceType", "id", "subject", "patient", "contained")
@@ -55,8 +55,7 @@ def _matcher(resource_type: str) -> _Matcher | None:
     names = READ_ELEMENTS.get(resource_type)
     if names is None:
         return None
-    model = get_fhir_model_class(resource_type)
-    elements = frozenset(field.alias or name for name, field in model.model_fields.items())
+    elements = frozenset(element_fields(resource_type))
     return _Matcher(
         exact=frozenset(n for n in (*_EVERY_TYPE, *names) if not n.endswith("[x]")),
         prefixes=tuple(n.removesuffix("[x]") for n in names if n.endswith("[x]")),
