@@ -80,6 +80,9 @@ class Assessment(_Out):
     findings: list[RuleFinding]
     notices: list[Notice]
     rules_version: str
+    partial: bool | None = Field(
+        default=None, description="True when a resource that could hold this patient's data was "
+        "unreadable (named in `notices`, code `resource-unreadable`); absent otherwise.")
     # The normalized facts the assessment was made from (not part of the JSON contract): the
     # clinician summaries draw lab trends and medication lists from them, never from FHIR again.
     _facts: tuple[ClinicalFact, ...] = PrivateAttr(default=())

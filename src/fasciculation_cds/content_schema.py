@@ -14,7 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
 
 from .units import parse_number
 
-ConceptKind = Literal["finding", "condition", "medication", "lab", "answer", "procedure"]
+ConceptKind = Literal[
+    "finding", "condition", "medication", "lab", "answer", "question", "procedure"
+]
 Number = int | float | str
 
 

@@ -11,6 +11,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+Certainty = Literal["asserted", "uncertain", "unclear"]
+"""How sure the record is of a problem or finding (RULES.md v3 "Text context", "Sign values"):
+`asserted`; `uncertain` (hedged, double-negated or self-contradicting text, or a coded record its
+own text doubts: it counts, with notice `text-uncertain`, and is quoted on the card); `unclear`
+(a sign value saying neither present nor absent, or a bare weakness/wasting text: it forms no
+`mnd.*` group but blocks `mnd.benign-pattern`, with notice `sign-value-unclear`). `quote` holds
+the record's own text the match came from, for evidence."""
+
 
 class FactBase(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -79,6 +87,8 @@ class Problem(FactBase):
     verification_status: str | None = None
     onset: datetime | None = None
     matched_by: str
+    certainty: Certainty = "asserted"
+    quote: str | None = None
 
 
 class Finding(FactBase):
@@ -91,6 +101,8 @@ class Finding(FactBase):
     body_site: str | None = None
     effective: datetime | None = None
     matched_by: str
+    certainty: Certainty = "asserted"
+    quote: str | None = None
 
 
 class Procedure(FactBase):
@@ -132,3 +144,5 @@ class PatientContext(BaseModel):
     days_since: dict[str, float]
     group_counts: dict[str, int]
     group_set_counts: dict[str, int]
+    partial: bool = False
+    """A resource that could hold this patient's data was unreadable (RULES.md v3)."""

@@ -59,6 +59,9 @@ class PatientRecord:
     draft_orders: list[SourcedResource] = field(default_factory=list)
     skipped: int = 0
     latest_time: datetime | None = None
+    unreadable: list[InputError] = field(default_factory=list)
+    """Resources of a type the rules read that could not be read as FHIR R4 (RULES.md v3
+    "Unreadable resources"): named on the assessment, which is then `partial`."""
 
 
 @dataclass

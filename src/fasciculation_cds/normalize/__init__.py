@@ -90,7 +90,7 @@ class Normalizer:
         facts: list[ClinicalFact] = [patient, *labs, *medications, *coded, *procedures,
                                      *draft_order_facts(content, record.draft_orders)]
         context = patient_context(content, record.reference, facts, assume_presentation,
-                                  recorded)
+                                  recorded, partial=bool(record.unreadable))
         return NormalizedPatient(patient, facts, context, notices)
 
     def _observation(self, sourced: SourcedResource, as_of: datetime) -> _Observed:

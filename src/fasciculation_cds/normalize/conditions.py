@@ -101,6 +101,7 @@ def observation_facts(
 
 
 PRESENT, ABSENT, UNCLEAR = "present", "absent", "unclear"
+NEGATIVE_ANSWER = "negative-answer"
 
 
 def observation_value(content: Content, resource: Mapping[str, Any]) -> str:
@@ -115,7 +116,9 @@ def observation_value(content: Content, resource: Mapping[str, Any]) -> str:
     if keys[0] == "valueBoolean":
         return PRESENT if value is True else ABSENT if value is False else UNCLEAR
     if keys[0] == "valueCodeableConcept" and isinstance(value, Mapping):
-        if any(term.concepts[m.concept].kind == "answer" for m in term.match_codeable(value)):
+        # v3: answer concepts also hold values meaning present (current smoker); only the
+        # negative-answer concept means absent
+        if any(m.concept == NEGATIVE_ANSWER for m in term.match_codeable(value)):
             return ABSENT
         pieces = [str(value.get("text") or "")]
         pieces += [str(c.get("display") or "") for c in codings_of(value)

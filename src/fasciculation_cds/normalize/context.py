@@ -17,6 +17,8 @@ def patient_context(
     facts: Iterable[ClinicalFact],
     assume_presentation: bool,
     recorded: Iterable[str] = (),
+    *,
+    partial: bool = False,
 ) -> PatientContext:
     """`recorded`: derived concepts present whatever the facts say (e.g. MND recorded in any
     status), from `conditions.recorded_concepts`."""
@@ -44,4 +46,5 @@ def patient_context(
     return PatientContext(
         reference=reference, presenting=assume_presentation or bool(presentation),
         presentation=presentation, concepts_present=tuple(sorted(present)),
-        days_since=days_since, group_counts=group_counts, group_set_counts=set_counts)
+        days_since=days_since, group_counts=group_counts, group_set_counts=set_counts,
+        partial=partial)
