@@ -3,7 +3,7 @@
     python bench/batch_bench.py --sizes 2000 20000 --out bench
 
 1. Against a columnar query: on a `--jitter` export of `--compare-size` patients (plain NDJSON,
-   as `make_population.py` writes it), `fasciculation-cds batch --workers 2` and the polars
+   as `bench/population.py` writes it), `fasciculation-cds batch --workers 2` and the polars
    query of `bench/polars_query.py` (latest Mg/Ca/K/Na per patient, low flagged) run in turn,
    A B A B ..., each as a whole process; the ratio of their throughputs is taken pair by pair
    (aim: batch at least 0.5x the query).
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-MAKE_POPULATION = HERE.parent.parent / "shared" / "tools" / "make_population.py"
+MAKE_POPULATION = HERE / "population.py"
 SECTION = "## Batch"
 
 

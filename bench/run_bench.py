@@ -21,7 +21,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-MAKE_POPULATION = REPO.parent / "shared" / "tools" / "make_population.py"
+MAKE_POPULATION = REPO / "bench" / "population.py"
 
 
 def _peak_rss_mb() -> float:

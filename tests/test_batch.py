@@ -25,7 +25,7 @@ from fasciculation_cds.batch.rows import ASSESSMENTS_SCHEMA, FINDINGS_SCHEMA, so
 from .conftest import REPO, shared_data
 
 AS_OF = "2026-11-26"
-MAKE_POPULATION = REPO.parent / "shared" / "tools" / "make_population.py"
+MAKE_POPULATION = REPO / "bench" / "population.py"
 
 
 def _interrupt_at(monkeypatch: pytest.MonkeyPatch, shard_call: int) -> Any:

@@ -39,7 +39,7 @@ from .process_helpers import children_of, wait_gone
 
 AS_OF = "2026-11-26"
 CLI = str(Path(sys.executable).parent / "fasciculation-cds")
-MAKE_POPULATION = REPO.parent / "shared" / "tools" / "make_population.py"
+MAKE_POPULATION = REPO / "bench" / "population.py"
 
 
 def _export(tmp_path: Path, gz: bool = False) -> Path:
@@ -246,8 +246,6 @@ def test_real_full_disk(tmp_path: Path, tiny_disk: Path) -> None:
 @pytest.fixture(scope="module")
 def population(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Big enough that a run with two workers lasts a few seconds."""
-    if not MAKE_POPULATION.exists():
-        pytest.skip("make_population.py not available")
     out = tmp_path_factory.mktemp("pop") / "pop"
     subprocess.run([sys.executable, str(MAKE_POPULATION), "--patients", "1000", "--seed", "3",
                     "--format", "ndjson", "--gzip", "--out", str(out)], check=True,

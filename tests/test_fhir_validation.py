@@ -4,7 +4,6 @@ real records, and on generated changes to the elements its short path validates 
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +19,7 @@ from fasciculation_cds.read_elements import read_part
 from fasciculation_cds.rule_fixtures import fixture_cases
 from fasciculation_cds.ruleset import RuleSet
 
-from .conftest import EXAMPLES, RULES_DIR, SHARED_DATA
+from .conftest import EXAMPLES, RULES_DIR, bundle_files, read_json
 
 PROPERTY = settings(max_examples=300, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -44,9 +43,9 @@ def _passes(validator: ShapeValidator, part: dict[str, Any]) -> bool:
 
 def _read_parts(ruleset: RuleSet) -> Iterator[dict[str, Any]]:
     paths = [c.path for c in fixture_cases(RULES_DIR)]
-    paths += sorted(EXAMPLES.glob("*.json")) + sorted((SHARED_DATA / "synthea").glob("*.json"))
+    paths += sorted(EXAMPLES.glob("*.json")) + bundle_files("synthea")
     for path in paths:
-        for entry in json.loads(path.read_text(encoding="utf-8")).get("entry", []):
+        for entry in read_json(path).get("entry", []):
             resource = entry["resource"]
             if is_relevant(resource, ruleset.terminology):
                 yield read_part(resource)

@@ -18,8 +18,6 @@ from fasciculation_cds.ruleset import RuleSet, load_rules
 
 from .conftest import RULES_DIR
 
-SHARED_CODES = Path("/work/shared/clinical/codes.yaml")
-
 
 def _edited(tmp_path: Path, name: str, edit: Callable[[Any], None]) -> Path:
     rules = tmp_path / "rules"
@@ -116,12 +114,13 @@ def test_systems_missing_uri(tmp_path: Path) -> None:
     assert error.field == "loinc.uri"
 
 
-def test_value_set_schema_accepts_the_v2_shapes() -> None:
-    """kinds answer and procedure, notes, uncoded_systems: the clinical codes.yaml v2 loads."""
-    if not SHARED_CODES.exists():
-        pytest.skip("clinical codes.yaml not available")
-    codes = ValueSets.model_validate(yaml.safe_load(SHARED_CODES.read_text()))
+def test_value_set_schema_accepts_the_v3_shapes() -> None:
+    """kinds answer, question and procedure, notes, uncoded_systems: codes.yaml v3 loads."""
+    codes = ValueSets.model_validate(
+        yaml.safe_load((RULES_DIR / "valuesets" / "codes.yaml").read_text()))
+    assert codes.version == 3
     assert codes.concepts["negative-answer"].kind == "answer"
+    assert codes.concepts["audit-c"].kind == "question"
     assert codes.concepts["renal-dialysis-procedure"].kind == "procedure"
     assert codes.notes
 

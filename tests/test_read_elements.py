@@ -20,7 +20,7 @@ from fasciculation_cds.rule_fixtures import DRAFT_TAG, fixture_cases
 from fasciculation_cds.ruleset import RuleSet
 from fasciculation_cds.sources import RawResource
 
-from .conftest import EXAMPLES, RULES_DIR, SHARED_DATA
+from .conftest import EXAMPLES, RULES_DIR, bundle_files, read_json
 
 
 class Recording(Mapping[str, Any]):
@@ -48,8 +48,8 @@ def _bundles() -> Iterator[tuple[str, dict[str, Any], str]]:
         yield case.path.name, bundle, bundle["timestamp"]
     for path in sorted(EXAMPLES.glob("*.json")):
         yield path.name, json.loads(path.read_text(encoding="utf-8")), "auto"
-    for path in sorted((SHARED_DATA / "synthea").glob("*.json")):
-        yield path.name, json.loads(path.read_text(encoding="utf-8")), "auto"
+    for path in bundle_files("synthea"):
+        yield path.name, read_json(path), "auto"
 
 
 def _records(bundle: dict[str, Any], as_of: str, ruleset: RuleSet) -> list[PatientRecord]:

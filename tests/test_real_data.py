@@ -1,4 +1,4 @@
-"""The whole rule set over real data made by other projects (../shared/data)."""
+"""The whole rule set over real data made by other projects (tests/data)."""
 
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 
@@ -19,7 +20,7 @@ from fasciculation_cds.ruleset import RuleSet
 from fasciculation_cds.service import create_app
 from fasciculation_cds.service.needs import shown_on
 
-from .conftest import REPO, shared_data
+from .conftest import REPO, data_file, read_json, shared_data
 from .service_helpers import (
     FhirServer,
     Keys,
@@ -92,7 +93,9 @@ def fhir_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FhirServer
     example = [prefetch["patient"]] + [e["resource"] for key in
                                       ("observations", "conditions", "medicationRequests")
                                       for e in prefetch[key]["entry"]]
-    files = [shared_data("synthea", SYNTHEA), write_ndjson(folder / "example.ndjson", example),
+    synthea = folder / SYNTHEA  # the server loads plain JSON
+    synthea.write_bytes(orjson.dumps(read_json(data_file("synthea", SYNTHEA))))
+    files = [synthea, write_ndjson(folder / "example.ndjson", example),
              write_ndjson(folder / "shapes.ndjson",
                           [r for rs in shape_records().values() for r in rs])]
     server = FhirServer(files, default_count=3, token=TOKEN)
