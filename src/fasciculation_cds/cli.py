@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ._version import __version__
 from .assessment import Assessment, JsonRow, dumps_assessments
 from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, InputError, RuleFileError
 from .evaluate import Evaluator, InputProblem, PatientError, evaluate_each
@@ -25,12 +26,28 @@ from .render_text import write_summary
 from .rule_docs import write_rule_docs
 from .rule_schema import Rule
 from .ruleset import RuleSet, load_rules
+from .sources import RawResource, read_stdin_bytes
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(no_args_is_help=True,
                   help="Clinical decision support for muscle twitching, cramps and spasms.")
 rules_app = typer.Typer(no_args_is_help=True, help="List, check, document the rule files.")
 app.add_typer(rules_app, name="rules")
 err = Console(stderr=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"fasciculation-cds {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print the version and exit.")] = False,
+) -> None:
+    """Clinical decision support for muscle twitching, cramps and spasms."""
 
 
 class OutputFormat(str, Enum):
@@ -61,15 +78,19 @@ def _load(rules_dir: Path | None) -> RuleSet:
 @app.command()
 def evaluate(
     paths: Annotated[list[Path], typer.Argument(
-        help="Bundles, resources, NDJSON(.gz) or folders.")],
+        help="Bundles, resources, NDJSON(.gz) or folders; '-' reads standard input.")],
     as_of: Annotated[str | None, typer.Option(
         "--as-of", help="Evaluation instant: YYYY-MM-DD, ISO date-time, or 'auto' "
         "(each patient's newest recorded time). Default: now (UTC).")] = None,
     assume_presentation: Annotated[bool, typer.Option(
         "--assume-presentation", help="Screening: treat every patient as presenting.")] = False,
-    output_format: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.json,
-    rules_dir: Annotated[Path | None, typer.Option("--rules", help="Rules folder.")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o")] = None,
+    output_format: Annotated[OutputFormat, typer.Option(
+        "--format", help="json (an array), ndjson (a line per patient) or text (the terminal "
+        "summary).")] = OutputFormat.json,
+    rules_dir: Annotated[Path | None, typer.Option(
+        "--rules", help="Rules folder (default: the rules that ship with the package).")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Write to this file instead of standard output.")] = None,
     strict: Annotated[bool, typer.Option(
         "--strict", help="Validate every resource, not only those the rules use.")] = False,
 ) -> None:
@@ -79,7 +100,8 @@ def evaluate(
     assessments: list[Assessment] = []
     errors: list[PatientError | InputProblem] = []
     try:
-        for outcome in evaluate_each(paths, as_of=as_of, assume_presentation=assume_presentation,
+        source = _stdin_items(strict) if paths == [Path("-")] else paths
+        for outcome in evaluate_each(source, as_of=as_of, assume_presentation=assume_presentation,
                                      rules=ruleset, strict=strict):
             if not isinstance(outcome, Assessment):
                 errors.append(outcome)
@@ -99,6 +121,11 @@ def evaluate(
     if any(e.kind == "internal" for e in errors):
         raise typer.Exit(EXIT_INTERNAL)
     raise typer.Exit(EXIT_BAD_INPUT if errors else EXIT_OK)
+
+
+def _stdin_items(strict: bool) -> list[RawResource | InputError]:
+    """Standard input read once (a Bundle, a resource or NDJSON); a bad document is bad input."""
+    return list(read_stdin_bytes(sys.stdin.buffer.read(), strict=strict))
 
 
 def _write(assessments: list[Assessment], errors: list[PatientError | InputProblem],
@@ -263,6 +290,38 @@ def batch(
                            assume_presentation=assume_presentation, rules_dir=rules_dir,
                            resume=resume, strict=strict)
     raise typer.Exit(run_batch_command(options, err))
+
+
+def _examples_dir() -> Path:
+    """The example patients: packaged in the wheel, or fhir_examples/ in a source checkout."""
+    packaged = Path(__file__).parent / "_examples"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "fhir_examples"
+
+
+@app.command()
+def examples(
+    out: Annotated[Path, typer.Option(
+        "--out", help="Folder to copy the example patients into (created if missing).")]
+    = Path("fhir_examples"),
+    force: Annotated[bool, typer.Option(
+        "--force", help="Overwrite example files already in --out.")] = False,
+) -> None:
+    """Copy the example patients (FHIR R4 Bundles) that the README's commands use."""
+    source = _examples_dir()
+    files = sorted(p for p in source.iterdir() if p.suffix in (".json", ".md"))
+    clashes = [out / p.name for p in files if (out / p.name).exists()]
+    if clashes and not force:
+        err.print(f"error: {clashes[0]} exists (and {len(clashes) - 1} more); use --force to "
+                  "overwrite", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for path in files:
+            (out / path.name).write_bytes(path.read_bytes())
+    except OSError as exc:
+        err.print(f"error: {out}: {exc.strerror or exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    err.print(f"wrote {len(files)} files to {out}", highlight=False, soft_wrap=True)
 
 
 @rules_app.command("list")

@@ -208,6 +208,9 @@ def _raw_items(source: Source, strict: bool = False) -> Iterator[RawResource | I
         items = list(source)
         if all(isinstance(i, (str, Path)) for i in items):
             paths = expand_paths(items)
+        elif all(isinstance(i, (RawResource, InputError)) for i in items):
+            yield from items  # already read, e.g. standard input
+            return
         else:
             for index, item in enumerate(items):
                 document = item.model_dump(mode="json", exclude_none=True) if hasattr(

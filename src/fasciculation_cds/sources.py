@@ -261,3 +261,24 @@ def type_from_name(path: Path) -> str | None:
     except (ValueError, KeyError):
         return None
     return match[1]
+
+
+STDIN = "<stdin>"
+
+
+def read_stdin_bytes(data: bytes, *, strict: bool = False) -> Iterator[RawResource | InputError]:
+    """What `-` names on the command line: one JSON document (a Bundle or a resource), or NDJSON
+    (one resource per line); errors name `<stdin>` and the line."""
+    if not data.strip():
+        raise InputError("standard input is empty", source=STDIN)
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        lines = [line for line in data.splitlines() if line.strip()]
+        if len(lines) < 2:
+            raise InputError(f"not valid JSON: {exc}", source=STDIN) from None
+        for number, line in enumerate(data.splitlines(), start=1):
+            if line.strip():
+                yield parse_ndjson_line(line, STDIN, number)
+        return
+    yield from resources_of(document, STDIN, strict=strict)

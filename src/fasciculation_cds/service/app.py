@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from .._version import __version__
 from ..rule_docs import rule_page
 from ..ruleset import RuleSet, load_rules
 from .auth import Authenticator, AuthError
@@ -121,7 +122,7 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
         pool.close()
         store.close()
 
-    app = FastAPI(title="fasciculation-cds CDS Hooks service", version="0.2.0",
+    app = FastAPI(title="fasciculation-cds CDS Hooks service", version=__version__,
                   description="CDS Hooks 2.0 service for muscle twitching, cramps and spasms.",
                   lifespan=lifespan)
 
