@@ -7,10 +7,11 @@ is wrong), 1 internal error. Bad input never shows a traceback.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -18,7 +19,17 @@ from rich.table import Table
 
 from ._version import __version__
 from .assessment import Assessment, JsonRow, dumps_assessments
-from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, InputError, RuleFileError
+from .errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERNAL,
+    EXIT_MISSING_DEPENDENCY,
+    EXIT_OK,
+    InputError,
+    RuleFileError,
+)
+
+if TYPE_CHECKING:
+    from .service.settings import ServiceSettings
 from .evaluate import Evaluator, InputProblem, PatientError, evaluate_each
 from .fhir_time import parse_as_of
 from .presentation import severity_rank
@@ -32,7 +43,8 @@ app = typer.Typer(no_args_is_help=True,
                   help="Clinical decision support for muscle twitching, cramps and spasms.")
 rules_app = typer.Typer(no_args_is_help=True, help="List, check, document the rule files.")
 app.add_typer(rules_app, name="rules")
-err = Console(stderr=True)
+# log_path=False: no "file.py:line" column in log lines (they also go to non-terminal logs)
+err = Console(stderr=True, log_path=False)
 
 
 def _print_version(value: bool) -> None:
@@ -221,14 +233,114 @@ def serve(
     import uvicorn
 
     from .service import create_app
-    from .service.settings import load_settings
 
-    settings = load_settings(config, **({"dev_insecure": True} if dev_insecure else {}))
+    _check_port_free(host, port)
+    settings = _service_settings(config, **({"dev_insecure": True} if dev_insecure else {}))
+    _check_database_driver(settings.feedback_database_url)
     if settings.dev_insecure:
         err.print("WARNING: --dev-insecure: requests from loopback are NOT authenticated. "
                   "Never use this outside a developer's machine.", style="bold red")
     uvicorn.run(create_app(settings), host=host, port=port,
                 log_level=settings.log_level, proxy_headers=False)
+
+
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
+
+
+def _refuse_uri(path: Path) -> None:
+    """`s3://bucket/x` arrives as the path `s3:/bucket/x`: refuse it before any work rather than
+    write a local folder of that name."""
+    if _URI.match(str(path)):
+        scheme = str(path).split(":", 1)[0]
+        _fail(f"{scheme}:// URIs are not supported by batch: give a local path (or a mounted "
+              "file system) for inputs and --out")
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
+    err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _service_settings(config: Path | None, **overrides: object) -> ServiceSettings:
+    """The service settings, or one line naming the file, the key or the variable that is
+    wrong (never a traceback)."""
+    import yaml
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    from .service.settings import load_settings
+
+    where = f"--config {config}" if config is not None else "settings"
+    try:
+        return load_settings(config, **overrides)
+    except OSError as exc:
+        _fail(f"{where}: {exc.strerror or exc}")
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        _fail(f"{where}: not valid YAML{at}: {getattr(exc, 'problem', None) or exc}")
+    except SettingsError as exc:  # an environment variable that does not parse
+        _fail(f"environment: {exc}")
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        variable = "FASCICULATION_CDS_" + "__".join(str(p) for p in first["loc"]).upper()
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        _fail(f"{where} or environment: {key}: {first['msg']}{more} (file key `{key}`, "
+              f"variable {variable})")
+    except (TypeError, ValueError) as exc:  # e.g. a YAML list where a mapping belongs
+        _fail(f"{where}: {exc}")
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Before the rules load: a port in use is a one-line error, not a traceback after it."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        _fail(f"--host {host}: {exc}")
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+
+
+def _check_database_driver(url: str) -> None:
+    """A database URL whose driver is not installed names the extra that brings it."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        make_url(url).get_dialect().import_dbapi()
+    except ImportError as exc:
+        extra = ("postgres" if make_url(url).get_backend_name() == "postgresql" else None)
+        hint = (f"pip install 'fasciculation-cds[{extra}]'" if extra
+                else f"install the module {exc.name or 'it needs'}")
+        _fail(f"feedback database {make_url(url).render_as_string(hide_password=True)}: its "
+              f"driver is not installed: {hint}", EXIT_MISSING_DEPENDENCY)
+    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+        _fail(f"feedback database URL: {exc}")
+
+
+def _check_database_exists(url: str) -> None:
+    """A report reads an existing database; a mistyped path is an error, never a new file."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError) as exc:
+        _fail(f"feedback database URL: {exc}")
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            _fail(f"feedback database {url}: an in-memory database holds no feedback")
+        path = Path(parsed.database).expanduser()
+        if not path.is_file():
+            _fail(f"feedback database {path} does not exist (has the service run with it?)")
 
 
 @feedback_app.command("report")
@@ -239,9 +351,10 @@ def feedback_report(
 ) -> None:
     """Per rule: cards shown, accepted, overridden, and the top override reasons."""
     from .service.feedback import FeedbackStore
-    from .service.settings import load_settings
 
-    url = database or load_settings(config).feedback_database_url
+    url = database or _service_settings(config).feedback_database_url
+    _check_database_exists(url)
+    _check_database_driver(url)
     table = Table("rule", "shown", "accepted", "overridden", "acceptance", "top override reasons",
                   title="card feedback")
     for row in FeedbackStore(url).report():
@@ -283,6 +396,8 @@ def batch(
     from .batch import BatchOptions
     from .batch.cli_run import run_batch_command  # pyarrow is only needed here
 
+    for where in (out, *inputs):
+        _refuse_uri(where)
     _load(rules_dir)
     _check_as_of(as_of)
     options = BatchOptions(inputs=inputs, out=out, output_format=output_format.value,

@@ -5,6 +5,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
+EXIT_MISSING_DEPENDENCY = 5  # an optional dependency (an extra) is not installed
 
 
 class FasciculationCdsError(Exception):

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .. import errors
 from ..evaluate import AsOf
 
 Engine = Literal["local", "spark"]
@@ -14,7 +15,7 @@ Engine = Literal["local", "spark"]
 EXIT_INCOMPLETE = 2  # the run finished, but some row is not `ok` or the input had problems
 EXIT_UNREADABLE_INPUT = 3  # an input named on the command line cannot be read: nothing written
 EXIT_OUTPUT_FAILED = 4  # the output folder cannot be written (full disk, permissions)
-EXIT_MISSING_DEPENDENCY = 5  # e.g. --engine spark without pyspark or Java
+EXIT_MISSING_DEPENDENCY = errors.EXIT_MISSING_DEPENDENCY  # e.g. --engine spark without pyspark
 EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C)
 EXIT_TERMINATED = 143  # SIGTERM
 

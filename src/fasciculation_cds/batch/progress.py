@@ -1,6 +1,7 @@
-"""Progress of the evaluation, shard by shard: the bar counts shards (their number is known
-before any is evaluated; the number of patients would need every patient key held at once),
-and says how many patients are done and at what rate."""
+"""Progress of a batch, phase by phase: reading the input files into shards (the bar counts
+files), then evaluating the shards (the bar counts shards: their number is known before any is
+evaluated, the number of patients would need every patient key held at once, and says how many
+patients are done and at what rate)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ LOG_EVERY_SECONDS = 5
 class ShardProgress:
     """A rich progress bar on a terminal; plain periodic log lines otherwise."""
 
-    def __init__(self, console: Console, shards: int) -> None:
-        self.console, self.total = console, shards
+    def __init__(self, console: Console, shards: int, unit: str = "shards") -> None:
+        self.console, self.total, self.unit = console, shards, unit
         self.done = self.patients = self.baseline = 0
         self.last_logged = -1
         self.started = time.perf_counter()
@@ -27,7 +28,7 @@ class ShardProgress:
 
     def __enter__(self) -> ShardProgress:
         if self.console.is_terminal:
-            self.bar = Progress(TextColumn("shards"), BarColumn(), MofNCompleteColumn(),
+            self.bar = Progress(TextColumn(self.unit), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[patients]}"), TimeRemainingColumn(),
                                 console=self.console)
             self.bar.__enter__()
@@ -50,14 +51,15 @@ class ShardProgress:
     def _show(self) -> None:
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         status = (f"patients {self.patients:,} "
-                  f"({(self.patients - self.baseline) / elapsed:,.0f}/s)")
+                  f"({(self.patients - self.baseline) / elapsed:,.0f}/s)" if self.patients else "")
         if self.bar is not None:
             self.bar.update(self.task, completed=self.done, patients=status)
         elif (time.perf_counter() - self.last_log >= LOG_EVERY_SECONDS
               or self.done >= self.total) and self.done != self.last_logged:
             self.last_logged = self.done
             self.last_log = time.perf_counter()
-            self.console.log(f"shards {self.done}/{self.total}, {status}")
+            self.console.log(f"{self.unit} {self.done}/{self.total}"
+                             f"{', ' + status if status else ''}")
 
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:

@@ -130,7 +130,7 @@ def check_engine(options: BatchOptions) -> None:
 def run_batch(options: BatchOptions, console: Console | None = None) -> BatchSummary:
     """Raises InputError (an input cannot be read), ValueError (--resume refused),
     MissingDependencyError, OutputError, WorkerDiedError, KeyboardInterrupt or Stopped."""
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, log_path=False)
     started = time.perf_counter()
     check_engine(options)
     ruleset = load_rules(options.rules_dir)
@@ -185,7 +185,7 @@ def _run(options: BatchOptions, files: list[Path], state: dict[str, Any], finger
         if options.engine == "spark":
             parted = PartitionResult(shards=[], resources=0, skipped_unowned=0)
         else:
-            parted = _partition(read, work / "shards", shards, pool, settings)
+            parted = _partition(read, work / "shards", shards, pool, settings, console)
         parted.inputs = _describe(planned, parted.inputs)
         timings["partition"] = time.perf_counter() - t0
         state = {"fingerprint": fingerprint, "as_of": settings.as_of_label, "shards": shards,
@@ -235,13 +235,17 @@ def _jsonable(parted: PartitionResult) -> dict[str, Any]:
 
 
 def _partition(files: list[Path], work: Path, shards: int, pool: Workers,
-               settings: Settings) -> PartitionResult:
+               settings: Settings, console: Console) -> PartitionResult:
     tasks = [(PartitionTask(str(path), str(work), task, shards, settings),)
              for task, path in enumerate(files)]
     # largest first, so that no big file starts last while the other workers wait
     weight = {str(p): _size(p) * (8 if p.name.endswith(".gz") else 1) for p in files}
     tasks.sort(key=lambda call: -weight[call[0].path])
-    results = dict(pool.unordered(_partition_one, tasks))
+    results = {}
+    with ShardProgress(console, len(tasks), unit="input files") as progress:
+        for task, partitioned in pool.unordered(_partition_one, tasks):
+            results[task] = partitioned
+            progress.advance(0)
     ordered = [results[i] for i in range(len(tasks))]  # input order, whatever finished first
     merged = merge_file_results(ordered, shards)
     merged.inputs = [{"path": str(path), "sha256": result.sha256}
