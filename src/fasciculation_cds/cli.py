@@ -62,6 +62,12 @@ def _options(
     """Clinical decision support for muscle twitching, cramps and spasms."""
 
 
+AS_OF_HELP = ("Evaluation instant: YYYY-MM-DD, ISO date-time, or 'auto' (each patient's newest "
+              "recorded time). Default: now (UTC).")
+SCREENING_HELP = "Screening: treat every patient as presenting."
+RULES_HELP = "Rules folder (default: the rules that ship with the package)."
+
+
 class OutputFormat(str, Enum):
     json = "json"
     ndjson = "ndjson"
@@ -91,16 +97,13 @@ def _load(rules_dir: Path | None) -> RuleSet:
 def evaluate(
     paths: Annotated[list[Path], typer.Argument(
         help="Bundles, resources, NDJSON(.gz) or folders; '-' reads standard input.")],
-    as_of: Annotated[str | None, typer.Option(
-        "--as-of", help="Evaluation instant: YYYY-MM-DD, ISO date-time, or 'auto' "
-        "(each patient's newest recorded time). Default: now (UTC).")] = None,
+    as_of: Annotated[str | None, typer.Option("--as-of", help=AS_OF_HELP)] = None,
     assume_presentation: Annotated[bool, typer.Option(
-        "--assume-presentation", help="Screening: treat every patient as presenting.")] = False,
+        "--assume-presentation", help=SCREENING_HELP)] = False,
     output_format: Annotated[OutputFormat, typer.Option(
         "--format", help="json (an array), ndjson (a line per patient) or text (the terminal "
         "summary).")] = OutputFormat.json,
-    rules_dir: Annotated[Path | None, typer.Option(
-        "--rules", help="Rules folder (default: the rules that ship with the package).")] = None,
+    rules_dir: Annotated[Path | None, typer.Option("--rules", help=RULES_HELP)] = None,
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", help="Write to this file instead of standard output.")] = None,
     strict: Annotated[bool, typer.Option(
@@ -172,13 +175,16 @@ class ReportFormat(str, Enum):
 @app.command()
 def report(
     paths: Annotated[list[Path], typer.Argument(help="Bundles, resources, NDJSON or folders.")],
-    output_format: Annotated[ReportFormat, typer.Option("--format")] = ReportFormat.html,
+    output_format: Annotated[ReportFormat, typer.Option(
+        "--format", help="html (pages with lab trends), markdown (a note), text (the terminal "
+        "view) or fhir (DetectedIssue resources).")] = ReportFormat.html,
     out: Annotated[Path | None, typer.Option(
         "--out", help="File, or folder (html for several patients: one page each + index).")]
     = None,
-    as_of: Annotated[str | None, typer.Option("--as-of")] = None,
-    assume_presentation: Annotated[bool, typer.Option("--assume-presentation")] = False,
-    rules_dir: Annotated[Path | None, typer.Option("--rules")] = None,
+    as_of: Annotated[str | None, typer.Option("--as-of", help=AS_OF_HELP)] = None,
+    assume_presentation: Annotated[bool, typer.Option(
+        "--assume-presentation", help=SCREENING_HELP)] = False,
+    rules_dir: Annotated[Path | None, typer.Option("--rules", help=RULES_HELP)] = None,
 ) -> None:
     """Clinician-facing summaries: HTML pages with lab trends, a Markdown note, the terminal
     view, or FHIR DetectedIssue resources."""
@@ -221,8 +227,9 @@ app.add_typer(feedback_app, name="feedback")
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port")] = 8080,
+    host: Annotated[str, typer.Option(
+        "--host", help="Address to listen on (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port to listen on.")] = 8080,
     config: Annotated[Path | None, typer.Option(
         "--config", help="YAML/JSON settings (environment FASCICULATION_CDS_* overrides).")]
     = None,
@@ -345,7 +352,8 @@ def _check_database_exists(url: str) -> None:
 
 @feedback_app.command("report")
 def feedback_report(
-    config: Annotated[Path | None, typer.Option("--config")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="The service's settings file (its feedback database is read).")] = None,
     database: Annotated[str | None, typer.Option(
         "--database", help="SQLAlchemy URL (default: the service's setting).")] = None,
 ) -> None:
@@ -381,16 +389,23 @@ def batch(
     inputs: Annotated[list[Path], typer.Argument(
         help="Bulk Data export folders, folders of Bundles, or a manifest.json.")],
     out: Annotated[Path, typer.Option("--out", help="Output folder.")],
-    output_format: Annotated[BatchFormat, typer.Option("--format")] = BatchFormat.parquet,
+    output_format: Annotated[BatchFormat, typer.Option(
+        "--format", help="parquet (columnar files) or ndjson (a line per row).")]
+    = BatchFormat.parquet,
     workers: Annotated[int | None, typer.Option(
         "--workers", min=1, help="Worker processes (default: all cores).")] = None,
-    engine: Annotated[BatchEngine, typer.Option("--engine")] = BatchEngine.local,
-    as_of: Annotated[str | None, typer.Option("--as-of")] = None,
-    assume_presentation: Annotated[bool, typer.Option("--assume-presentation")] = False,
-    rules_dir: Annotated[Path | None, typer.Option("--rules")] = None,
+    engine: Annotated[BatchEngine, typer.Option(
+        "--engine", help="local (a process pool on this machine) or spark (Apache Spark).")]
+    = BatchEngine.local,
+    as_of: Annotated[str | None, typer.Option("--as-of", help=AS_OF_HELP)] = None,
+    assume_presentation: Annotated[bool, typer.Option(
+        "--assume-presentation", help=SCREENING_HELP)] = False,
+    rules_dir: Annotated[Path | None, typer.Option("--rules", help=RULES_HELP)] = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue an interrupted run in --out.")] = False,
-    strict: Annotated[bool, typer.Option("--strict")] = False,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Validate every resource; a patient with an unreadable resource "
+        "becomes an error row.")] = False,
 ) -> None:
     """Evaluate whole extracts: one assessment row per input patient, plus findings rows."""
     from .batch import BatchOptions
@@ -440,7 +455,9 @@ def examples(
 
 
 @rules_app.command("list")
-def rules_list(rules_dir: Annotated[Path | None, typer.Option("--rules")] = None) -> None:
+def rules_list(
+    rules_dir: Annotated[Path | None, typer.Option("--rules", help=RULES_HELP)] = None,
+) -> None:
     """The rules: id, category, severity, status, title."""
     ruleset = _load(rules_dir)
     table = Table("id", "category", "severity", "status", "title")
@@ -474,8 +491,9 @@ def rules_check(directory: Annotated[Path | None, typer.Argument()] = None) -> N
 
 @rules_app.command("docs")
 def rules_docs(
-    out: Annotated[Path, typer.Option("--out")] = Path("docs/rules"),
-    rules_dir: Annotated[Path | None, typer.Option("--rules")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the pages.")]
+    = Path("docs/rules"),
+    rules_dir: Annotated[Path | None, typer.Option("--rules", help=RULES_HELP)] = None,
 ) -> None:
     """Write one Markdown page per rule, generated from the rule files."""
     written = write_rule_docs(_load(rules_dir), out)
