@@ -194,6 +194,15 @@ class RecentOnly(_Strict):
     concepts: list[str] = Field(default_factory=list)
 
 
+class ChildWording(_Strict):
+    """RULES.md v3 "Age" and "Presentation of findings": a patient under `under_years` at as_of
+    is a child; a card whose finding used a lab result (or of one of `categories`) adds `line`."""
+
+    under_years: int = Field(ge=1)
+    line: str = Field(min_length=1)
+    categories: list[str] = Field(default_factory=list)
+
+
 class NotCounted(_Strict):
     group: str
     when_present: str
@@ -216,3 +225,4 @@ class DerivedFile(_Strict):
     recent_only_conditions: RecentOnly = Field(default_factory=lambda: RecentOnly(days=0))
     counted_group_sets: dict[str, GroupSet] = Field(default_factory=dict)
     lab_families: dict[str, list[str]] = Field(default_factory=dict)
+    child: ChildWording | None = None

@@ -146,3 +146,5 @@ class PatientContext(BaseModel):
     group_set_counts: dict[str, int]
     partial: bool = False
     """A resource that could hold this patient's data was unreadable (RULES.md v3)."""
+    as_of: datetime | None = None
+    """The evaluation instant (cards date a result against its UTC day, RULES.md v3 "Time")."""

@@ -9,8 +9,9 @@ Constants come from rules/derived.yaml; nothing here holds a threshold of its ow
 
 from __future__ import annotations
 
+import calendar
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 
 from ..facts import ClinicalFact, LabResult, PatientFact
 from ..facts import PatientContext as PatientContext
@@ -90,7 +91,7 @@ class Normalizer:
         facts: list[ClinicalFact] = [patient, *labs, *medications, *coded, *procedures,
                                      *draft_order_facts(content, record.draft_orders)]
         context = patient_context(content, record.reference, facts, assume_presentation,
-                                  recorded, partial=bool(record.unreadable))
+                                  recorded, partial=bool(record.unreadable), as_of=as_of)
         return NormalizedPatient(patient, facts, context, notices)
 
     def _observation(self, sourced: SourcedResource, as_of: datetime) -> _Observed:
@@ -125,7 +126,7 @@ class Normalizer:
 
 def _patient(record: PatientRecord, as_of: datetime) -> PatientFact:
     resource = record.patient.resource if record.patient else {}
-    birth = parse_date(resource.get("birthDate"))
+    birth = _last_day(resource.get("birthDate"))
     age = None
     if birth is not None:
         day = as_of.date()
@@ -133,3 +134,16 @@ def _patient(record: PatientRecord, as_of: datetime) -> PatientFact:
     gender = resource.get("gender")
     return PatientFact(reference=record.reference, age=age,
                        sex=gender if isinstance(gender, str) else None)
+
+
+def _last_day(value: object) -> date | None:
+    """A birthDate as its last possible day: a partial date ("2010", "2010-05") must never make
+    a child an adult (RULES.md v3 Definitions "Age")."""
+    first = parse_date(value)
+    if first is None or not isinstance(value, str):
+        return first
+    if len(value) == 4:
+        return date(first.year, 12, 31)
+    if len(value) == 7:
+        return date(first.year, first.month, calendar.monthrange(first.year, first.month)[1])
+    return first
