@@ -203,6 +203,14 @@ class ChildWording(_Strict):
     categories: list[str] = Field(default_factory=list)
 
 
+class NamedTogether(_Strict):
+    """One record (a code, or a text) naming all of `concepts` (R25.2 "Cramp and spasm") is
+    ambiguous: its facts of these concepts are not members of `not_in_groups`."""
+
+    concepts: list[str] = Field(min_length=2)
+    not_in_groups: list[str] = Field(min_length=1)
+
+
 class NotCounted(_Strict):
     group: str
     when_present: str
@@ -226,3 +234,4 @@ class DerivedFile(_Strict):
     counted_group_sets: dict[str, GroupSet] = Field(default_factory=dict)
     lab_families: dict[str, list[str]] = Field(default_factory=dict)
     child: ChildWording | None = None
+    named_together: list[NamedTogether] = Field(default_factory=list)

@@ -120,9 +120,11 @@ def _view(fact: ClinicalFact | RuleFinding, units: UnitTable,
                     stale=days_old is not None and days_old > STALE_AFTER_DAYS)
     elif isinstance(fact, Medication):
         view.update(label=fact.label, display=fact.display or fact.label, concept=fact.concept,
-                    date=iso_day(fact.authored) if fact.authored else "")
+                    date=iso_day(fact.authored) if fact.authored else "",
+                    classes=list(fact.classes))
     elif isinstance(fact, DraftOrder):
-        view.update(label=fact.label, display=fact.display or fact.label, concept=fact.concept)
+        view.update(label=fact.label, display=fact.display or fact.label, concept=fact.concept,
+                    classes=list(fact.classes))
     elif isinstance(fact, (Problem, Finding)):
         when = fact.onset if isinstance(fact, Problem) else fact.effective
         view.update(label=fact.label, concept=fact.concept, date=iso_day(when) if when else "",

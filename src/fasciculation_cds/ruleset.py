@@ -268,6 +268,12 @@ def check_derived(derived: DerivedFile, term: Terminology, units: UnitTable, fil
     for name, members in derived.lab_families.items():
         for member in members:
             concept(member, f"lab_families.{name}", "lab")
+    for index, together in enumerate(derived.named_together):
+        for cid in together.concepts:
+            concept(cid, f"named_together.{index}.concepts")
+        for group in together.not_in_groups:
+            if group not in term.groups:
+                fail(f"unknown concept group {group!r}", f"named_together.{index}.not_in_groups")
 
 
 def parse_rule_file(file: Path) -> Rule:

@@ -26,6 +26,7 @@ from .context import patient_context
 from .derived import body_site_findings, diabetes_from_hba1c
 from .labs import LabReading, lab_facts, read_lab
 from .medications import draft_order_facts, medication_facts
+from .named_together import without_ambiguous_groups
 from .procedures import procedure_facts
 
 __all__ = ["NormalizedPatient", "Normalizer", "Notice"]
@@ -86,7 +87,7 @@ class Normalizer:
         coded += diabetes_from_hba1c(content, labs)
         coded += body_site_findings(content, coded)
         patient = _patient(record, as_of)
-        coded = dedupe(coded)
+        coded = without_ambiguous_groups(content, dedupe(coded))
         recorded |= recorded_concepts(content, coded)
         facts: list[ClinicalFact] = [patient, *labs, *medications, *coded, *procedures,
                                      *draft_order_facts(content, record.draft_orders)]
