@@ -89,6 +89,11 @@ class FactPattern(_Strict):
         "referenceRange.high, else the default limit in derived.yaml (`{gt: 1}`: above it).",
     )
     rule: str | None = Field(default=None, description="For fact: result — the rule id.")
+    same_threshold_as: str | None = Field(
+        default=None,
+        description="A rule id whose latest-result test of the same concept must state exactly "
+        "this value test and look-back (checked when the rules load), so a threshold two rules "
+        "share cannot drift apart.")
 
     @property
     def kinds(self) -> list[FactKind]:

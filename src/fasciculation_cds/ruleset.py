@@ -332,6 +332,23 @@ def check_references(rule: Rule, ruleset: RuleSet, file: Path) -> None:
                     fail(f"unit {unit!r} does not convert for {concept!r}", where)
         if pattern.rule and pattern.rule not in known_rules:
             fail(f"unknown rule {pattern.rule!r}", where)
+        if pattern.same_threshold_as:
+            check_same_threshold(pattern, where)
+
+    def check_same_threshold(pattern: FactPattern, where: str) -> None:
+        target = next((r for r in ruleset.rules if r.id == pattern.same_threshold_as), None)
+        if target is None:
+            fail(f"unknown rule {pattern.same_threshold_as!r}", where)
+            return
+        stated = [p for m in target.match for p in m.facts.values()
+                  if p.latest and p.value is not None
+                  and p.named_concepts == pattern.named_concepts]
+        if not stated:
+            fail(f"{target.id} states no latest-result test of {pattern.named_concepts}", where)
+        for other in stated:
+            if (other.value, other.max_age_days) != (pattern.value, pattern.max_age_days):
+                fail(f"threshold {pattern.value} within {pattern.max_age_days} d differs from "
+                     f"{target.id}'s {other.value} within {other.max_age_days} d", where)
         if pattern.times_upper_limit is not None:
             ck = ruleset.derived.creatine_kinase_upper_limit.concept
             concepts = pattern.named_concepts
