@@ -211,6 +211,18 @@ class NamedTogether(_Strict):
     not_in_groups: list[str] = Field(min_length=1)
 
 
+class QuestionCode(_Strict):
+    """RULES.md v3 "Question codes": an Observation of a question concept counts by its value
+    only: a total at or above `at_least` (by Patient.gender, `otherwise` for any other or unknown
+    sex), or a coded value in the `answers` concept, yields the concept `yields`."""
+
+    yields: str
+    at_least: dict[str, float] = Field(default_factory=dict)
+    units: list[str] = Field(default_factory=list, description="Units a total may carry; "
+                             "\"\" for none.")
+    answers: str | None = None
+
+
 class NotCounted(_Strict):
     group: str
     when_present: str
@@ -235,3 +247,4 @@ class DerivedFile(_Strict):
     lab_families: dict[str, list[str]] = Field(default_factory=dict)
     child: ChildWording | None = None
     named_together: list[NamedTogether] = Field(default_factory=list)
+    question_codes: dict[str, QuestionCode] = Field(default_factory=dict)

@@ -268,6 +268,14 @@ def check_derived(derived: DerivedFile, term: Terminology, units: UnitTable, fil
     for name, members in derived.lab_families.items():
         for member in members:
             concept(member, f"lab_families.{name}", "lab")
+    for cid, question in derived.question_codes.items():
+        where = f"question_codes.{cid}"
+        concept(cid, where, "question")
+        concept(question.yields, f"{where}.yields")
+        if question.answers is not None:
+            concept(question.answers, f"{where}.answers", "answer")
+        if question.at_least and "otherwise" not in question.at_least:
+            fail("at_least needs an `otherwise` cut-off (unknown or other sex)", where)
     for index, together in enumerate(derived.named_together):
         for cid in together.concepts:
             concept(cid, f"named_together.{index}.concepts")

@@ -18,6 +18,7 @@ from ..facts import PatientContext as PatientContext
 from ..fhir_time import parse_date
 from ..ingest import PatientRecord, SourcedResource
 from ..ruleset import RuleSet
+from .ages import with_ages
 from .calcium import with_corrected_calcium
 from .common import COUNTING_OBSERVATION_STATUS, Content, Notice, effective_time, reference_of
 from .comparators import resolve_comparators
@@ -28,6 +29,7 @@ from .labs import LabReading, lab_facts, read_lab
 from .medications import draft_order_facts, medication_facts
 from .named_together import without_ambiguous_groups
 from .procedures import procedure_facts
+from .questions import question_facts
 
 __all__ = ["NormalizedPatient", "Normalizer", "Notice"]
 
@@ -66,7 +68,7 @@ class Normalizer:
         for sourced in sorted(record.resources, key=reference_of):
             resource_type = sourced.resource["resourceType"]
             if resource_type == "Observation":
-                observed = self._observation(sourced, as_of)
+                observed = self._observation(sourced, as_of, _sex(record))
                 readings += observed.labs
                 coded += observed.coded
                 notices += observed.notices
@@ -87,7 +89,7 @@ class Normalizer:
         coded += diabetes_from_hba1c(content, labs)
         coded += body_site_findings(content, coded)
         patient = _patient(record, as_of)
-        coded = without_ambiguous_groups(content, dedupe(coded))
+        coded = with_ages(without_ambiguous_groups(content, dedupe(coded)), as_of)
         recorded |= recorded_concepts(content, coded)
         facts: list[ClinicalFact] = [patient, *labs, *medications, *coded, *procedures,
                                      *draft_order_facts(content, record.draft_orders)]
@@ -95,7 +97,8 @@ class Normalizer:
                                   recorded, partial=bool(record.unreadable), as_of=as_of)
         return NormalizedPatient(patient, facts, context, notices)
 
-    def _observation(self, sourced: SourcedResource, as_of: datetime) -> _Observed:
+    def _observation(self, sourced: SourcedResource, as_of: datetime,
+                     sex: str | None = None) -> _Observed:
         """Route a counting Observation: lab concepts to readings, the rest to coded facts."""
         content = self.content
         resource = sourced.resource
@@ -121,8 +124,14 @@ class Normalizer:
                     out.labs.append(reading)
         out.coded, notices = observation_facts(content, resource, matches, reference, effective,
                                                as_of)
+        out.coded += question_facts(content, resource, matches, reference, effective, as_of, sex)
         out.notices += notices
         return out
+
+
+def _sex(record: PatientRecord) -> str | None:
+    gender = record.patient.resource.get("gender") if record.patient else None
+    return gender if isinstance(gender, str) else None
 
 
 def _patient(record: PatientRecord, as_of: datetime) -> PatientFact:
