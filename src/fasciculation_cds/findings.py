@@ -44,6 +44,7 @@ from .quantity_text import (
     used_text,
 )
 from .rule_schema import SEVERITY_RANK, Rule
+from .rule_schema import Suggestion as RuleSuggestion
 from .units import UnitTable
 
 SUMMARY_LIMIT = 140
@@ -227,6 +228,9 @@ def build_finding(
     variables["present"] = list(context.concepts_present)
     variables["matches"] = _matches(rule, ordered, units, as_of)
     variables["fired"] = dict(fired or {})
+    variables["latest"] = functools.partial(_latest, facts, units, as_of)
+    offered = [s for s in rule.suggestions if _offered(s, context)]
+    variables["offered"] = [s.label for s in offered]
     is_child = _is_child(facts, child)
     variables["child"] = is_child
     summary = _SPACES.sub(" ", render(rule.summary, variables, rule.id, "summary")).strip()
@@ -251,7 +255,7 @@ def build_finding(
                                                           e.reference)),
         recommendations=_recommendations(rule, variables, evidence.values(), child, is_child),
         suggestions=[Suggestion(kind=s.kind, label=s.label, concepts=list(s.concepts))
-                     for s in rule.suggestions],
+                     for s in offered],
         references=list(citations.values()),
     )
 
@@ -303,6 +307,29 @@ def _matches(rule: Rule, hits: Sequence[RuleHit], units: UnitTable,
                         "severity": hit.compiled.severity,
                         **{name: _view(fact, units, as_of) for name, fact in hit.facts.items()}}
     return list(out.values())
+
+
+def _offered(suggestion: RuleSuggestion, context: PatientContext) -> bool:
+    """A suggestion is offered unless its test was measured in its look-back, and only when a
+    concept it needs is present (RULES.md v3: a measured test is never offered)."""
+    unless = suggestion.unless_measured
+    if unless is not None and any(context.days_since.get(c, float("inf")) <= unless.days
+                                  for c in unless.concepts):
+        return False
+    present = set(context.concepts_present)
+    return not suggestion.when_present_any or bool(present & set(suggestion.when_present_any))
+
+
+def _latest(facts: Sequence[ClinicalFact], units: UnitTable, as_of: datetime | None,
+            concepts: Sequence[str], days: float) -> dict[str, Any] | None:
+    """The newest counting result of any of `concepts` within `days` (the first concept
+    listed wins a tie), for a card that lists what was found."""
+    found = [f for f in facts if isinstance(f, LabResult) and f.concept in concepts
+             and f.age_days <= days]
+    if not found:
+        return None
+    newest = max(found, key=lambda f: (f.effective, -list(concepts).index(f.concept)))
+    return _view(newest, units, as_of)
 
 
 def _not_measured_within(context: PatientContext, days: float, concepts: list[str]) -> list[str]:

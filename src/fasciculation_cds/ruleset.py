@@ -398,6 +398,10 @@ def check_references(rule: Rule, ruleset: RuleSet, file: Path) -> None:
     for i, suggestion in enumerate(rule.suggestions):
         for concept in suggestion.concepts:
             check_concept(concept, f"suggestions.{i}")
+        for concept in suggestion.unless_measured.concepts if suggestion.unless_measured else []:
+            check_concept(concept, f"suggestions.{i}.unless_measured", ("lab",))
+        for concept in suggestion.when_present_any:
+            check_concept(concept, f"suggestions.{i}.when_present_any")
     for i, collect in enumerate(rule.evidence_also):
         for concept in collect.concepts:
             check_concept(concept, f"evidence_also.{i}")
