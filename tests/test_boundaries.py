@@ -3,11 +3,11 @@ just below, at and just above it, in every unit rules/units.yaml accepts for the
 look-back day inside and outside, each through the whole path (FHIR -> normalization -> engine).
 
 The thresholds, comparisons and look-backs are read from the RuleSet, never restated here. What
-the test knows independently is the unit arithmetic: the conversion factors of thresholds.md
-section 1 (derived from molar masses), so a wrong factor in units.yaml makes the values in the
-other units land on the wrong side of the threshold. Each (rule, match) runs alone (the rule
-reduced to that match), so the expected severity is that match's ladder: the base test, then each
-escalation whose tests are all on the value.
+the test knows independently is the unit arithmetic: the conversion factors documented in
+docs/clinical-references.md (from molar masses), so a wrong factor in units.yaml puts the values
+in the other units on the wrong side of the threshold. The severity each match fired at is read
+from the engine's hits, so the expected severity is that match's ladder: the base test, then
+each escalation whose tests are all on the value.
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ AS_OF = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
 LOINC = "http://loinc.org"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 
-# thresholds.md section 1: factor to the canonical unit of rules/units.yaml, per analyte and unit
+# docs/clinical-references.md, conversion factors: factor to the canonical unit of units.yaml,
+# per analyte and unit
 # (Ca 40.08, Mg 24.305, K 39.098, P 30.97, 25-OH-D3 400.6, cobalamin 1355.4, glucose 180.16,
 # T4 776.87 g/mol; 1 ukat = 60 U). Independent of units.yaml on purpose.
 SPEC_FACTORS: Mapping[str, Mapping[str, Fraction]] = {
@@ -221,7 +222,7 @@ def _units(ruleset: RuleSet, concept: str) -> list[str]:
 def _spec_factor(ruleset: RuleSet, concept: str, unit: str) -> Fraction:
     analyte = _analyte(ruleset, concept)
     factors = SPEC_FACTORS.get(analyte, SPEC_FACTORS.get(concept, {}))
-    assert unit in factors, f"no thresholds.md factor for {analyte} in {unit}: add it here"
+    assert unit in factors, f"no documented factor for {analyte} in {unit}: add it here"
     return factors[unit]
 
 
@@ -232,7 +233,7 @@ class Case:
     unit: str
     when: datetime
     in_own_unit: Fraction
-    """The value in the unit the threshold is written in (by the thresholds.md factors)."""
+    """The value in the unit the threshold is written in (by the documented factors)."""
 
 
 def _decimal(value: Fraction) -> Decimal:
@@ -382,8 +383,8 @@ def test_every_lab_threshold_of_every_rule_is_generated() -> None:
         "medication.order-caution", "electrolyte.dehydration"}
 
 
-def test_units_yaml_agrees_with_the_thresholds_md_factors() -> None:
-    """A factor in units.yaml that strays from thresholds.md section 1 fails here too."""
+def test_units_yaml_agrees_with_the_documented_factors() -> None:
+    """A factor in units.yaml that strays from the documented one fails here too."""
     for analyte in RULESET.units.analytes.values():
         concept = analyte.concepts[0]
         for unit, conversion in analyte.conversions.items():

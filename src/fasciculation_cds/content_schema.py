@@ -195,8 +195,9 @@ class RecentOnly(_Strict):
 
 
 class ChildWording(_Strict):
-    """RULES.md v3 "Age" and "Presentation of findings": a patient under `under_years` at as_of
-    is a child; a card whose finding used a lab result (or of one of `categories`) adds `line`."""
+    """docs/clinical-basis.md (v3) "Age" and "Presentation of findings": a patient under
+    `under_years` at as_of is a child; a card whose finding used a lab result (or of one of
+    `categories`) adds `line`."""
 
     under_years: int = Field(ge=1)
     line: str = Field(min_length=1)
@@ -212,9 +213,10 @@ class NamedTogether(_Strict):
 
 
 class QuestionCode(_Strict):
-    """RULES.md v3 "Question codes": an Observation of a question concept counts by its value
-    only: a total at or above `at_least` (by Patient.gender, `otherwise` for any other or unknown
-    sex), or a coded value in the `answers` concept, yields the concept `yields`."""
+    """docs/clinical-basis.md (v3) "Question codes": an Observation of a question concept counts
+    by its value only: a total at or above `at_least` (by Patient.gender, `otherwise` for any
+    other or unknown sex), or a coded value in the `answers` concept, yields the concept
+    `yields`."""
 
     yields: str
     at_least: dict[str, float] = Field(default_factory=dict)

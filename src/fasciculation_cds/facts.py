@@ -151,4 +151,5 @@ class PatientContext(BaseModel):
     partial: bool = False
     """A resource that could hold this patient's data was unreadable (RULES.md v3)."""
     as_of: datetime | None = None
-    """The evaluation instant (cards date a result against its UTC day, RULES.md v3 "Time")."""
+    """The evaluation instant: cards date a result against its UTC day (docs/clinical-basis.md,
+    v3 "Time")."""

@@ -137,11 +137,12 @@ def _view(fact: ClinicalFact | RuleFinding, units: UnitTable,
 
 
 STALE_AFTER_DAYS = 1
-"""RULES.md v3 "Critical cards": a result dated before D - 1 is not today's news."""
+"""docs/clinical-basis.md (v3) "Critical cards": a result dated before D - 1 is not today's news."""
 
 
 def calendar_days_old(when: datetime, as_of: datetime | None) -> int | None:
-    """Whole UTC calendar days from `when` to the day of `as_of` (RULES.md v3 "Time")."""
+    """Whole UTC calendar days from `when` to the day of `as_of` (docs/clinical-basis.md,
+    v3 "Time")."""
     if as_of is None:
         return None
     return (as_of.astimezone(timezone.utc).date() - when.astimezone(timezone.utc).date()).days
@@ -311,7 +312,7 @@ def _matches(rule: Rule, hits: Sequence[RuleHit], units: UnitTable,
 
 def _offered(suggestion: RuleSuggestion, context: PatientContext) -> bool:
     """A suggestion is offered unless its test was measured in its look-back, and only when a
-    concept it needs is present (RULES.md v3: a measured test is never offered)."""
+    concept it needs is present (docs/clinical-basis.md (v3): a measured test is never offered)."""
     unless = suggestion.unless_measured
     if unless is not None and any(context.days_since.get(c, float("inf")) <= unless.days
                                   for c in unless.concepts):

@@ -148,7 +148,7 @@ def _patient(record: PatientRecord, as_of: datetime) -> PatientFact:
 
 def _last_day(value: object) -> date | None:
     """A birthDate as its last possible day: a partial date ("2010", "2010-05") must never make
-    a child an adult (RULES.md v3 Definitions "Age")."""
+    a child an adult (docs/clinical-basis.md (v3) Definitions "Age")."""
     first = parse_date(value)
     if first is None or not isinstance(value, str):
         return first

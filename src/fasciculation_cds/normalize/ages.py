@@ -1,5 +1,6 @@
-"""How old a problem or finding is, in whole UTC calendar days (RULES.md v3 "Time"), so a rule
-can limit it with `max_age_days` like a lab result (lifestyle contributors: 365 days)."""
+"""How old a problem or finding is, in whole UTC calendar days (docs/clinical-basis.md, v3
+"Time"), so a rule can limit it with `max_age_days` like a lab result (lifestyle contributors:
+365 days)."""
 
 from __future__ import annotations
 

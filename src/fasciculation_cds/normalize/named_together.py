@@ -1,6 +1,6 @@
 """Records that name several concepts at once (R25.2 "Cramp and spasm"): their facts keep the
-concepts but leave the groups derived.yaml `named_together` names (RULES.md v3 "Cramp and
-spasm": for the dopamine-antagonist presentations such a record counts as neither)."""
+concepts but leave the groups derived.yaml `named_together` names (docs/clinical-basis.md, v3
+"Cramp and spasm": for the dopamine-antagonist presentations such a record counts as neither)."""
 
 from __future__ import annotations
 

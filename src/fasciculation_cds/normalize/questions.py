@@ -1,5 +1,6 @@
-"""Question codes (RULES.md v3 "Records as other systems write them"): an Observation whose code
-is a question, history or instrument counts by its value only, never by its code or display.
+"""Question codes (docs/clinical-basis.md, v3 "Records as other systems write them"): an
+Observation whose code is a question, history or instrument counts by its value only, never by
+its code or display.
 
 An AUDIT-C total at or above the cut-off for the patient's sex is alcohol use; a coded value in
 the question's answer concept (current smoker, current drinker) is that item; any other value, a
