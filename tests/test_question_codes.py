@@ -83,7 +83,8 @@ def test_the_full_audit_has_no_threshold_and_counts_for_nothing(ruleset: RuleSet
     (ALCOHOL_STATUS, "82581004", None), (ALCOHOL_STATUS, "449868002", None)])
 def test_status_questions_count_by_a_coded_answer_of_their_own(
         ruleset: RuleSet, question: tuple[str, str, str], answer: str, item: str | None) -> None:
-    value = {"valueCodeableConcept": {"coding": [{"system": SNOMED, "code": answer}]}}
+    coding = {"system": SNOMED, "code": answer}
+    value: dict[str, Any] = {"valueCodeableConcept": {"coding": [coding]}}
     assert lifestyle(ruleset, observation(question, **value), "female") == (
         {item} if item else set())
 
