@@ -194,6 +194,37 @@ class RecentOnly(_Strict):
     concepts: list[str] = Field(default_factory=list)
 
 
+class ChildWording(_Strict):
+    """docs/clinical-basis.md (v3) "Age" and "Presentation of findings": a patient under
+    `under_years` at as_of is a child; a card whose finding used a lab result (or of one of
+    `categories`) adds `line`."""
+
+    under_years: int = Field(ge=1)
+    line: str = Field(min_length=1)
+    categories: list[str] = Field(default_factory=list)
+
+
+class NamedTogether(_Strict):
+    """One record (a code, or a text) naming all of `concepts` (R25.2 "Cramp and spasm") is
+    ambiguous: its facts of these concepts are not members of `not_in_groups`."""
+
+    concepts: list[str] = Field(min_length=2)
+    not_in_groups: list[str] = Field(min_length=1)
+
+
+class QuestionCode(_Strict):
+    """docs/clinical-basis.md (v3) "Question codes": an Observation of a question concept counts
+    by its value only: a total at or above `at_least` (by Patient.gender, `otherwise` for any
+    other or unknown sex), or a coded value in the `answers` concept, yields the concept
+    `yields`."""
+
+    yields: str
+    at_least: dict[str, float] = Field(default_factory=dict)
+    units: list[str] = Field(default_factory=list, description="Units a total may carry; "
+                             "\"\" for none.")
+    answers: str | None = None
+
+
 class NotCounted(_Strict):
     group: str
     when_present: str
@@ -216,3 +247,6 @@ class DerivedFile(_Strict):
     recent_only_conditions: RecentOnly = Field(default_factory=lambda: RecentOnly(days=0))
     counted_group_sets: dict[str, GroupSet] = Field(default_factory=dict)
     lab_families: dict[str, list[str]] = Field(default_factory=dict)
+    child: ChildWording | None = None
+    named_together: list[NamedTogether] = Field(default_factory=list)
+    question_codes: dict[str, QuestionCode] = Field(default_factory=dict)

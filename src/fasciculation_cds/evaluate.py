@@ -25,7 +25,7 @@ from .engine import RuleEngine
 from .errors import InputError
 from .facts import ClinicalFact
 from .fhir_time import iso_day, iso_instant, latest_recorded_time, parse_as_of
-from .findings import RuleHit, build_finding, sort_findings
+from .findings import RuleHit, build_finding, fired_views, sort_findings
 from .ingest import Grouper, IngestResult, PatientRecord
 from .normalize import Normalizer
 from .ruleset import RuleSet, load_rules
@@ -120,8 +120,9 @@ class Evaluator:
         stage_one, stage_two = self._stages
         first = encode_context(context, self.ruleset, stage_one.context_fields, derived=(
             derived_values(stage_one.derived, context, facts, self.ruleset)))
+        fired: dict[str, dict[str, Any]] = {}
         found = self._findings(stage_one, self._ordered([first, *messages]), by_key, facts,
-                               context)
+                               context, fired)
         if stage_two.rules:
             results: dict[str, RuleFinding | ClinicalFact] = dict(by_key)
             extra = []
@@ -134,7 +135,7 @@ class Evaluator:
                 context, self.ruleset, stage_two.context_fields, severities,
                 derived=derived_values(stage_two.derived, context, facts, self.ruleset))
             found += self._findings(stage_two, self._ordered([second, *messages, *extra]),
-                                    results, facts, context)
+                                    results, facts, context, fired)
         return found
 
     def _ordered(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -147,7 +148,9 @@ class Evaluator:
         by_key: Mapping[str, ClinicalFact | RuleFinding],
         facts: list[ClinicalFact],
         context: Any,
+        fired: dict[str, dict[str, Any]],
     ) -> list[RuleFinding]:
+        """The stage's findings; `fired` collects every finding so far (cards may name one)."""
         if not stage.rules:
             return []
         hits_by_rule: dict[str, list[RuleHit]] = {}
@@ -156,8 +159,10 @@ class Evaluator:
             named = {name: by_key[str(message["id"])] for name, message in bound.items()
                      if name != "context"}
             hits_by_rule.setdefault(compiled.rule_id, []).append(RuleHit(compiled, named))
-        return [build_finding(self.ruleset.rule(rule_id), hits, facts, context,
-                              self.ruleset.units)
+        units = self.ruleset.units
+        fired.update(fired_views(hits_by_rule, units, context.as_of))
+        return [build_finding(self.ruleset.rule(rule_id), hits, facts, context, units,
+                              fired=fired, child=self.ruleset.derived.child)
                 for rule_id, hits in sorted(hits_by_rule.items())]
 
 

@@ -89,6 +89,8 @@ class Problem(FactBase):
     matched_by: str
     certainty: Certainty = "asserted"
     quote: str | None = None
+    age_days: float | None = None
+    """Whole UTC calendar days from its date (onset, else recordedDate) to as_of; None undated."""
 
 
 class Finding(FactBase):
@@ -103,6 +105,8 @@ class Finding(FactBase):
     matched_by: str
     certainty: Certainty = "asserted"
     quote: str | None = None
+    age_days: float | None = None
+    """Whole UTC calendar days from its date to as_of; None when undated."""
 
 
 class Procedure(FactBase):
@@ -146,3 +150,6 @@ class PatientContext(BaseModel):
     group_set_counts: dict[str, int]
     partial: bool = False
     """A resource that could hold this patient's data was unreadable (RULES.md v3)."""
+    as_of: datetime | None = None
+    """The evaluation instant: cards date a result against its UTC day (docs/clinical-basis.md,
+    v3 "Time")."""

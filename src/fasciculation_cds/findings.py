@@ -9,10 +9,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateError
@@ -20,6 +20,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from .assessment import Citation, Evidence, RuleFinding, Suggestion
 from .compiler import CompiledRule
+from .content_schema import ChildWording
 from .facts import (
     ClinicalFact,
     DraftOrder,
@@ -27,6 +28,7 @@ from .facts import (
     LabResult,
     Medication,
     PatientContext,
+    PatientFact,
     Problem,
     Procedure,
 )
@@ -42,6 +44,7 @@ from .quantity_text import (
     used_text,
 )
 from .rule_schema import SEVERITY_RANK, Rule
+from .rule_schema import Suggestion as RuleSuggestion
 from .units import UnitTable
 
 SUMMARY_LIMIT = 140
@@ -101,23 +104,28 @@ def _fallback_summary(rule: Rule, severity: str) -> str:
     return f"{action}{rule.title}; see the details"
 
 
-def _view(fact: ClinicalFact | RuleFinding, units: UnitTable) -> dict[str, Any]:
+def _view(fact: ClinicalFact | RuleFinding, units: UnitTable,
+          as_of: datetime | None = None) -> dict[str, Any]:
     """What a template may say about a fact."""
     if isinstance(fact, RuleFinding):
         return {"rule_id": fact.rule_id, "title": fact.title, "severity": fact.severity,
                 "summary": fact.summary}
     view: dict[str, Any] = {"reference": fact.reference}
     if isinstance(fact, LabResult):
+        days_old = calendar_days_old(fact.effective, as_of)
         view.update(label=fact.label, value=format_significant(fact.value), unit=fact.unit,
                     reported=as_sent(fact), measured=measured_text(fact, units),
                     used=used_text(fact, units), shown=shown_text(fact, units),
                     provenance=provenance(fact), date=iso_day(fact.effective),
-                    note=fact.note or "", concept=fact.concept)
+                    note=fact.note or "", concept=fact.concept, days_old=days_old,
+                    stale=days_old is not None and days_old > STALE_AFTER_DAYS)
     elif isinstance(fact, Medication):
         view.update(label=fact.label, display=fact.display or fact.label, concept=fact.concept,
-                    date=iso_day(fact.authored) if fact.authored else "")
+                    date=iso_day(fact.authored) if fact.authored else "",
+                    classes=list(fact.classes))
     elif isinstance(fact, DraftOrder):
-        view.update(label=fact.label, display=fact.display or fact.label, concept=fact.concept)
+        view.update(label=fact.label, display=fact.display or fact.label, concept=fact.concept,
+                    classes=list(fact.classes))
     elif isinstance(fact, (Problem, Finding)):
         when = fact.onset if isinstance(fact, Problem) else fact.effective
         view.update(label=fact.label, concept=fact.concept, date=iso_day(when) if when else "",
@@ -126,6 +134,18 @@ def _view(fact: ClinicalFact | RuleFinding, units: UnitTable) -> dict[str, Any]:
         view.update(label=fact.label, concept=fact.concept, date=iso_day(fact.performed),
                     status=fact.status, groups=list(fact.groups))
     return view
+
+
+STALE_AFTER_DAYS = 1
+"""docs/clinical-basis.md (v3) "Critical cards": a result dated before D - 1 is not today's news."""
+
+
+def calendar_days_old(when: datetime, as_of: datetime | None) -> int | None:
+    """Whole UTC calendar days from `when` to the day of `as_of` (docs/clinical-basis.md,
+    v3 "Time")."""
+    if as_of is None:
+        return None
+    return (as_of.astimezone(timezone.utc).date() - when.astimezone(timezone.utc).date()).days
 
 
 def evidence_of(fact: ClinicalFact, units: UnitTable) -> Evidence | None:
@@ -160,8 +180,16 @@ def build_finding(
     facts: Sequence[ClinicalFact],
     context: PatientContext,
     units: UnitTable,
+    *,
+    fired: Mapping[str, Mapping[str, Any]] | None = None,
+    child: ChildWording | None = None,
 ) -> RuleFinding:
-    """Gather every match of one rule into a finding at the highest severity that fired."""
+    """Gather every match of one rule into a finding at the highest severity that fired.
+
+    `fired`: the findings of this assessment known so far (`fired_views`), so a card can say
+    what another finding changes (low magnesium on the calcium card). `child`: the wording a
+    child's card adds (rules/derived.yaml)."""
+    as_of = context.as_of
     ordered = sorted(hits, key=lambda h: (-SEVERITY_RANK[h.compiled.severity],
                                           h.compiled.match_index, _hit_key(h)))
     primary = ordered[0]
@@ -169,7 +197,7 @@ def build_finding(
     every: dict[str, dict[str, dict[str, Any]]] = {}
     for hit in ordered:
         for name, fact in hit.facts.items():
-            view = _view(fact, units)
+            view = _view(fact, units, as_of)
             every.setdefault(name, {}).setdefault(_fact_key(fact), view)
             items = fact.evidence if isinstance(fact, RuleFinding) else [evidence_of(fact, units)]
             for item in items:
@@ -188,8 +216,9 @@ def build_finding(
             item = evidence_of(fact, units)
             if item is not None:
                 evidence.setdefault((item.reference, item.concept), item)
-                also.setdefault(_fact_key(fact), _view(fact, units))
-    variables: dict[str, Any] = {name: _view(fact, units) for name, fact in primary.facts.items()}
+                also.setdefault(_fact_key(fact), _view(fact, units, as_of))
+    variables: dict[str, Any] = {name: _view(fact, units, as_of)
+                                 for name, fact in primary.facts.items()}
     variables["all"] = {name: [] for match in rule.match for name in match.facts}
     variables["all"].update({name: list(views.values()) for name, views in sorted(every.items())})
     variables["severity"] = primary.compiled.severity
@@ -198,7 +227,13 @@ def build_finding(
     variables["not_measured_within"] = functools.partial(_not_measured_within, context)
     variables["also"] = [also[key] for key in sorted(also)]
     variables["present"] = list(context.concepts_present)
-    variables["matches"] = _matches(rule, ordered, units)
+    variables["matches"] = _matches(rule, ordered, units, as_of)
+    variables["fired"] = dict(fired or {})
+    variables["latest"] = functools.partial(_latest, facts, units, as_of)
+    offered = [s for s in rule.suggestions if _offered(s, context)]
+    variables["offered"] = [s.label for s in offered]
+    is_child = _is_child(facts, child)
+    variables["child"] = is_child
     summary = _SPACES.sub(" ", render(rule.summary, variables, rule.id, "summary")).strip()
     if len(summary) > SUMMARY_LIMIT:
         if _STRICT_SUMMARIES.get():
@@ -206,9 +241,9 @@ def build_finding(
                 f"rule {rule.id}: summary is {len(summary)} characters, more than "
                 f"{SUMMARY_LIMIT}: {summary!r}")
         summary = _fallback_summary(rule, primary.compiled.severity)
-    fired = sorted({h.compiled.match_index for h in hits})
+    matched = sorted({h.compiled.match_index for h in hits})
     citations: dict[tuple[str, str | None], Citation] = {}
-    for ref in [*rule.references, *(r for i in fired for r in rule.match[i].references)]:
+    for ref in [*rule.references, *(r for i in matched for r in rule.match[i].references)]:
         citations.setdefault((ref.citation, ref.url), Citation(citation=ref.citation, url=ref.url))
     return RuleFinding(
         rule_id=rule.id,
@@ -219,14 +254,50 @@ def build_finding(
         detail=render(rule.detail, variables, rule.id, "detail").strip(),
         evidence=sorted(evidence.values(), key=lambda e: (e.concept, e.effective or "",
                                                           e.reference)),
-        recommendations=list(rule.recommendations),
+        recommendations=_recommendations(rule, variables, evidence.values(), child, is_child),
         suggestions=[Suggestion(kind=s.kind, label=s.label, concepts=list(s.concepts))
-                     for s in rule.suggestions],
+                     for s in offered],
         references=list(citations.values()),
     )
 
 
-def _matches(rule: Rule, hits: Sequence[RuleHit], units: UnitTable) -> list[dict[str, Any]]:
+def _is_child(facts: Sequence[ClinicalFact], child: ChildWording | None) -> bool:
+    """Under the child age at as_of; without a birthDate the adult wording is used."""
+    ages = [f.age for f in facts if isinstance(f, PatientFact) and f.age is not None]
+    return child is not None and bool(ages) and ages[0] < child.under_years
+
+
+def _recommendations(rule: Rule, variables: Mapping[str, Any], evidence: Iterable[Evidence],
+                     child: ChildWording | None, is_child: bool) -> list[str]:
+    """Each recommendation is a template (a critical card acts first, a stale result is named);
+    one that renders empty is left out. A child's card that used a lab result adds the child
+    line (adult thresholds)."""
+    out = []
+    for index, template in enumerate(rule.recommendations):
+        text = _SPACES.sub(" ", render(template, variables, rule.id,
+                                       f"recommendations.{index}")).strip()
+        if text:
+            out.append(text)
+    if child is not None and is_child and (
+            rule.category in child.categories or any(e.value is not None for e in evidence)):
+        out.append(child.line)
+    return out
+
+
+def fired_views(hits_by_rule: Mapping[str, Sequence[RuleHit]], units: UnitTable,
+                as_of: datetime | None) -> dict[str, dict[str, Any]]:
+    """Rule id -> its severity and the facts its highest match bound (template `fired`)."""
+    out: dict[str, dict[str, Any]] = {}
+    for rule_id, hits in hits_by_rule.items():
+        primary = min(hits, key=lambda h: (-SEVERITY_RANK[h.compiled.severity],
+                                           h.compiled.match_index, _hit_key(h)))
+        out[rule_id] = {"severity": primary.compiled.severity,
+                        **{name: _view(fact, units, as_of) for name, fact in primary.facts.items()}}
+    return out
+
+
+def _matches(rule: Rule, hits: Sequence[RuleHit], units: UnitTable,
+             as_of: datetime | None = None) -> list[dict[str, Any]]:
     """Each distinct match, highest severity first: its alternative and the facts it bound,
     so a template can pair what belongs together (a drug with the electrolyte it lowers)."""
     out: dict[tuple[str, ...], dict[str, Any]] = {}
@@ -235,8 +306,31 @@ def _matches(rule: Rule, hits: Sequence[RuleHit], units: UnitTable) -> list[dict
         if key not in out:
             out[key] = {"alternative": rule.match[hit.compiled.match_index].label or "",
                         "severity": hit.compiled.severity,
-                        **{name: _view(fact, units) for name, fact in hit.facts.items()}}
+                        **{name: _view(fact, units, as_of) for name, fact in hit.facts.items()}}
     return list(out.values())
+
+
+def _offered(suggestion: RuleSuggestion, context: PatientContext) -> bool:
+    """A suggestion is offered unless its test was measured in its look-back, and only when a
+    concept it needs is present (docs/clinical-basis.md (v3): a measured test is never offered)."""
+    unless = suggestion.unless_measured
+    if unless is not None and any(context.days_since.get(c, float("inf")) <= unless.days
+                                  for c in unless.concepts):
+        return False
+    present = set(context.concepts_present)
+    return not suggestion.when_present_any or bool(present & set(suggestion.when_present_any))
+
+
+def _latest(facts: Sequence[ClinicalFact], units: UnitTable, as_of: datetime | None,
+            concepts: Sequence[str], days: float) -> dict[str, Any] | None:
+    """The newest counting result of any of `concepts` within `days` (the first concept
+    listed wins a tie), for a card that lists what was found."""
+    found = [f for f in facts if isinstance(f, LabResult) and f.concept in concepts
+             and f.age_days <= days]
+    if not found:
+        return None
+    newest = max(found, key=lambda f: (f.effective, -list(concepts).index(f.concept)))
+    return _view(newest, units, as_of)
 
 
 def _not_measured_within(context: PatientContext, days: float, concepts: list[str]) -> list[str]:

@@ -89,6 +89,11 @@ class FactPattern(_Strict):
         "referenceRange.high, else the default limit in derived.yaml (`{gt: 1}`: above it).",
     )
     rule: str | None = Field(default=None, description="For fact: result — the rule id.")
+    same_threshold_as: str | None = Field(
+        default=None,
+        description="A rule id whose latest-result test of the same concept must state exactly "
+        "this value test and look-back (checked when the rules load), so a threshold two rules "
+        "share cannot drift apart.")
 
     @property
     def kinds(self) -> list[FactKind]:
@@ -182,12 +187,24 @@ class Match(_Strict):
         return facts
 
 
+class Unmeasured(_Strict):
+    """None of these lab concepts (or families) has a counting result in the last `days`."""
+
+    concepts: list[str] = Field(min_length=1)
+    days: int = Field(ge=0)
+
+
 class Suggestion(_Strict):
     """A card suggestion; `order-lab` offers the lab concepts as ServiceRequests."""
 
     kind: Literal["order-lab", "remove-draft-order"]
     label: str
     concepts: list[str] = Field(default_factory=list)
+    unless_measured: Unmeasured | None = Field(
+        default=None, description="Offered only when this test has no counting result in its "
+        "look-back (a measured test is never offered).")
+    when_present_any: list[str] = Field(
+        default_factory=list, description="Offered only when one of these concepts is present.")
 
 
 class EvidenceCollect(_Strict):

@@ -268,6 +268,20 @@ def check_derived(derived: DerivedFile, term: Terminology, units: UnitTable, fil
     for name, members in derived.lab_families.items():
         for member in members:
             concept(member, f"lab_families.{name}", "lab")
+    for cid, question in derived.question_codes.items():
+        where = f"question_codes.{cid}"
+        concept(cid, where, "question")
+        concept(question.yields, f"{where}.yields")
+        if question.answers is not None:
+            concept(question.answers, f"{where}.answers", "answer")
+        if question.at_least and "otherwise" not in question.at_least:
+            fail("at_least needs an `otherwise` cut-off (unknown or other sex)", where)
+    for index, together in enumerate(derived.named_together):
+        for cid in together.concepts:
+            concept(cid, f"named_together.{index}.concepts")
+        for group in together.not_in_groups:
+            if group not in term.groups:
+                fail(f"unknown concept group {group!r}", f"named_together.{index}.not_in_groups")
 
 
 def parse_rule_file(file: Path) -> Rule:
@@ -326,6 +340,23 @@ def check_references(rule: Rule, ruleset: RuleSet, file: Path) -> None:
                     fail(f"unit {unit!r} does not convert for {concept!r}", where)
         if pattern.rule and pattern.rule not in known_rules:
             fail(f"unknown rule {pattern.rule!r}", where)
+        if pattern.same_threshold_as:
+            check_same_threshold(pattern, where)
+
+    def check_same_threshold(pattern: FactPattern, where: str) -> None:
+        target = next((r for r in ruleset.rules if r.id == pattern.same_threshold_as), None)
+        if target is None:
+            fail(f"unknown rule {pattern.same_threshold_as!r}", where)
+            return
+        stated = [p for m in target.match for p in m.facts.values()
+                  if p.latest and p.value is not None
+                  and p.named_concepts == pattern.named_concepts]
+        if not stated:
+            fail(f"{target.id} states no latest-result test of {pattern.named_concepts}", where)
+        for other in stated:
+            if (other.value, other.max_age_days) != (pattern.value, pattern.max_age_days):
+                fail(f"threshold {pattern.value} within {pattern.max_age_days} d differs from "
+                     f"{target.id}'s {other.value} within {other.max_age_days} d", where)
         if pattern.times_upper_limit is not None:
             ck = ruleset.derived.creatine_kinase_upper_limit.concept
             concepts = pattern.named_concepts
@@ -367,6 +398,10 @@ def check_references(rule: Rule, ruleset: RuleSet, file: Path) -> None:
     for i, suggestion in enumerate(rule.suggestions):
         for concept in suggestion.concepts:
             check_concept(concept, f"suggestions.{i}")
+        for concept in suggestion.unless_measured.concepts if suggestion.unless_measured else []:
+            check_concept(concept, f"suggestions.{i}.unless_measured", ("lab",))
+        for concept in suggestion.when_present_any:
+            check_concept(concept, f"suggestions.{i}.when_present_any")
     for i, collect in enumerate(rule.evidence_also):
         for concept in collect.concepts:
             check_concept(concept, f"evidence_also.{i}")

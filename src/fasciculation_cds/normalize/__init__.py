@@ -9,14 +9,16 @@ Constants come from rules/derived.yaml; nothing here holds a threshold of its ow
 
 from __future__ import annotations
 
+import calendar
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 
 from ..facts import ClinicalFact, LabResult, PatientFact
 from ..facts import PatientContext as PatientContext
 from ..fhir_time import parse_date
 from ..ingest import PatientRecord, SourcedResource
 from ..ruleset import RuleSet
+from .ages import with_ages
 from .calcium import with_corrected_calcium
 from .common import COUNTING_OBSERVATION_STATUS, Content, Notice, effective_time, reference_of
 from .comparators import resolve_comparators
@@ -25,7 +27,9 @@ from .context import patient_context
 from .derived import body_site_findings, diabetes_from_hba1c
 from .labs import LabReading, lab_facts, read_lab
 from .medications import draft_order_facts, medication_facts
+from .named_together import without_ambiguous_groups
 from .procedures import procedure_facts
+from .questions import question_facts
 
 __all__ = ["NormalizedPatient", "Normalizer", "Notice"]
 
@@ -64,7 +68,7 @@ class Normalizer:
         for sourced in sorted(record.resources, key=reference_of):
             resource_type = sourced.resource["resourceType"]
             if resource_type == "Observation":
-                observed = self._observation(sourced, as_of)
+                observed = self._observation(sourced, as_of, _sex(record))
                 readings += observed.labs
                 coded += observed.coded
                 notices += observed.notices
@@ -85,15 +89,16 @@ class Normalizer:
         coded += diabetes_from_hba1c(content, labs)
         coded += body_site_findings(content, coded)
         patient = _patient(record, as_of)
-        coded = dedupe(coded)
+        coded = with_ages(without_ambiguous_groups(content, dedupe(coded)), as_of)
         recorded |= recorded_concepts(content, coded)
         facts: list[ClinicalFact] = [patient, *labs, *medications, *coded, *procedures,
                                      *draft_order_facts(content, record.draft_orders)]
         context = patient_context(content, record.reference, facts, assume_presentation,
-                                  recorded, partial=bool(record.unreadable))
+                                  recorded, partial=bool(record.unreadable), as_of=as_of)
         return NormalizedPatient(patient, facts, context, notices)
 
-    def _observation(self, sourced: SourcedResource, as_of: datetime) -> _Observed:
+    def _observation(self, sourced: SourcedResource, as_of: datetime,
+                     sex: str | None = None) -> _Observed:
         """Route a counting Observation: lab concepts to readings, the rest to coded facts."""
         content = self.content
         resource = sourced.resource
@@ -119,13 +124,19 @@ class Normalizer:
                     out.labs.append(reading)
         out.coded, notices = observation_facts(content, resource, matches, reference, effective,
                                                as_of)
+        out.coded += question_facts(content, resource, matches, reference, effective, as_of, sex)
         out.notices += notices
         return out
 
 
+def _sex(record: PatientRecord) -> str | None:
+    gender = record.patient.resource.get("gender") if record.patient else None
+    return gender if isinstance(gender, str) else None
+
+
 def _patient(record: PatientRecord, as_of: datetime) -> PatientFact:
     resource = record.patient.resource if record.patient else {}
-    birth = parse_date(resource.get("birthDate"))
+    birth = _last_day(resource.get("birthDate"))
     age = None
     if birth is not None:
         day = as_of.date()
@@ -133,3 +144,16 @@ def _patient(record: PatientRecord, as_of: datetime) -> PatientFact:
     gender = resource.get("gender")
     return PatientFact(reference=record.reference, age=age,
                        sex=gender if isinstance(gender, str) else None)
+
+
+def _last_day(value: object) -> date | None:
+    """A birthDate as its last possible day: a partial date ("2010", "2010-05") must never make
+    a child an adult (docs/clinical-basis.md (v3) Definitions "Age")."""
+    first = parse_date(value)
+    if first is None or not isinstance(value, str):
+        return first
+    if len(value) == 4:
+        return date(first.year, 12, 31)
+    if len(value) == 7:
+        return date(first.year, first.month, calendar.monthrange(first.year, first.month)[1])
+    return first

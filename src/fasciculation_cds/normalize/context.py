@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 
 from ..facts import ClinicalFact, Finding, LabResult, PatientContext, Problem
 from .common import Content
@@ -19,6 +20,7 @@ def patient_context(
     recorded: Iterable[str] = (),
     *,
     partial: bool = False,
+    as_of: datetime | None = None,
 ) -> PatientContext:
     """`recorded`: derived concepts present whatever the facts say (e.g. MND recorded in any
     status), from `conditions.recorded_concepts`."""
@@ -47,4 +49,4 @@ def patient_context(
         reference=reference, presenting=assume_presentation or bool(presentation),
         presentation=presentation, concepts_present=tuple(sorted(present)),
         days_since=days_since, group_counts=group_counts, group_set_counts=set_counts,
-        partial=partial)
+        partial=partial, as_of=as_of)
