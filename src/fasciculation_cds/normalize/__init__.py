@@ -26,6 +26,7 @@ from .derived import body_site_findings, diabetes_from_hba1c
 from .labs import LabReading, lab_facts, read_lab
 from .medications import draft_order_facts, medication_facts
 from .procedures import procedure_facts
+from .sign_groups import counted_sign_groups
 
 __all__ = ["NormalizedPatient", "Normalizer", "Notice"]
 
@@ -86,7 +87,8 @@ class Normalizer:
         coded += body_site_findings(content, coded)
         patient = _patient(record, as_of)
         coded = dedupe(coded)
-        recorded |= recorded_concepts(content, coded)
+        coded, from_signs = counted_sign_groups(content, coded)
+        recorded |= recorded_concepts(content, coded) | from_signs
         facts: list[ClinicalFact] = [patient, *labs, *medications, *coded, *procedures,
                                      *draft_order_facts(content, record.draft_orders)]
         context = patient_context(content, record.reference, facts, assume_presentation,
