@@ -205,8 +205,9 @@ class GroupSet(_Strict):
 
 
 class QualifyingCondition(_Strict):
-    """What lets a Condition remove or cap a red-flag group (RULES.md v3 "Explaining
-    conditions"): coded, confirmed or without a verificationStatus, not doubted by its text."""
+    """What lets a Condition remove or cap a red-flag group (docs/clinical-basis.md, explaining
+    conditions, v3): coded, confirmed or without a verificationStatus, not doubted by its
+    text."""
 
     verification: list[str | None] = Field(min_length=1)
     certainty: list[str] = Field(min_length=1)
@@ -256,8 +257,9 @@ class FasciculationPresentation(_Strict):
 
 
 class SignGroups(_Strict):
-    """How recorded signs form the groups a rule counts (RULES.md v3 motor-neuron-disease
-    "Groups"): which facts form a group for this patient, and the derived concepts it yields."""
+    """How recorded signs form the groups a rule counts (docs/clinical-basis.md, Motor neuron
+    disease, v3): which facts form a group for this patient, and the derived concepts it
+    yields."""
 
     sign_groups: list[str] = Field(min_length=1)
     forming_certainty: list[str] = Field(min_length=1)

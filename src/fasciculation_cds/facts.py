@@ -148,4 +148,4 @@ class PatientContext(BaseModel):
     """A resource that could hold this patient's data was unreadable (RULES.md v3)."""
     conflicting: tuple[str, ...] = ()
     """Lab concepts whose newest counting results conflict: same time, opposite sides of the
-    range (RULES.md v3 "Same-time results", notice `conflicting-results`)."""
+    range (docs/clinical-basis.md, same-time results, v3; notice `conflicting-results`)."""

@@ -143,7 +143,7 @@ class ContextPattern(_Strict):
     partial: bool | None = Field(
         default=None,
         description="The assessment is (true) or is not (false) partial: a resource that could "
-        "hold the patient's data was unreadable (RULES.md v3).",
+        "hold the patient's data was unreadable (v3).",
     )
     conflicting: list[str] = Field(
         default_factory=list,

@@ -100,7 +100,7 @@ def observation_facts(
                               "card"))
     facts = [coded_fact(content, match, reference, effective, resource) for match in coded
              if _recent_enough(content, match.concept, effective, as_of)]
-    if meaning == UNCLEAR:  # RULES.md v3 "Sign values": a presentation presents, as uncertain
+    if meaning == UNCLEAR:  # v3 sign values: a presentation presents, as uncertain
         presentation = content.term.groups[content.ruleset.derived.presentation_group]
         facts = [f.model_copy(update={"certainty": "uncertain" if f.concept in presentation
                                       else "unclear"}) for f in facts]

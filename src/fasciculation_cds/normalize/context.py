@@ -23,7 +23,7 @@ def patient_context(
 ) -> PatientContext:
     """`recorded`: derived concepts present whatever the facts say (e.g. MND recorded in any
     status), from `conditions.recorded_concepts` and `sign_groups`. `conflicting`: lab concepts
-    whose newest counting results conflict (RULES.md v3 "Same-time results").
+    whose newest counting results conflict (same-time results, v3).
 
     A group is counted from the groups each fact carries: normalization has already decided
     which facts form a group for this patient (`sign_groups`: an unclear sign, weakness without

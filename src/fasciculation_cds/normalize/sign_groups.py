@@ -1,4 +1,4 @@
-"""Which recorded signs form a motor-neuron-disease group for this patient (RULES.md v3).
+"""Which recorded signs form a motor-neuron-disease group for this patient (v3).
 
 A sign's concept names the group it can belong to; whether it counts depends on the rest of the
 record: an unclear value forms no group, weakness is LMN only beside a fasciculation or a
