@@ -551,8 +551,8 @@ def test_red_flags_card_names_the_myelopathy_and_the_signs_a_condition_explains(
     card = _finding(assess(record, rules), "mnd.red-flags")
     assert card.severity == "warning"  # wasting alone counts; capped either way
     assert "main ALS mimic" in card.detail
-    assert "Not counted, explained by" in card.detail
-    assert "Hyperreflexia" in card.detail.split("Not counted, explained by")[1]
+    assert "Not counted here, because a recorded condition explains them" in card.detail
+    assert "Hyperreflexia" in card.detail.split("Not counted here")[1]
 
 
 def test_ms_card_with_fasciculation_says_ms_does_not_explain_it(rules: Rules) -> None:

@@ -147,5 +147,6 @@ class PatientContext(BaseModel):
     partial: bool = False
     """A resource that could hold this patient's data was unreadable (RULES.md v3)."""
     conflicting: tuple[str, ...] = ()
-    """Lab concepts whose newest counting results conflict: same time, opposite sides of the
-    range (docs/clinical-basis.md, same-time results, v3; notice `conflicting-results`)."""
+    """Lab concept ids (not families) whose newest counting results conflict: same time,
+    opposite sides of the range (same-time results, v3; notice `conflicting-results`). Rules
+    test it with `conflicting:` / `not_conflicting:` (families are expanded there)."""
