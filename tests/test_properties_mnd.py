@@ -590,3 +590,17 @@ def test_established_diagnosis_says_no_new_alarm_only_without_signs(rules: Rules
     with_emg = _finding(assess(Record((Item("fasciculation"), Item("als"), Item("emg")),
                                       NORMAL), rules), "mnd.established-diagnosis")
     assert "no new alarm" not in (with_emg.summary + with_emg.detail)
+
+
+@pytest.mark.parametrize("presentation", ["fasciculation", "cramp"])
+@pytest.mark.parametrize("diagnosis", ["als-provisional", "multiple-sclerosis", "stroke"])
+def test_summaries_fit_with_every_sign_at_once(presentation: str, diagnosis: str,
+                                                rules: Rules) -> None:
+    # strict summaries (autouse): a card over 140 characters raises
+    items = [Item(presentation), *(Item(name) for name in SIGNS),
+             *(Item(name, observation=True, value=UNCLEAR) for name in SIGNS),
+             Item("fasciculation", observation=True, tongue=True),
+             Item("als", verification="provisional") if diagnosis == "als-provisional"
+             else Item(diagnosis), Item("cervical-myelopathy")]
+    assessment = assess(Record(tuple(items), (*NORMAL, ("creatine-kinase", 900))), rules)
+    assert "mnd.red-flags" in rule_ids(assessment)
