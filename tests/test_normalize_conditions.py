@@ -31,6 +31,8 @@ from .normalize_helpers import (
     procedure,
 )
 
+ATROPHY = ("http://hl7.org/fhir/sid/icd-10-cm", "M62.50", "Muscle wasting and atrophy")
+
 SUSPECTED = "suspected-motor-neuron-disease"
 RECORDED = "motor-neuron-disease-recorded"
 
@@ -54,7 +56,8 @@ def test_unconfirmed_als_is_suspected_not_established(ruleset: RuleSet,
     assert SUSPECTED in concepts(result, "finding")
     assert RECORDED in result.context.concepts_present
     assert result.context.group_counts["mnd-suspected"] == 1
-    assert result.context.group_set_counts["mnd_sign_groups"] == 1
+    assert result.context.group_set_counts["mnd_warning_groups"] == 1
+    assert result.context.group_set_counts["mnd_suspected"] == 1
 
 
 @pytest.mark.parametrize("verification", ["refuted", "entered-in-error"])
@@ -93,16 +96,27 @@ def test_derived_concepts_are_declared_in_derived_yaml(ruleset: RuleSet) -> None
 
 
 def test_ms_with_hyperreflexia_counts_no_umn_group(ruleset: RuleSet) -> None:
+    # RULES.md v3 "Explaining conditions": a coded, confirmed MS removes UMN signs and weakness
+    # (v2 removed only UMN signs); wasting still counts; a resolved or provisional MS removes
+    # nothing
     sign = observation(HYPERREFLEXIA)
     alone = normalized(ruleset, sign)
-    assert alone.context.group_set_counts["mnd_sign_groups"] == 1
+    assert alone.context.group_set_counts["mnd_warning_groups"] == 1
     with_ms = normalized(ruleset, sign, condition(MS))
-    assert with_ms.context.group_counts["mnd-umn"] == 1  # still listed
-    assert with_ms.context.group_set_counts["mnd_sign_groups"] == 0
-    with_weakness = normalized(ruleset, sign, condition(MS), condition(WEAKNESS))
-    assert with_weakness.context.group_set_counts["mnd_sign_groups"] == 1
+    assert with_ms.context.group_counts["mnd-umn"] == 0
+    assert "mnd-sign-explained" in with_ms.context.concepts_present
+    assert "mnd-red-flag-cap" in with_ms.context.concepts_present
+    assert with_ms.context.group_set_counts["mnd_warning_groups"] == 0
+    with_weakness = normalized(ruleset, sign, condition(MS), condition(WEAKNESS),
+                               condition(FASCICULATION))
+    assert with_weakness.context.group_set_counts["mnd_warning_groups"] == 0
+    with_wasting = normalized(ruleset, sign, condition(MS), condition(ATROPHY))
+    assert with_wasting.context.group_set_counts["mnd_groups"] == 1
     resolved_ms = normalized(ruleset, sign, condition(MS, clinical="resolved"))
-    assert resolved_ms.context.group_set_counts["mnd_sign_groups"] == 1
+    assert resolved_ms.context.group_set_counts["mnd_warning_groups"] == 1
+    provisional_ms = normalized(ruleset, sign, condition(MS, verification="provisional"))
+    assert provisional_ms.context.group_set_counts["mnd_warning_groups"] == 1
+    assert "mnd-red-flag-cap" not in provisional_ms.context.concepts_present
 
 
 # --- recent-only conditions ----------------------------------------------------------------
@@ -220,8 +234,15 @@ def test_sign_observation_present_counts(ruleset: RuleSet, value: dict[str, obje
 ], ids=["downgoing", "flexor", "quantity"])
 def test_sign_observation_with_unclear_value_gives_a_notice(ruleset: RuleSet,
                                                             value: dict[str, object]) -> None:
+    # RULES.md v3 "Sign values": an unclear sign forms no group but is kept (it blocks the
+    # benign card), so it is a fact with certainty "unclear" and no mnd group
     result = normalized(ruleset, observation(HYPERREFLEXIA, **value))
-    assert not concepts(result)
+    [sign] = [f for f in result.facts if getattr(f, "concept", None) == "hyperreflexia"]
+    assert getattr(sign, "certainty", None) == "unclear"
+    assert not [g for g in getattr(sign, "groups", ()) if g.startswith("mnd-")
+                and g != "mnd-unclear"]
+    assert "mnd-sign-unclear" in result.context.concepts_present
+    assert result.context.group_set_counts["mnd_warning_groups"] == 0
     assert notice_codes(result) == ["sign-value-unclear"]
     assert "downgoing" not in result.notices[0].message.lower()  # no patient text
     assert "flexor" not in result.notices[0].message.lower()
@@ -253,7 +274,8 @@ def test_red_flags_ignore_a_hyperreflexia_valued_absent(ruleset: RuleSet) -> Non
     ("no weakness. Fasciculations in both calves", {"fasciculation"}),
     ("Fasciculations, no weakness", {"fasciculation"}),
     ("wasting of hand muscles, however no weakness", {"muscle-atrophy"}),
-    ("Amyotrophic lateral sclerosis", {"motor-neuron-disease"}),
+    # v3: text alone never establishes a diagnosis: ALS text is a suspected MND
+    ("Amyotrophic lateral sclerosis", {"suspected-motor-neuron-disease"}),
     ("Tongue fasciculations", {"tongue-fasciculation", "fasciculation"}),
     ("Alendronic acid", set()),
 ], ids=lambda v: str(v)[:30])
@@ -296,6 +318,8 @@ def test_every_text_synonym_reaches_its_concept(ruleset: RuleSet, concept: str,
     else:
         result = normalized(ruleset, condition({"text": phrase.upper()},
                                                onsetDateTime=days_ago(1)))
+    if concept == "motor-neuron-disease":  # v3: ALS text is a suspected MND, never established
+        concept = "suspected-motor-neuron-disease"
     assert concept in concepts(result)
     assert concept not in concepts(normalized(ruleset, condition(
         {"text": f"no {phrase}"}, onsetDateTime=days_ago(1))))

@@ -474,9 +474,13 @@ def test_builders_reach_the_rules(rules: Rules) -> None:
     assert "mnd.benign-pattern" not in {rule_id for rule_id, _ in found}
 
 
-# --- 1. benign pattern never with anything that blocks it (RULES.md v2) -------------------------
+# --- 1. benign pattern never with anything that blocks it (RULES.md v2, v3) ---------------------
 
-BLOCKING_PREFIXES = ("electrolyte.hypo", "electrolyte.hyper", "metabolic.", "differential.")
+# v3 adds context.withdrawal (any severity) and every other mnd.* card (mnd.not-benign-pattern
+# is given exactly when something without a card of its own blocks the benign card)
+BLOCKING_PREFIXES = ("electrolyte.hypo", "electrolyte.hyper", "metabolic.", "differential.",
+                     "context.withdrawal", "mnd.red-flags", "mnd.established-diagnosis",
+                     "mnd.not-benign-pattern")
 
 
 def _records_mnd(resources: Sequence[Resource]) -> bool:

@@ -216,6 +216,13 @@ def _context_conditions(
     for pattern in context.without_findings:
         regex = re.compile("^" + re.escape(pattern).replace(r"\*", ".*") + "$")
         tests += [{field_name("found", r): False} for r in stage_one_ids if regex.match(r)]
+    if context.partial is not None:
+        tests.append({"partial": context.partial})
+    if context.conflicting:
+        tests.append(_or([{field_name("conflicting", c): True}
+                          for c in _expand(ruleset, context.conflicting)]))
+    tests += [{field_name("conflicting", c): False}
+              for c in _expand(ruleset, context.not_conflicting)]
     if context.newer is not None:
         name = _derived_field("newer", context.newer)
         derived[name] = context.newer.model_copy(update={"is_": True})
@@ -348,9 +355,12 @@ def encode_context(
     """The closed-world context fact, limited to `fields`; `stage_one` (rule id -> severity)
     adds what second-stage rules test, `derived` the values of `derived_values`."""
     names = _context_names(ruleset, fields)
-    values: JsonDict = {"presenting": context.presenting, **(derived or {})}
+    values: JsonDict = {"presenting": context.presenting, "partial": context.partial,
+                        **(derived or {})}
     present = set(context.concepts_present)
     values.update({name: concept in present for concept, name in names.has})
+    conflicting = set(context.conflicting)
+    values.update({name: concept in conflicting for concept, name in names.conflicting})
     values.update({field_name("days", c): days for c, days in context.days_since.items()})
     values.update({field_name("n", n): float(k) for n, k in context.group_set_counts.items()})
     if stage_one is not None:
@@ -365,16 +375,20 @@ def encode_context(
 class _ContextNames:
     has: tuple[tuple[str, str], ...]
     found: tuple[tuple[str, str], ...]
+    conflicting: tuple[tuple[str, str], ...]
 
 
 @functools.lru_cache(maxsize=16)
 def _context_names(ruleset: RuleSet, fields: frozenset[str]) -> _ContextNames:
-    """(concept, field) and (stage-one rule id, field) pairs a stage reads: worked out once per
-    rule set and stage, not once per patient."""
+    """(concept, field), (stage-one rule id, field) and (lab concept, conflicting field) pairs a
+    stage reads: worked out once per rule set and stage, not once per patient."""
     has = [(c, field_name("has", c)) for c in ruleset.terminology.concepts]
     found = [(r.id, field_name("found", r.id)) for r in ruleset.active_rules() if r.stage == 1]
+    conflicting = [(c.id, field_name("conflicting", c.id))
+                   for c in ruleset.terminology.concepts.values() if c.kind == "lab"]
     return _ContextNames(tuple(p for p in has if p[1] in fields),
-                         tuple(p for p in found if p[1] in fields))
+                         tuple(p for p in found if p[1] in fields),
+                         tuple(p for p in conflicting if p[1] in fields))
 
 
 def encode_result(rule_id: str, severity: str, key: str) -> JsonDict:

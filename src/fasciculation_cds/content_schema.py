@@ -235,6 +235,74 @@ class GroupSet(_Strict):
     not_counted: list[NotCounted] = Field(default_factory=list)
 
 
+class QualifyingCondition(_Strict):
+    """What lets a Condition remove or cap a red-flag group (docs/clinical-basis.md, explaining
+    conditions, v3): coded, confirmed or without a verificationStatus, not doubted by its
+    text."""
+
+    verification: list[str | None] = Field(min_length=1)
+    certainty: list[str] = Field(min_length=1)
+    matched_by: list[str] = Field(min_length=1)
+
+
+class ConditionalMember(_Strict):
+    """A sign that is in `group` only while one of `when_any_present` is present."""
+
+    group: str
+    when_any_present: list[str] = Field(min_length=1)
+
+
+class Explaining(_Strict):
+    """Conditions (a group) that take the `removes` signs out of the sign groups."""
+
+    conditions_group: str
+    removes: list[str] = Field(min_length=1)
+    not_removed_by: dict[str, list[str]] = Field(default_factory=dict)
+    yields: str
+    """Derived concept present when a recorded sign was removed."""
+    group: str
+    """The group a removed sign carries instead (a rule can list those signs)."""
+
+
+class Yields(_Strict):
+    """A derived concept present when the test holds, and the group a fact then carries."""
+
+    yields: str
+    group: str | None = None
+
+
+class Cap(_Strict):
+    concepts: list[str] = Field(min_length=1)
+    yields: str
+
+
+class Established(_Strict):
+    concept: str
+    otherwise: str
+
+
+class FasciculationPresentation(_Strict):
+    concepts: list[str] = Field(min_length=1)
+    yields: str
+    uncertain_only: str
+
+
+class SignGroups(_Strict):
+    """How recorded signs form the groups a rule counts (docs/clinical-basis.md, Motor neuron
+    disease, v3): which facts form a group for this patient, and the derived concepts it
+    yields."""
+
+    sign_groups: list[str] = Field(min_length=1)
+    forming_certainty: list[str] = Field(min_length=1)
+    unclear: Yields
+    conditional: dict[str, ConditionalMember] = Field(default_factory=dict)
+    explaining: Explaining
+    qualifying_condition: QualifyingCondition
+    cap: Cap
+    established: Established
+    fasciculation_presentation: FasciculationPresentation
+
+
 class DerivedFile(_Strict):
     albumin_corrected_calcium: AlbuminCorrection
     diabetes_by_hba1c: DiabetesByHbA1c
@@ -246,6 +314,7 @@ class DerivedFile(_Strict):
     recorded_conditions: dict[str, str] = Field(default_factory=dict)
     recent_only_conditions: RecentOnly = Field(default_factory=lambda: RecentOnly(days=0))
     counted_group_sets: dict[str, GroupSet] = Field(default_factory=dict)
+    sign_groups: SignGroups | None = None
     lab_families: dict[str, list[str]] = Field(default_factory=dict)
     child: ChildWording | None = None
     named_together: list[NamedTogether] = Field(default_factory=list)

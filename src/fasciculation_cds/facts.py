@@ -149,7 +149,11 @@ class PatientContext(BaseModel):
     group_counts: dict[str, int]
     group_set_counts: dict[str, int]
     partial: bool = False
-    """A resource that could hold this patient's data was unreadable (RULES.md v3)."""
+    """A resource that could hold this patient's data was unreadable (docs/clinical-basis.md)."""
     as_of: datetime | None = None
     """The evaluation instant: cards date a result against its UTC day (docs/clinical-basis.md,
     v3 "Time")."""
+    conflicting: tuple[str, ...] = ()
+    """Lab concept ids (not families) whose newest counting results conflict: same time,
+    opposite sides of the range (same-time results, v3; notice `conflicting-results`). Rules
+    test it with `conflicting:` / `not_conflicting:` (families are expanded there)."""

@@ -145,6 +145,20 @@ class ContextPattern(_Strict):
         description="Closed world: no fact of the record matches any of these patterns "
         "(e.g. no latest CK above the upper limit, no active dopamine antagonist).",
     )
+    partial: bool | None = Field(
+        default=None,
+        description="The assessment is (true) or is not (false) partial: a resource that could "
+        "hold the patient's data was unreadable (v3).",
+    )
+    conflicting: list[str] = Field(
+        default_factory=list,
+        description="At least one of these lab concepts (or families) has conflicting newest "
+        "results (same time, opposite sides of the range).",
+    )
+    not_conflicting: list[str] = Field(
+        default_factory=list,
+        description="None of these lab concepts (or families) has conflicting newest results.",
+    )
     newer: NewerThan | None = Field(
         default=None,
         description="The newest counting result of `concept` is (or, with `is: false`, is not) "

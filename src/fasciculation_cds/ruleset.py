@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -254,6 +254,8 @@ def check_derived(derived: DerivedFile, term: Terminology, units: UnitTable, fil
             if rule.group not in group_set.groups:
                 fail(f"group {rule.group!r} is not in the set", where)
             concept(rule.when_present, where)
+    if derived.sign_groups is not None:
+        check_sign_groups(derived, term, fail, concept)
     for cid, unconfirmed in derived.unconfirmed_diagnoses.items():
         concept(cid, f"unconfirmed_diagnoses.{cid}", "condition")
         if unconfirmed.yields not in derived.derived_concepts:
@@ -282,6 +284,35 @@ def check_derived(derived: DerivedFile, term: Terminology, units: UnitTable, fil
         for group in together.not_in_groups:
             if group not in term.groups:
                 fail(f"unknown concept group {group!r}", f"named_together.{index}.not_in_groups")
+
+
+def check_sign_groups(derived: DerivedFile, term: Terminology,
+                      fail: Callable[[str, str], None],
+                      concept: Callable[..., None]) -> None:
+    """Every group and concept `sign_groups` names exists; what it yields is a derived concept."""
+    spec = derived.sign_groups
+    assert spec is not None
+    where = "sign_groups"
+    groups = [*spec.sign_groups, spec.explaining.conditions_group]
+    groups += [m.group for m in spec.conditional.values()]
+    groups += [g for g in (spec.unclear.group, spec.explaining.group) if g]
+    for group in groups:
+        if group not in term.groups:
+            fail(f"unknown concept group {group!r}", where)
+    named = [*spec.conditional, *(c for m in spec.conditional.values()
+                                  for c in m.when_any_present),
+             *spec.explaining.removes, *spec.explaining.not_removed_by,
+             *(c for cs in spec.explaining.not_removed_by.values() for c in cs),
+             *spec.cap.concepts, spec.established.concept,
+             *spec.fasciculation_presentation.concepts]
+    for cid in named:
+        concept(cid, where)
+    yielded = [spec.unclear.yields, spec.explaining.yields, spec.cap.yields,
+               spec.established.otherwise, spec.fasciculation_presentation.yields,
+               spec.fasciculation_presentation.uncertain_only]
+    for cid in yielded:
+        if cid not in derived.derived_concepts:
+            fail(f"{cid!r} is not in derived_concepts", where)
 
 
 def parse_rule_file(file: Path) -> Rule:
@@ -371,6 +402,8 @@ def check_references(rule: Rule, ruleset: RuleSet, file: Path) -> None:
         for spec in (context.measured_within, context.not_measured_within):
             for concept in (spec.all_of or []) + (spec.any_of or []) if spec else []:
                 check_concept(concept, where, ("lab",))
+        for concept in [*context.conflicting, *context.not_conflicting]:
+            check_concept(concept, where, ("lab",))
         if context.newer is not None:
             for concept in [context.newer.concept, *context.newer.than]:
                 check_concept(concept, where, ("lab",))

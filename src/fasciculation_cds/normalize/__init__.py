@@ -30,6 +30,7 @@ from .medications import draft_order_facts, medication_facts
 from .named_together import without_ambiguous_groups
 from .procedures import procedure_facts
 from .questions import question_facts
+from .sign_groups import counted_sign_groups
 
 __all__ = ["NormalizedPatient", "Normalizer", "Notice"]
 
@@ -89,8 +90,10 @@ class Normalizer:
         coded += diabetes_from_hba1c(content, labs)
         coded += body_site_findings(content, coded)
         patient = _patient(record, as_of)
-        coded = with_ages(without_ambiguous_groups(content, dedupe(coded)), as_of)
-        recorded |= recorded_concepts(content, coded)
+        coded = without_ambiguous_groups(content, dedupe(coded))
+        coded, from_signs = counted_sign_groups(content, coded)
+        coded = with_ages(coded, as_of)
+        recorded |= recorded_concepts(content, coded) | from_signs
         facts: list[ClinicalFact] = [patient, *labs, *medications, *coded, *procedures,
                                      *draft_order_facts(content, record.draft_orders)]
         context = patient_context(content, record.reference, facts, assume_presentation,

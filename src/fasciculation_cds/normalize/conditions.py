@@ -91,13 +91,20 @@ def observation_facts(
     meaning = observation_value(content, resource)
     if meaning == ABSENT:
         return [], []
+    notices = []
     if meaning == UNCLEAR:
         labels = ", ".join(sorted(content.term.concepts[m.concept].label for m in coded))
-        return [], [Notice("sign-value-unclear", reference,
-                           f"{labels} Observation {reference} has a value that says neither "
-                           "present nor absent; it was not counted")]
-    return [coded_fact(content, match, reference, effective, resource) for match in coded
-            if _recent_enough(content, match.concept, effective, as_of)], []
+        notices.append(Notice("sign-value-unclear", reference,
+                              f"{labels} Observation {reference} has a value that says neither "
+                              "present nor absent: it forms no sign group and blocks the benign "
+                              "card"))
+    facts = [coded_fact(content, match, reference, effective, resource) for match in coded
+             if _recent_enough(content, match.concept, effective, as_of)]
+    if meaning == UNCLEAR:  # v3 sign values: a presentation presents, as uncertain
+        presentation = content.term.groups[content.ruleset.derived.presentation_group]
+        facts = [f.model_copy(update={"certainty": "uncertain" if f.concept in presentation
+                                      else "unclear"}) for f in facts]
+    return facts, notices
 
 
 PRESENT, ABSENT, UNCLEAR = "present", "absent", "unclear"

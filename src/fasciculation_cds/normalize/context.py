@@ -21,25 +21,38 @@ def patient_context(
     *,
     partial: bool = False,
     as_of: datetime | None = None,
+    conflicting: Iterable[str] = (),
 ) -> PatientContext:
     """`recorded`: derived concepts present whatever the facts say (e.g. MND recorded in any
-    status), from `conditions.recorded_concepts`."""
+    status), from `conditions.recorded_concepts` and `sign_groups`. `conflicting`: lab concepts
+    whose newest counting results conflict (same-time results, v3).
+
+    A group is counted from the groups each fact carries: normalization has already decided
+    which facts form a group for this patient (`sign_groups`: an unclear sign, weakness without
+    a fasciculation, a sign an explaining condition removes form none)."""
     term, derived = content.term, content.ruleset.derived
     present: set[str] = set(recorded)
+    in_group: dict[str, set[str]] = {g: set() for g in term.groups}
+    for concept in present:
+        for group in term.concepts[concept].groups:
+            in_group[group].add(concept)
     days: dict[str, float] = {}
     for fact in facts:
         if isinstance(fact, (Problem, Finding)):
             present.add(fact.concept)
+            for group in fact.groups:
+                in_group.setdefault(group, set()).add(fact.concept)
         elif isinstance(fact, LabResult):
             days[fact.concept] = min(days.get(fact.concept, fact.age_days), fact.age_days)
     lab_concepts = [c.id for c in term.concepts.values() if c.kind == "lab"]
     days_since = {c: days.get(c, NEVER_MEASURED_DAYS) for c in lab_concepts}
     for family, members in content.ruleset.lab_families.items():
         days_since[family] = min(days_since[m] for m in members)
-    presentation_group = term.groups[derived.presentation_group]
+    presentation_group = set(term.groups[derived.presentation_group])
+    if derived.sign_groups is not None:  # tongue fasciculation is a presentation too (v3)
+        presentation_group |= set(derived.sign_groups.fasciculation_presentation.concepts)
     presentation = tuple(sorted(c for c in present if c in presentation_group))
-    group_counts = {g: sum(1 for c in members if c in present)
-                    for g, members in term.groups.items()}
+    group_counts = {g: len(concepts) for g, concepts in in_group.items()}
     set_counts = {}
     for name, group_set in derived.counted_group_sets.items():
         explained = {rule.group for rule in group_set.not_counted if rule.when_present in present}
@@ -49,4 +62,4 @@ def patient_context(
         reference=reference, presenting=assume_presentation or bool(presentation),
         presentation=presentation, concepts_present=tuple(sorted(present)),
         days_since=days_since, group_counts=group_counts, group_set_counts=set_counts,
-        partial=partial, as_of=as_of)
+        partial=partial, as_of=as_of, conflicting=tuple(sorted(set(conflicting))))
