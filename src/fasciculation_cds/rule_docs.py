@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+from .assessment import RuleFinding
+from .presentation import severity_rank
 from .rule_schema import ContextPattern, FactPattern, Rule
 from .ruleset import RuleSet
+
+TEMPLATE_MARKS = ("{{", "{%")
 
 SYMBOL = {"lt": "<", "lte": "≤", "gt": ">", "gte": "≥", "eq": "="}
 
@@ -69,7 +74,58 @@ def _context_text(context: ContextPattern) -> list[str]:
     return lines
 
 
-def rule_page(rule: Rule) -> str:
+@dataclass(frozen=True)
+class Example:
+    """A rule's card as one of its own `.fires` fixtures produces it."""
+
+    fixture: str
+    shows: str
+    finding: RuleFinding
+
+
+def rule_examples(ruleset: RuleSet) -> dict[str, list[Example]]:
+    """Rule id -> one example per severity it can give (most severe first): the first `.fires`
+    fixture of that severity, evaluated (imported here: only documentation needs the engine)."""
+    from .rule_fixtures import assess_fixture, fixture_cases, fixture_description
+
+    first: dict[tuple[str, str], Path] = {}
+    for case in fixture_cases(ruleset.directory):
+        if case.severity is not None:
+            first.setdefault((case.rule_id, case.severity), case.path)
+    examples: dict[str, list[Example]] = {}
+    for (rule_id, _), path in sorted(
+            first.items(), key=lambda item: (item[0][0], -severity_rank(item[0][1]))):
+        findings = [f for f in assess_fixture(path, ruleset).findings if f.rule_id == rule_id]
+        if findings:
+            examples.setdefault(rule_id, []).append(
+                Example(path.name, fixture_description(path), findings[0]))
+    return examples
+
+
+def _recommendations(rule: Rule, examples: list[Example]) -> list[str]:
+    """The rule's recommendations; those written as templates depend on the record, and the
+    examples show them as cards give them."""
+    fixed = [r for r in rule.recommendations if not any(m in r for m in TEMPLATE_MARKS)]
+    if len(fixed) == len(rule.recommendations):
+        return [f"- {r}" for r in rule.recommendations]
+    where = ("the examples below show them as cards give them" if examples
+             else "the rule's fixtures show them as cards give them")
+    return ["They depend on the record (its values and dates, other findings on the same "
+            f"assessment, the patient's age): {where}."]
+
+
+def _example_lines(examples: list[Example]) -> list[str]:
+    lines: list[str] = []
+    for example in examples:
+        finding = example.finding
+        lines += [f"From the fixture `{example.fixture}` ({example.shows}):", "",
+                  f"> **{finding.severity.upper()}** {finding.summary}", ">"]
+        lines += [f"> - {r}" for r in finding.recommendations]
+        lines.append("")
+    return lines[:-1]
+
+
+def rule_page(rule: Rule, examples: list[Example] | None = None) -> str:
     lines = [f"# `{rule.id}` — {rule.title}", "",
              f"Category: {rule.category} · Status: {rule.status} · "
              f"{'Presenting patients only' if rule.requires_presentation else 'Always'}"
@@ -88,7 +144,9 @@ def rule_page(rule: Rule) -> str:
             extra = _context_text(escalation.context) if escalation.context else []
             extra += [_pattern_text(n, p) for n, p in escalation.facts.items()]
             lines.append(f"  - **{escalation.severity}** when {'; '.join(extra)}")
-    lines += ["", "## Recommendations", ""] + [f"- {r}" for r in rule.recommendations]
+    lines += ["", "## Recommendations", "", *_recommendations(rule, examples or [])]
+    if examples:
+        lines += ["", "## Example", "", *_example_lines(examples)]
     if rule.notes:
         lines += ["", "## Notes", "", rule.notes.strip()]
     lines += ["", "## References", ""]
@@ -108,9 +166,10 @@ def write_rule_docs(ruleset: RuleSet, out_dir: Path) -> list[Path]:
     written = []
     index = ["# Rules", "", "| id | category | severity | status | title |",
              "| --- | --- | --- | --- | --- |"]
+    examples = rule_examples(ruleset)
     for rule in ruleset.rules:
         path = out_dir / f"{rule.id}.md"
-        path.write_text(rule_page(rule), encoding="utf-8")
+        path.write_text(rule_page(rule, examples.get(rule.id)), encoding="utf-8")
         written.append(path)
         severities = sorted({m.severity for m in rule.match} |
                             {e.severity for m in rule.match for e in m.escalate})

@@ -41,6 +41,18 @@ def fixture_cases(directory: Path) -> list[FixtureCase]:
 
 def run_fixture(path: Path, ruleset: RuleSet) -> dict[str, str]:
     """Rule id -> severity for the one patient of a fixture Bundle, at its timestamp."""
+    return {f.rule_id: f.severity for f in assess_fixture(path, ruleset).findings}
+
+
+def fixture_description(path: Path) -> str:
+    """What a fixture shows, in its own words (`Bundle.identifier.value`), else its name."""
+    identifier = json.loads(path.read_text(encoding="utf-8")).get("identifier")
+    value = identifier.get("value") if isinstance(identifier, dict) else None
+    return value if isinstance(value, str) and value else path.stem
+
+
+def assess_fixture(path: Path, ruleset: RuleSet) -> Assessment:
+    """The assessment of the one patient of a fixture Bundle, at its timestamp."""
     bundle = json.loads(path.read_text(encoding="utf-8"))
     tags = {(t.get("system"), t.get("code")) for t in bundle.get("meta", {}).get("tag", [])}
     # entries tagged draft-order play the CDS Hooks draftOrders: orders being written
@@ -55,7 +67,9 @@ def run_fixture(path: Path, ruleset: RuleSet) -> dict[str, str]:
         raise ValueError(errors[0].message)
     if len(outcomes) != 1:
         raise ValueError(f"a fixture holds exactly one patient, this one {len(outcomes)}")
-    return {f.rule_id: f.severity for f in outcomes[0].findings}  # type: ignore[union-attr]
+    assessment = outcomes[0]
+    assert isinstance(assessment, Assessment)
+    return assessment
 
 
 def fixture_problems(ruleset: RuleSet) -> Iterator[str]:
