@@ -179,6 +179,8 @@ def _setting(ruleset: RuleSet, target: Target) -> Setting:
         unhandled = context.group_sets or context.measured_within or context.not_measured_within
         assert not unhandled, f"{target.name}: extend the generator for this context test"
         for n, concept in enumerate([*context.presents, *context.presents_any[:1]], start=1):
+            if not ruleset.terminology.codes_of([concept]):  # derived (from fasciculation)
+                continue
             resources.append(_condition(ruleset, concept, n))
     for n, (binding, pattern) in enumerate(target.match.facts.items(), start=10):
         if binding == target.binding:

@@ -60,8 +60,8 @@ class PatientRecord:
     skipped: int = 0
     latest_time: datetime | None = None
     unreadable: list[InputError] = field(default_factory=list)
-    """Resources of a type the rules read that could not be read as FHIR R4 (RULES.md v3
-    "Unreadable resources"): named on the assessment, which is then `partial`."""
+    """Resources of a type the rules read that could not be read as FHIR R4 (docs/clinical-basis.md,
+    v3 "Unreadable resources"): named on the assessment, which is then `partial`."""
 
 
 @dataclass
