@@ -13,11 +13,11 @@ from pydantic import BaseModel, ConfigDict
 
 Certainty = Literal["asserted", "uncertain", "unclear"]
 """How sure the record is of a problem or finding (docs/clinical-basis.md, v3 "Text context",
-"Sign values"): `asserted`; `uncertain` (hedged, double-negated or self-contradicting text, or a coded record its
-own text doubts: it counts, with notice `text-uncertain`, and is quoted on the card); `unclear`
-(a sign value saying neither present nor absent, or a bare weakness/wasting text: it forms no
-`mnd.*` group but blocks `mnd.benign-pattern`, with notice `sign-value-unclear`). `quote` holds
-the record's own text the match came from, for evidence."""
+"Sign values"): `asserted`; `uncertain` (hedged, double-negated or self-contradicting text, or a
+coded record its own text doubts: it counts, with notice `text-uncertain`, and is quoted on the
+card); `unclear` (a sign value saying neither present nor absent, or a bare weakness/wasting
+text: it forms no `mnd.*` group but blocks `mnd.benign-pattern`, with notice
+`sign-value-unclear`). `quote` holds the record's own text the match came from, for evidence."""
 
 
 class FactBase(BaseModel):
