@@ -45,6 +45,7 @@ rules_app = typer.Typer(no_args_is_help=True, help="List, check, document the ru
 app.add_typer(rules_app, name="rules")
 # log_path=False: no "file.py:line" column in log lines (they also go to non-terminal logs)
 err = Console(stderr=True, log_path=False)
+EXIT_REFUSED = 4  # `hook`: the service answered with an error status
 
 
 def _print_version(value: bool) -> None:
@@ -452,6 +453,73 @@ def examples(
         err.print(f"error: {out}: {exc.strerror or exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     err.print(f"wrote {len(files)} files to {out}", highlight=False, soft_wrap=True)
+
+
+class HookName(str, Enum):
+    patient_view = "patient-view"
+    order_select = "order-select"
+    order_sign = "order-sign"
+
+
+class PrefetchChoice(str, Enum):
+    full = "full"
+    none = "none"
+    paged = "paged"
+
+
+class CardFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+@app.command()
+def hook(
+    name: Annotated[HookName, typer.Argument(help="The hook to call.")],
+    patient: Annotated[Path, typer.Option(
+        "--patient", help="A FHIR file (Bundle, resource, NDJSON) holding one patient's record.")],
+    url: Annotated[str, typer.Option(
+        "--url", help="The service's base URL (discovery is at URL/cds-services).")],
+    draft: Annotated[Path | None, typer.Option(
+        "--draft", help="Orders being written (order hooks): a MedicationRequest or a Bundle.")]
+    = None,
+    prefetch: Annotated[PrefetchChoice, typer.Option(
+        "--prefetch", help="full (every template answered), paged (one resource a search, with "
+        "a next link) or none.")] = PrefetchChoice.full,
+    key: Annotated[Path | None, typer.Option(
+        "--key", help="PEM private key to sign the request's JWT with (RSA: RS384, EC: ES384).")]
+    = None,
+    issuer: Annotated[str | None, typer.Option(
+        "--iss", help="The JWT's issuer (with --key).")] = None,
+    kid: Annotated[str | None, typer.Option("--kid", help="The JWT's key id (with --key).")]
+    = None,
+    output_format: Annotated[CardFormat, typer.Option(
+        "--format", help="text (the cards as a summary) or json (the service's answer).")]
+    = CardFormat.text,
+) -> None:
+    """Call a CDS Hooks service with a record from a FHIR file and show its cards: how an
+    integrator checks a deployment. Exit 0 on 200, 2 on bad input, 4 when the service refuses."""
+    from .hook_client import HookClientError, Signer, call
+
+    signer = None
+    if key is not None:
+        if not issuer:
+            _fail("--key needs --iss (the issuer the service trusts)")
+        try:
+            signer = Signer(key.read_bytes(), issuer, kid)
+        except OSError as exc:
+            _fail(f"--key {key}: {exc.strerror or exc}")
+    try:
+        status, answer = call(url, name.value, patient, drafts=draft,
+                              prefetch=prefetch.value, signer=signer)
+    except HookClientError as exc:
+        _fail(str(exc))
+    if output_format is CardFormat.json:
+        sys.stdout.write(json.dumps(answer, indent=2) + "\n")
+    else:
+        from .render_cards import print_cards
+
+        print_cards(Console(), name.value, status, answer)
+    raise typer.Exit(EXIT_OK if status == 200 else EXIT_REFUSED)
 
 
 @rules_app.command("list")
