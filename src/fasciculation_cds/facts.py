@@ -146,3 +146,6 @@ class PatientContext(BaseModel):
     group_set_counts: dict[str, int]
     partial: bool = False
     """A resource that could hold this patient's data was unreadable (RULES.md v3)."""
+    conflicting: tuple[str, ...] = ()
+    """Lab concepts whose same-time results lie on opposite sides of the range (RULES.md v3
+    "Same-time results", notice `conflicting-results`): both findings fire."""

@@ -19,6 +19,7 @@ def patient_context(
     recorded: Iterable[str] = (),
     *,
     partial: bool = False,
+    conflicting: tuple[str, ...] = (),
 ) -> PatientContext:
     """`recorded`: derived concepts present whatever the facts say (e.g. MND recorded in any
     status), from `conditions.recorded_concepts`."""
@@ -47,4 +48,4 @@ def patient_context(
         reference=reference, presenting=assume_presentation or bool(presentation),
         presentation=presentation, concepts_present=tuple(sorted(present)),
         days_since=days_since, group_counts=group_counts, group_set_counts=set_counts,
-        partial=partial)
+        partial=partial, conflicting=conflicting)

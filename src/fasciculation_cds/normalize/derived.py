@@ -8,14 +8,15 @@ from .conditions import Coded
 
 
 def diabetes_from_hba1c(content: Content, labs: list[LabResult]) -> list[Problem]:
-    """Diabetes when the latest HbA1c inside its look-back is at or above the threshold."""
+    """Diabetes when any counting HbA1c inside its look-back is at or above the threshold
+    (RULES.md v3 `neuropathy.diabetic`, `metabolic.hypoglycemia`)."""
     constants = content.constants
     concept = content.term.concepts[constants.diabetes_concept]
     return [Problem(reference=lab.reference, concept=concept.id, label=concept.label,
                     groups=concept.groups, matched_by=f"derived from {lab.label}",
                     onset=lab.effective)
             for lab in labs
-            if lab.concept == constants.hba1c_concept and lab.is_latest
+            if lab.concept == constants.hba1c_concept
             and lab.age_days <= constants.hba1c_lookback_days
             and lab.value >= float(constants.hba1c_threshold)]
 
