@@ -118,9 +118,12 @@ def test_ms_with_hyperreflexia_counts_no_umn_group(ruleset: RuleSet) -> None:
     ({"onsetPeriod": {"start": days_ago(10)}}, True),
     ({"onsetString": "last week"}, False),
     ({"onsetAge": {"value": 50, "unit": "a"}}, False),
-    ({"onsetAge": {"value": 50, "unit": "a"}, "recordedDate": days_ago(5)}, True),
+    # v3: an onset age decides (birthDate 1970-01-01: at 50 is 2020), never the recordedDate
+    ({"onsetAge": {"value": 50, "unit": "a"}, "recordedDate": days_ago(5)}, False),
+    ({"onsetString": "last week", "recordedDate": days_ago(5)}, True),
 ], ids=["onset-29d", "onset-31d", "onset-wins-over-recorded", "recorded-29d", "recorded-31d",
-        "onset-period", "onset-string", "onset-age", "onset-age-recorded-5d"])
+        "onset-period", "onset-string", "onset-age", "onset-age-recorded-5d",
+        "onset-string-recorded-5d"])
 def test_recent_only_conditions(ruleset: RuleSet, coding: tuple[str, str, str],
                                 fields: dict[str, object], counts: bool) -> None:
     result = normalized(ruleset, condition(coding, **fields))
