@@ -234,7 +234,8 @@ def test_same_time_opposite_sides_both_decide(ruleset: RuleSet) -> None:
     assert latest == ["3.3", "5.8"]
     assert "conflicting-results" in notice_codes(result)
     assert result.context.conflicting == ("potassium",)
-    found = assessed(ruleset, condition(FASCICULATION), lab(POTASSIUM[0], 5.8, POTASSIUM[1], days=1),
+    found = assessed(ruleset, condition(FASCICULATION),
+                     lab(POTASSIUM[0], 5.8, POTASSIUM[1], days=1),
                      lab(POTASSIUM[0], 3.3, POTASSIUM[1], days=1))
     by_rule = {f.rule_id: f for f in found.findings}
     assert "3.3" in by_rule["electrolyte.hypokalemia"].summary

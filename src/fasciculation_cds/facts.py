@@ -89,6 +89,9 @@ class Problem(FactBase):
     matched_by: str
     certainty: Certainty = "asserted"
     quote: str | None = None
+    onset_text: str | None = None
+    """The date used and its source, for cards (RULES.md v3 "Presentation of findings"): "onset
+    2026-11-20", "onset at age 12 (1982)", "recorded 2026-11-25 (no onset given)"."""
 
 
 class Finding(FactBase):

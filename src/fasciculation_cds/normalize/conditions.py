@@ -63,8 +63,11 @@ def condition_facts(
         unconfirmed = derived.unconfirmed_diagnoses.get(match.concept)
         if unconfirmed is not None and verification in unconfirmed.verification:
             match = ConceptMatch(unconfirmed.yields, match.matched_by, match.code, match.system)
-        facts.append(coded_fact(content, match, reference, onset, resource, clinical=clinical,
-                                verification=verification))
+        fact = coded_fact(content, match, reference, onset, resource, clinical=clinical,
+                          verification=verification)
+        if isinstance(fact, Problem) and began is not None:
+            fact = fact.model_copy(update={"onset_text": began.text})
+        facts.append(fact)
     return facts, recorded
 
 

@@ -23,10 +23,11 @@ ONSET_NOT_USABLE = "onset-not-usable"
 
 @dataclass(frozen=True)
 class Onset:
-    """A usable onset: its span and where it came from ("onset", "onset at age", "recorded")."""
+    """A usable onset: its span, and the date used with its source, as cards show it ("onset
+    2026-11-20", "onset at age 12 (1982)", "recorded 2026-11-25 (no onset given)")."""
 
     span: Span
-    source: str
+    text: str
 
 
 def condition_onset(units: UnitTable, resource: Mapping[str, Any],
@@ -35,22 +36,46 @@ def condition_onset(units: UnitTable, resource: Mapping[str, Any],
     keys = [key for key in resource if key.startswith("onset")]
     if not keys or keys == ["onsetString"]:
         recorded = parse_span(resource.get("recordedDate"))
-        return Onset(recorded, "recorded") if recorded else None
+        if recorded is None:
+            return None
+        return Onset(recorded, f"recorded {_day(recorded.start)} (no onset given)")
     key = keys[0]
     value = resource[key]
     if key == "onsetDateTime":
         span = parse_span(value)
+        text = f"onset {value}" if isinstance(value, str) and len(value) < 10 else None
     elif key == "onsetPeriod":
         span = period_span(value)
+        text = None
     elif key == "onsetAge":
         span = _age_span(units, birth, value, value)
+        text = f"onset at age {_age_text(value)}"
     elif key == "onsetRange" and isinstance(value, Mapping):
         span = _age_span(units, birth, value.get("low"), value.get("high"))
+        text = f"onset at age {_age_text(value.get('low'))}-{_age_text(value.get('high'))}"
     else:
         span = None
     if span is None:
         return None
-    return Onset(span, "onset at age" if key in ("onsetAge", "onsetRange") else "onset")
+    if key in ("onsetAge", "onsetRange"):
+        return Onset(span, f"{text} ({span.start.year})")
+    if text is None:
+        text = f"onset {_day(span.start)}" + (
+            f" to {_day(span.end)}" if key == "onsetPeriod" and span.end is not None else "")
+    return Onset(span, text)
+
+
+def _day(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).date().isoformat()
+
+
+def _age_text(age: Any) -> str:
+    if not isinstance(age, Mapping):
+        return "?"
+    unit = age.get("unit") or age.get("code") or ""
+    value = age.get("value")
+    return f"{value}" if str(unit).lower() in ("a", "year", "years", "yr", "yrs") else \
+        f"{value} {unit}"
 
 
 def _age_span(units: UnitTable, birth: date | None, low: Any, high: Any) -> Span | None:
