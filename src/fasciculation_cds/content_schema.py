@@ -89,7 +89,7 @@ class AnalyteSpec(_Strict):
     to_canonical: dict[str, ConversionSpec | Number]
     assumed: dict[str, Number] = Field(
         default_factory=dict, description="Units read as another under these codes, with a "
-        "notice `unit-assumed` (eGFR in mL/min: RULES.md v3 'eGFR units').")
+        "notice `unit-assumed` (eGFR in mL/min: v3 clinical basis 'eGFR units').")
     without_unit: Number | None = Field(
         default=None, description="Factor for a value sent with no unit (a score).")
 
@@ -206,7 +206,7 @@ class RecentOnly(_Strict):
 
 
 class SameTimeTiers(_Strict):
-    """Same-time ties of one lab concept decided by the code before the value (RULES.md v3
+    """Same-time ties of one lab concept decided by the code before the value (v3 clinical basis
     "Same-time results", eGFR): concepts whose codes rank first, and last."""
 
     first: list[str] = Field(default_factory=list)
@@ -214,7 +214,7 @@ class SameTimeTiers(_Strict):
 
 
 class KidneyByEgfr(_Strict):
-    """RULES.md v3 `metabolic.kidney-failure`: advanced CKD by two low eGFRs far enough apart,
+    """v3 clinical basis `metabolic.kidney-failure`: advanced CKD by two low eGFRs far enough apart,
     and "a fall" from an earlier eGFR; each derives a lab concept holding the earlier result."""
 
     concept: str

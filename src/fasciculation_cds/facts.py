@@ -90,8 +90,9 @@ class Problem(FactBase):
     certainty: Certainty = "asserted"
     quote: str | None = None
     onset_text: str | None = None
-    """The date used and its source, for cards (RULES.md v3 "Presentation of findings"): "onset
-    2026-11-20", "onset at age 12 (1982)", "recorded 2026-11-25 (no onset given)"."""
+    """The date used and its source, for cards (v3 clinical basis, "Presentation of
+    findings"): "onset 2026-11-20", "onset at age 12 (1982)", "recorded 2026-11-25 (no onset
+    given)"."""
 
 
 class Finding(FactBase):
@@ -150,5 +151,5 @@ class PatientContext(BaseModel):
     partial: bool = False
     """A resource that could hold this patient's data was unreadable (RULES.md v3)."""
     conflicting: tuple[str, ...] = ()
-    """Lab concepts whose same-time results lie on opposite sides of the range (RULES.md v3
+    """Lab concepts whose same-time results lie on opposite sides of the range (v3 clinical basis
     "Same-time results", notice `conflicting-results`): both findings fire."""

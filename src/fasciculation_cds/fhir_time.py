@@ -38,7 +38,7 @@ def parse_datetime(value: Any) -> datetime | None:
 
 @dataclass(frozen=True)
 class Span:
-    """When something happened (RULES.md v3 Definitions "Time"): a dateTime is a point; a
+    """When something happened (v3 clinical basis, Definitions "Time"): a dateTime is a point; a
     Period or a partial date (YYYY, YYYY-MM) is a span. `start` orders a partial date, `order`
     orders it among results ("latest": a Period by its end, else start); `end` is its last
     instant (None: runs to as_of)."""
@@ -88,7 +88,7 @@ def utc_day(moment: datetime) -> date:
 
 
 def calendar_days(earlier: datetime, later: datetime) -> int:
-    """Whole UTC calendar days from `earlier` to `later` (RULES.md v3 "Time": a look-back of
+    """Whole UTC calendar days from `earlier` to `later` (v3 clinical basis "Time": a look-back of
     N days holds t when D - N <= the UTC date of t <= D)."""
     return (utc_day(later) - utc_day(earlier)).days
 
@@ -110,7 +110,7 @@ def add_years_months(day: date, years: int = 0, months: int = 0) -> date:
 
 
 def birth_date(value: Any) -> date | None:
-    """Patient.birthDate; a partial date counts as its last day (RULES.md v3 "Age")."""
+    """Patient.birthDate; a partial date counts as its last day (v3 clinical basis "Age")."""
     span = parse_span(value)
     if span is None or span.end is None:
         return None

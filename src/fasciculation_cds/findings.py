@@ -248,8 +248,8 @@ def _collected(collect: EvidenceCollect, fact: ClinicalFact) -> bool:
 
 def _recommendations(rule: Rule, variables: Mapping[str, Any]) -> list[str]:
     """Each recommendation is a template over the finding's facts; one that renders empty is
-    left out (RULES.md v3: "check CK" only without a CK in 90 days, "review diabetes drugs" only
-    with such a drug active, the critical card's first action first)."""
+    left out (v3 clinical basis: "check CK" only without a CK in 90 days, "review diabetes
+    drugs" only with such a drug active, the critical card's first action first)."""
     out = []
     for index, template in enumerate(rule.recommendations):
         text = _SPACES.sub(" ", render(template, variables, rule.id,

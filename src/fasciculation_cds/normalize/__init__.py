@@ -157,7 +157,7 @@ def _condition_concepts(content: Content, resource: Mapping[str, Any]) -> list[s
 
 
 def _one_unit_assumed(notices: list[Notice]) -> list[Notice]:
-    """One `unit-assumed` notice per patient (RULES.md v3 "eGFR units"), the first kept."""
+    """One `unit-assumed` notice per patient (v3 clinical basis "eGFR units"), the first kept."""
     seen = False
     out = []
     for notice in notices:

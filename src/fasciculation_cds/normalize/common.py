@@ -51,7 +51,7 @@ def number(value: Any) -> Fraction | None:
 
 
 def effective_span(resource: Mapping[str, Any]) -> tuple[Span | None, bool]:
-    """When an Observation happened, and whether that came from `issued` (RULES.md v3 "Time":
+    """When an Observation happened, and whether that came from `issued` (v3 clinical basis "Time":
     without effective[x] an Observation is dated by its `issued`)."""
     for key in ("effectiveDateTime", "effectiveInstant"):
         if key in resource:
@@ -69,7 +69,7 @@ def effective_time(resource: Mapping[str, Any]) -> datetime | None:
 
 
 def days_between(earlier: datetime, later: datetime) -> float:
-    """Whole UTC calendar days (RULES.md v3 "Time"); look-backs compare it with `<=`."""
+    """Whole UTC calendar days (v3 clinical basis "Time"); look-backs compare it with `<=`."""
     return float(calendar_days(earlier, later))
 
 

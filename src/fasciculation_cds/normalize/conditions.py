@@ -50,7 +50,7 @@ def condition_facts(
                 if m.concept in derived.recorded_conditions}
     clinical = status_code(resource.get("clinicalStatus"))
     # R4 requires clinicalStatus on a live problem; without it, an abatement means resolved.
-    # Recent-only conditions count whatever their clinicalStatus (RULES.md v3).
+    # Recent-only conditions count whatever their clinicalStatus (v3 clinical basis).
     inactive = (clinical not in ACTIVE_CONDITION_STATUS if clinical is not None
                 else any(key.startswith("abatement") for key in resource))
     reference = reference_of(sourced)

@@ -9,7 +9,7 @@ from .conditions import Coded
 
 def diabetes_from_hba1c(content: Content, labs: list[LabResult]) -> list[Problem]:
     """Diabetes when any counting HbA1c inside its look-back is at or above the threshold
-    (RULES.md v3 `neuropathy.diabetic`, `metabolic.hypoglycemia`)."""
+    (v3 clinical basis `neuropathy.diabetic`, `metabolic.hypoglycemia`)."""
     constants = content.constants
     concept = content.term.concepts[constants.diabetes_concept]
     return [Problem(reference=lab.reference, concept=concept.id, label=concept.label,

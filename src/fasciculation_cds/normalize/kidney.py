@@ -1,4 +1,4 @@
-"""Kidney facts the rules cannot compute from single results (RULES.md v3
+"""Kidney facts the rules cannot compute from single results (v3 clinical basis
 `metabolic.kidney-failure`, derived.yaml `kidney_by_egfr`, `established_conditions`).
 
 From the eGFRs in the look-back, one per time (same-time ties decided by the code, then the lower

@@ -39,7 +39,7 @@ class LabReading:
     albumin_reported: str | None = None
     last: datetime | None = None
     """The span's last instant not after as_of (a Period, a partial date): look-backs hold a
-    result they overlap (RULES.md v3 "Time"); None: a point at `effective`."""
+    result they overlap (v3 clinical basis "Time"); None: a point at `effective`."""
 
     @property
     def until(self) -> datetime:
@@ -108,7 +108,7 @@ def read_lab(
 def _range_bound(content: Content, concept: str, quantity: Any,
                  value_unit: str | None) -> Fraction | None:
     """A referenceRange bound in the canonical unit, converted like the value: in its own
-    unit, else in the unit of the value it belongs to (thresholds.md v3, free T4)."""
+    unit, else in the unit of the value it belongs to (v3 references, free T4)."""
     if not isinstance(quantity, Mapping):
         return None
     value = number(quantity.get("value"))
@@ -139,7 +139,7 @@ class LabFacts:
 
 def lab_facts(content: Content, readings: list[LabReading], as_of: datetime) -> LabFacts:
     """LabResult facts, newest first per concept; `is_latest` marks the one that decides
-    (RULES.md v3 "Same-time results": at the newest time the more abnormal one; results on
+    (v3 clinical basis "Same-time results": at the newest time the more abnormal one; results on
     opposite sides of the range both decide, with notice `conflicting-results`; a concept with
     tiers (eGFR) is decided by the code first, then the lower value, and never conflicts)."""
     by_concept: dict[str, list[LabReading]] = {}

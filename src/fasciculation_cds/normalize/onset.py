@@ -1,4 +1,5 @@
-"""When a Condition began, for the recent-only conditions (RULES.md v3 "Recent-only conditions").
+"""When a Condition began, for the recent-only conditions (v3 clinical basis, "Recent-only
+conditions").
 
 The onset decides whenever there is one: onsetDateTime (a partial date is a span), onsetPeriod,
 or onsetAge / onsetRange converted with Patient.birthDate into [birth + age, birth + age + 1 unit)
