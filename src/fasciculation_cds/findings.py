@@ -111,7 +111,8 @@ def _view(fact: ClinicalFact | RuleFinding, units: UnitTable) -> dict[str, Any]:
         view.update(upper_limit=(format_significant(fact.upper_limit)
                                  if fact.upper_limit is not None else ""),
                     range=range_text(fact.reference_low, fact.reference_high, fact.unit) or "",
-                    number=fact.value, low=fact.reference_low, high=fact.reference_high)
+                    number=fact.value, low=fact.reference_low, high=fact.reference_high,
+                    age_days=fact.age_days)
         view.update(label=fact.label, value=format_significant(fact.value), unit=fact.unit,
                     reported=as_sent(fact), measured=measured_text(fact, units),
                     used=used_text(fact, units), shown=shown_text(fact, units),
