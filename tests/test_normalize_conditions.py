@@ -151,10 +151,14 @@ def test_completed_dialysis_procedure_is_a_fact(ruleset: RuleSet) -> None:
     assert "kidney-failure" in fact.groups
 
 
-def test_in_progress_dialysis_uses_the_period_start(ruleset: RuleSet) -> None:
+def test_in_progress_dialysis_runs_to_as_of(ruleset: RuleSet) -> None:
+    """v3 "Time": a Period is a span; one without an end runs to as_of."""
     result = normalized(ruleset, procedure(DIALYSIS, status="in-progress",
-                                           performedPeriod={"start": days_ago(1)}))
-    assert [f.age_days for f in result.facts if f.kind == "procedure"] == [pytest.approx(1)]
+                                           performedPeriod={"start": days_ago(200)}))
+    assert [f.age_days for f in result.facts if f.kind == "procedure"] == [0]
+    result = normalized(ruleset, procedure(DIALYSIS, performedPeriod={
+        "start": days_ago(120), "end": days_ago(89)}))
+    assert [f.age_days for f in result.facts if f.kind == "procedure"] == [89]
 
 
 @pytest.mark.parametrize("status", ["not-done", "entered-in-error", "preparation", "stopped"])
