@@ -407,3 +407,24 @@ def test_diabetes_drugs_reviewed_only_when_one_is_active(ruleset: RuleSet) -> No
     assert card.severity == "warning"
     assert any("Review diabetes drugs" in r for r in card.recommendations)
 
+
+
+_RANK = {"info": 1, "warning": 2, "critical": 3}
+
+
+@settings(max_examples=40, deadline=None)
+@given(first=st.decimals("1.5", "8.0", places=1), second=st.decimals("1.5", "8.0", places=1))
+def test_a_same_time_result_never_lowers_a_finding(ruleset: RuleSet, first: Any,
+                                                   second: Any) -> None:
+    """v3 principle: adding a same-time potassium (conflicting or not) never lowers any
+    finding's severity and never adds the benign card."""
+    alone = assessed(ruleset, condition(FASCICULATION), lab("2823-3", float(first), "mmol/L",
+                                                            days=1))
+    both = assessed(ruleset, condition(FASCICULATION),
+                    lab("2823-3", float(first), "mmol/L", days=1),
+                    lab("2823-3", float(second), "mmol/L", days=1))
+    after = {f.rule_id: _RANK[f.severity] for f in both.findings}
+    for finding in alone.findings:
+        assert after.get(finding.rule_id, 0) >= _RANK[finding.severity], finding.rule_id
+    assert "mnd.benign-pattern" not in after or any(
+        f.rule_id == "mnd.benign-pattern" for f in alone.findings)
