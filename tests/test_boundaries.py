@@ -59,11 +59,12 @@ SPEC_FACTORS: Mapping[str, Mapping[str, Fraction]] = {
                     "ng/L": Fraction("0.7378")},
     "creatine-kinase": {"U/L": Fraction(1), "IU/L": Fraction(1), "ukat/L": Fraction(60)},
     "tsh": {"m[IU]/L": Fraction(1), "uIU/mL": Fraction(1), "mIU/L": Fraction(1)},
-    "free-t4": {"pmol/L": Fraction(1), "ng/dL": Fraction("12.87"), "ng/L": Fraction("1.287")},
+    "free-t4": {"ng/dL": Fraction(1), "pmol/L": 1 / Fraction("12.87"), "ng/L": Fraction(1, 10)},
     "creatinine": {"umol/L": Fraction(1), "mmol/L": Fraction(1000), "mg/dL": Fraction("88.4")},
     "egfr": {"mL/min/{1.73_m2}": Fraction(1), "mL/min": Fraction(1)},
     "hba1c": {"%": Fraction(1)},
-    "glucose": {"mmol/L": Fraction(1), "mg/dL": Fraction("0.05551")},
+    "glucose": {"mg/dL": Fraction(1), "mmol/L": Fraction("18.016")},
+    "audit-c": {"{score}": Fraction(1), "1": Fraction(1)},
 }
 # Outside the threshold's own unit, "just below/above" is this far away: wider than the rounding
 # of the factors above (< 2e-4), far narrower than any real factor error.
@@ -97,13 +98,21 @@ class Target:
         return f"{self.rule.id}:{self.index}:{self.binding}"
 
 
+def _derived_companion(ruleset: RuleSet, match: Match, binding: str) -> bool:
+    """Another fact of the match is a lab concept normalization derives (an earlier eGFR of a
+    chronic pair): no single Observation makes it, so the rule's own fixtures pin those edges."""
+    return any(other != binding and "lab" in p.kinds and not ruleset.terminology.codes_of(
+        p.named_concepts) for other, p in match.facts.items())
+
+
 def _targets(ruleset: RuleSet) -> list[Target]:
     found = []
     for rule in ruleset.active_rules():
         for index, match in enumerate(rule.match):
             for binding, pattern in match.facts.items():
                 if "lab" in pattern.kinds and (
-                        pattern.value is not None or pattern.times_upper_limit is not None):
+                        pattern.value is not None or pattern.times_upper_limit is not None) \
+                        and not _derived_companion(ruleset, match, binding):
                     found.append(Target(rule, index, binding, pattern))
     return found
 
@@ -182,6 +191,8 @@ def _setting(ruleset: RuleSet, target: Target) -> Setting:
             if not ruleset.terminology.codes_of([concept]):  # derived (from fasciculation)
                 continue
             resources.append(_condition(ruleset, concept, n))
+    if target.pattern.latest is False:  # "not the latest": a newer result the test does not hold
+        resources.append(_newer_result(RULESET, target))
     for n, (binding, pattern) in enumerate(target.match.facts.items(), start=10):
         if binding == target.binding:
             continue
@@ -197,6 +208,18 @@ def _setting(ruleset: RuleSet, target: Target) -> Setting:
         else:
             pytest.fail(f"{target.name}: extend the generator for {pattern.kinds} facts")
     return Setting(tuple(resources), tuple(drafts))
+
+
+def _newer_result(ruleset: RuleSet, target: Target) -> dict[str, Any]:
+    """Half a day before as_of, newer than every case: twice a lower bound, half an upper one."""
+    comparison = target.pattern.value
+    assert comparison is not None, target.name
+    low = comparison.lt if comparison.lt is not None else comparison.lte
+    high = comparison.gt if comparison.gt is not None else comparison.gte
+    value = Decimal(str(low)) * 2 if low is not None else Decimal(str(high)) / 2
+    unit = comparison.unit or ruleset.units.canonical_unit(target.concept) or ""
+    newer = _observation(ruleset, target.concept, value, unit, AS_OF - timedelta(hours=12))
+    return {**newer, "id": "lab-newer"}
 
 
 def _observation(ruleset: RuleSet, concept: str, value: Decimal, unit: str,
@@ -379,7 +402,10 @@ def test_every_lab_threshold_of_every_rule_is_generated() -> None:
     stated = {(r.id, i, b) for r in RULESET.active_rules() for i, m in enumerate(r.match)
               for b, p in m.facts.items() if p.value is not None or p.times_upper_limit
               is not None}
-    assert stated == {(t.rule.id, t.index, t.binding) for t in TARGETS}
+    derived = {(r.id, i, b) for r in RULESET.active_rules() for i, m in enumerate(r.match)
+               for b in m.facts if _derived_companion(RULESET, m, b)}
+    assert stated - derived == {(t.rule.id, t.index, t.binding) for t in TARGETS}
+    assert derived <= {("metabolic.kidney-failure", 2, "egfr")}  # pinned by its fixtures
     assert {t.rule.id for t in TARGETS} >= {
         "electrolyte.hypokalemia", "electrolyte.hypocalcemia", "electrolyte.vitamin-d-deficiency",
         "medication.order-caution", "electrolyte.dehydration"}

@@ -132,9 +132,12 @@ def test_ms_with_hyperreflexia_counts_no_umn_group(ruleset: RuleSet) -> None:
     ({"onsetPeriod": {"start": days_ago(10)}}, True),
     ({"onsetString": "last week"}, False),
     ({"onsetAge": {"value": 50, "unit": "a"}}, False),
-    ({"onsetAge": {"value": 50, "unit": "a"}, "recordedDate": days_ago(5)}, True),
+    # v3: an onset age decides (birthDate 1970-01-01: at 50 is 2020), never the recordedDate
+    ({"onsetAge": {"value": 50, "unit": "a"}, "recordedDate": days_ago(5)}, False),
+    ({"onsetString": "last week", "recordedDate": days_ago(5)}, True),
 ], ids=["onset-29d", "onset-31d", "onset-wins-over-recorded", "recorded-29d", "recorded-31d",
-        "onset-period", "onset-string", "onset-age", "onset-age-recorded-5d"])
+        "onset-period", "onset-string", "onset-age", "onset-age-recorded-5d",
+        "onset-string-recorded-5d"])
 def test_recent_only_conditions(ruleset: RuleSet, coding: tuple[str, str, str],
                                 fields: dict[str, object], counts: bool) -> None:
     result = normalized(ruleset, condition(coding, **fields))
@@ -162,10 +165,14 @@ def test_completed_dialysis_procedure_is_a_fact(ruleset: RuleSet) -> None:
     assert "kidney-failure" in fact.groups
 
 
-def test_in_progress_dialysis_uses_the_period_start(ruleset: RuleSet) -> None:
+def test_in_progress_dialysis_runs_to_as_of(ruleset: RuleSet) -> None:
+    """v3 "Time": a Period is a span; one without an end runs to as_of."""
     result = normalized(ruleset, procedure(DIALYSIS, status="in-progress",
-                                           performedPeriod={"start": days_ago(1)}))
-    assert [f.age_days for f in result.facts if f.kind == "procedure"] == [pytest.approx(1)]
+                                           performedPeriod={"start": days_ago(200)}))
+    assert [f.age_days for f in result.facts if f.kind == "procedure"] == [0]
+    result = normalized(ruleset, procedure(DIALYSIS, performedPeriod={
+        "start": days_ago(120), "end": days_ago(89)}))
+    assert [f.age_days for f in result.facts if f.kind == "procedure"] == [89]
 
 
 @pytest.mark.parametrize("status", ["not-done", "entered-in-error", "preparation", "stopped"])

@@ -222,9 +222,35 @@ def test_same_time_high_beats_normal(ruleset: RuleSet) -> None:
     result = normalized(ruleset, lab(POTASSIUM[0], 4.0, POTASSIUM[1], days=1),
                         lab(POTASSIUM[0], 6.6, POTASSIUM[1], days=1))
     assert _latest(result, "potassium").original_value == "6.6"
-    result = normalized(ruleset, lab(POTASSIUM[0], 6.6, POTASSIUM[1], days=1),
-                        lab(POTASSIUM[0], 3.4, POTASSIUM[1], days=1))
-    assert _latest(result, "potassium").original_value == "6.6"  # critical beats warning
+
+
+def test_same_time_opposite_sides_both_decide(ruleset: RuleSet) -> None:
+    """RULES.md v3 "Same-time results": K 3.3 and 5.8 at one time -- both findings fire, each
+    naming its own value, with notice `conflicting-results` and the concept in the context."""
+    result = normalized(ruleset, lab(POTASSIUM[0], 5.8, POTASSIUM[1], days=1),
+                        lab(POTASSIUM[0], 3.3, POTASSIUM[1], days=1),
+                        lab(POTASSIUM[0], 4.2, POTASSIUM[1], days=1))
+    latest = sorted(f.original_value for f in _labs(result, "potassium") if f.is_latest)
+    assert latest == ["3.3", "5.8"]
+    assert "conflicting-results" in notice_codes(result)
+    assert result.context.conflicting == ("potassium",)
+    found = assessed(ruleset, condition(FASCICULATION),
+                     lab(POTASSIUM[0], 5.8, POTASSIUM[1], days=1),
+                     lab(POTASSIUM[0], 3.3, POTASSIUM[1], days=1))
+    by_rule = {f.rule_id: f for f in found.findings}
+    assert "3.3" in by_rule["electrolyte.hypokalemia"].summary
+    assert "5.8" in by_rule["electrolyte.hyperkalemia"].summary
+
+
+def test_same_side_ties_are_no_conflict(ruleset: RuleSet) -> None:
+    result = normalized(ruleset, lab(POTASSIUM[0], 3.4, POTASSIUM[1], days=1),
+                        lab(POTASSIUM[0], 2.4, POTASSIUM[1], days=1))
+    assert "conflicting-results" not in notice_codes(result)
+    assert result.context.conflicting == ()
+    result = normalized(ruleset, lab(POTASSIUM[0], 3.3, POTASSIUM[1], days=2),
+                        lab(POTASSIUM[0], 5.8, POTASSIUM[1], days=1))
+    assert _latest(result, "potassium").original_value == "5.8"  # not the same time
+    assert result.context.conflicting == ()
 
 
 # --- medication names --------------------------------------------------------------------------

@@ -186,7 +186,7 @@ ANALYTE_LOINCS: Mapping[str, frozenset[str]] = {
     "vitamin-d": frozenset({"62292-8", "14635-7"}),
     "vitamin-b12": frozenset({"2132-9", "14685-2"}),
     "tsh": frozenset({"3016-3"}),
-    "glucose": frozenset({"2345-7"}),
+    "glucose": frozenset({"2345-7", "14749-6"}),
     "creatine-kinase": frozenset({"2157-6"}),
     "egfr": frozenset({"33914-3"}),
 }
@@ -667,7 +667,7 @@ UNIT_CASES: tuple[UnitCase, ...] = (
         edges=("2.5", "3.5"),
         forms=(("2823-3", _K, "mmol/L", "1"),
                ("2823-3", _K, "mEq/L", "1"),
-               ("22760-3", "Potassium [Mass/volume] in Serum or Plasma", "mg/dL", "3.9098")),
+               ("22760-3", "Potassium [Mass/volume] in Serum or Plasma", "mg/dL", "3.910")),
         dropped=("potassium",)),
     UnitCase(
         "vitamin-d", "electrolyte.vitamin-d-deficiency", low="4.0", high="90.0", places=1,
@@ -683,6 +683,13 @@ UNIT_CASES: tuple[UnitCase, ...] = (
                ("14685-2", "Cobalamin (Vitamin B12) [Moles/volume] in Serum or Plasma",
                 "pmol/L", "0.7378")),
         dropped=("vitamin-b12",)),
+    UnitCase(
+        # thresholds.md v3: glucose is defined in mg/dL; 2.998 mmol/L = 54.01 mg/dL is not < 54
+        "glucose", "metabolic.hypoglycemia", low="1.500", high="8.000", places=3,
+        edges=("2.997", "2.998", "3.885", "3.886"),
+        forms=(("14749-6", "Glucose [Moles/volume] in Serum or Plasma", "mmol/L", "1"),
+               ("2345-7", LABS["glucose"].display, "mg/dL", "18.016")),
+        dropped=("glucose",)),
     UnitCase(
         "albumin", "electrolyte.hypocalcemia", low="2.0", high="5.5", places=1,
         edges=("4.0",),

@@ -182,6 +182,8 @@ def _pattern_conditions(ruleset: RuleSet, pattern: FactPattern) -> list[JsonDict
         tests.append({"is_latest": pattern.latest})
     if pattern.max_age_days is not None:
         tests.append({"$lte": {"age_days": float(pattern.max_age_days)}})
+    if pattern.outside_reference_range is not None:
+        tests.append({"outside_range": pattern.outside_reference_range})
     if pattern.rule:
         tests.append({"rule_id": pattern.rule})
     return tests
@@ -297,7 +299,17 @@ def fact_matches(pattern: FactPattern, fact: ClinicalFact, ruleset: RuleSet) -> 
         multiple = upper_limit_multiple(fact) if isinstance(fact, LabResult) else None
         if not _holds(multiple, pattern.times_upper_limit):
             return False
+    if pattern.outside_reference_range is not None and (
+            not isinstance(fact, LabResult)
+            or outside_reference_range(fact) != pattern.outside_reference_range):
+        return False
     return pattern.rule is None
+
+
+def outside_reference_range(fact: LabResult) -> bool:
+    """Strictly below the result's own referenceRange.low or above its high (canonical)."""
+    return ((fact.reference_low is not None and fact.value < fact.reference_low)
+            or (fact.reference_high is not None and fact.value > fact.reference_high))
 
 
 def derived_values(
@@ -329,7 +341,8 @@ def encode_fact(fact: ClinicalFact, key: str, ruleset: RuleSet) -> JsonDict:
         return message
     message["concept"] = fact.concept
     if isinstance(fact, LabResult):
-        message.update(value=fact.value, is_latest=fact.is_latest, age_days=fact.age_days)
+        message.update(value=fact.value, is_latest=fact.is_latest, age_days=fact.age_days,
+                       outside_range=outside_reference_range(fact))
         multiple = upper_limit_multiple(fact)
         if multiple is not None:
             message["uln_times"] = multiple

@@ -87,6 +87,11 @@ class AnalyteSpec(_Strict):
     canonical: str
     concepts: list[str] = Field(min_length=1)
     to_canonical: dict[str, ConversionSpec | Number]
+    assumed: dict[str, Number] = Field(
+        default_factory=dict, description="Units read as another under these codes, with a "
+        "notice `unit-assumed` (eGFR in mL/min: v3 clinical basis 'eGFR units').")
+    without_unit: Number | None = Field(
+        default=None, description="Factor for a value sent with no unit (a score).")
 
     @field_validator("to_canonical")
     @classmethod
@@ -99,9 +104,15 @@ class AnalyteSpec(_Strict):
         return value
 
 
+AgeUnit = Literal["years", "months", "weeks", "days", "hours", "minutes"]
+
+
 class UnitsFile(_Strict):
     analytes: dict[str, AnalyteSpec]
     aliases: dict[str, str] = Field(default_factory=dict)
+    age_units: dict[str, AgeUnit] = Field(
+        default_factory=dict, description="FHIR Age units (UCUM code or spelling, lower case) "
+        "and the calendar unit each means (Condition.onsetAge, onsetRange).")
 
 
 # --- text-matches.yaml -------------------------------------------------------------------------
@@ -223,6 +234,32 @@ class QuestionCode(_Strict):
     units: list[str] = Field(default_factory=list, description="Units a total may carry; "
                              "\"\" for none.")
     answers: str | None = None
+class SameTimeTiers(_Strict):
+    """Same-time ties of one lab concept decided by the code before the value (v3 clinical basis
+    "Same-time results", eGFR): concepts whose codes rank first, and last."""
+
+    first: list[str] = Field(default_factory=list)
+    last: list[str] = Field(default_factory=list)
+
+
+class KidneyByEgfr(_Strict):
+    """v3 clinical basis `metabolic.kidney-failure`: advanced CKD by two low eGFRs far enough apart,
+    and "a fall" from an earlier eGFR; each derives a lab concept holding the earlier result."""
+
+    concept: str
+    below: Quantity
+    lookback_days: int = Field(ge=0)
+    chronic_days_apart: int = Field(ge=0)
+    fall_ratio: Number
+    earlier_low_yields: str
+    before_fall_yields: str
+
+    _check_ratio = field_validator("fall_ratio")(_exact)
+
+
+class RecentOnlyWindow(_Strict):
+    days: int = Field(ge=0)
+    concepts: list[str] = Field(min_length=1)
 
 
 class NotCounted(_Strict):
@@ -313,6 +350,14 @@ class DerivedFile(_Strict):
     unconfirmed_diagnoses: dict[str, UnconfirmedDiagnosis] = Field(default_factory=dict)
     recorded_conditions: dict[str, str] = Field(default_factory=dict)
     recent_only_conditions: RecentOnly = Field(default_factory=lambda: RecentOnly(days=0))
+    recent_only_windows: list[RecentOnlyWindow] = Field(
+        default_factory=list, description="Recent-only concepts with their own window (days); "
+        "`recent_only_conditions` holds the default window.")
+    same_time_tiers: dict[str, SameTimeTiers] = Field(default_factory=dict)
+    kidney_by_egfr: KidneyByEgfr | None = None
+    established_conditions: dict[str, list[str]] = Field(
+        default_factory=dict, description="A derived concept made by a coded Condition of "
+        "these concepts, verificationStatus confirmed or absent, not doubted by its own text.")
     counted_group_sets: dict[str, GroupSet] = Field(default_factory=dict)
     sign_groups: SignGroups | None = None
     lab_families: dict[str, list[str]] = Field(default_factory=dict)

@@ -91,6 +91,10 @@ class Problem(FactBase):
     quote: str | None = None
     age_days: float | None = None
     """Whole UTC calendar days from its date (onset, else recordedDate) to as_of; None undated."""
+    onset_text: str | None = None
+    """The date used and its source, for cards (v3 clinical basis, "Presentation of
+    findings"): "onset 2026-11-20", "onset at age 12 (1982)", "recorded 2026-11-25 (no onset
+    given)"."""
 
 
 class Finding(FactBase):

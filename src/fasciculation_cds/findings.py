@@ -43,7 +43,7 @@ from .quantity_text import (
     shown_text,
     used_text,
 )
-from .rule_schema import SEVERITY_RANK, Rule
+from .rule_schema import SEVERITY_RANK, EvidenceCollect, Rule
 from .rule_schema import Suggestion as RuleSuggestion
 from .units import UnitTable
 
@@ -110,9 +110,14 @@ def _view(fact: ClinicalFact | RuleFinding, units: UnitTable,
     if isinstance(fact, RuleFinding):
         return {"rule_id": fact.rule_id, "title": fact.title, "severity": fact.severity,
                 "summary": fact.summary}
-    view: dict[str, Any] = {"reference": fact.reference}
+    view: dict[str, Any] = {"reference": fact.reference, "kind": fact.kind}
     if isinstance(fact, LabResult):
         days_old = calendar_days_old(fact.effective, as_of)
+        view.update(upper_limit=(format_significant(fact.upper_limit)
+                                 if fact.upper_limit is not None else ""),
+                    range=range_text(fact.reference_low, fact.reference_high, fact.unit) or "",
+                    number=fact.value, low=fact.reference_low, high=fact.reference_high,
+                    age_days=fact.age_days)
         view.update(label=fact.label, value=format_significant(fact.value), unit=fact.unit,
                     reported=as_sent(fact), measured=measured_text(fact, units),
                     used=used_text(fact, units), shown=shown_text(fact, units),
@@ -129,7 +134,9 @@ def _view(fact: ClinicalFact | RuleFinding, units: UnitTable,
     elif isinstance(fact, (Problem, Finding)):
         when = fact.onset if isinstance(fact, Problem) else fact.effective
         view.update(label=fact.label, concept=fact.concept, date=iso_day(when) if when else "",
-                    groups=list(fact.groups))
+                    groups=list(fact.groups), quote=fact.quote or "")
+        if isinstance(fact, Problem):
+            view.update(when=fact.onset_text or (f"onset {view['date']}" if when else ""))
     elif isinstance(fact, Procedure):
         view.update(label=fact.label, concept=fact.concept, date=iso_day(fact.performed),
                     status=fact.status, groups=list(fact.groups))
@@ -206,7 +213,7 @@ def build_finding(
     also: dict[str, dict[str, Any]] = {}
     for collect in rule.evidence_also:
         for fact in facts:
-            if fact.kind != collect.fact or getattr(fact, "concept", None) not in collect.concepts:
+            if fact.kind != collect.fact or not _collected(collect, fact):
                 continue
             if collect.above_upper_limit is not None and (
                     not isinstance(fact, LabResult)
@@ -259,6 +266,20 @@ def build_finding(
                      for s in offered],
         references=list(citations.values()),
     )
+
+
+def _collected(collect: EvidenceCollect, fact: ClinicalFact) -> bool:
+    """Whether `evidence_also` cites this fact: its concepts or class, newest, look-back."""
+    if collect.concepts and getattr(fact, "concept", None) not in collect.concepts:
+        return False
+    if collect.in_class and collect.in_class not in getattr(fact, "classes", ()):
+        return False
+    if not collect.concepts and not collect.in_class:
+        return False
+    if collect.latest is not None and getattr(fact, "is_latest", None) != collect.latest:
+        return False
+    age = getattr(fact, "age_days", None)
+    return collect.max_age_days is None or (age is not None and age <= collect.max_age_days)
 
 
 def _is_child(facts: Sequence[ClinicalFact], child: ChildWording | None) -> bool:

@@ -88,6 +88,9 @@ class FactPattern(_Strict):
         description="For a lab with an upper limit (CK): the value as a multiple of the lab's "
         "referenceRange.high, else the default limit in derived.yaml (`{gt: 1}`: above it).",
     )
+    outside_reference_range: bool | None = Field(
+        default=None, description="For a lab: the value is (true) or is not (false) strictly "
+        "outside the result's own referenceRange, converted like the value (free T4).")
     rule: str | None = Field(default=None, description="For fact: result — the rule id.")
     same_threshold_as: str | None = Field(
         default=None,
@@ -227,6 +230,9 @@ class EvidenceCollect(_Strict):
     fact: FactKind
     concepts: list[str] = Field(default_factory=list)
     above_upper_limit: bool | None = None
+    in_class: str | None = Field(default=None, description="Medications of this class.")
+    latest: bool | None = Field(default=None, description="Labs: only the newest result.")
+    max_age_days: int | None = Field(default=None, ge=0, description="Look-back in days.")
 
 
 class Rule(_Strict):

@@ -270,6 +270,22 @@ def check_derived(derived: DerivedFile, term: Terminology, units: UnitTable, fil
     for name, members in derived.lab_families.items():
         for member in members:
             concept(member, f"lab_families.{name}", "lab")
+    for index, window in enumerate(derived.recent_only_windows):
+        for cid in window.concepts:
+            concept(cid, f"recent_only_windows.{index}.concepts", "condition")
+    for cid, tiers in derived.same_time_tiers.items():
+        concept(cid, f"same_time_tiers.{cid}", "lab")
+        for member in [*tiers.first, *tiers.last]:
+            concept(member, f"same_time_tiers.{cid}", "lab")
+    kidney = derived.kidney_by_egfr
+    if kidney is not None:
+        for name in ("concept", "earlier_low_yields", "before_fall_yields"):
+            concept(getattr(kidney, name), f"kidney_by_egfr.{name}", "lab")
+        quantity(kidney.concept, kidney.below.value, kidney.below.unit, "kidney_by_egfr.below")
+    for yields, members in derived.established_conditions.items():
+        concept(yields, f"established_conditions.{yields}", "condition")
+        for member in members:
+            concept(member, f"established_conditions.{yields}", "condition")
     for cid, question in derived.question_codes.items():
         where = f"question_codes.{cid}"
         concept(cid, where, "question")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
@@ -42,6 +42,8 @@ class Analyte:
     canonical: str
     concepts: tuple[str, ...]
     conversions: Mapping[str, Conversion]
+    assumed: Mapping[str, Conversion] = field(default_factory=dict)
+    without_unit: Conversion | None = None
 
 
 class UnitTable:
@@ -50,6 +52,9 @@ class UnitTable:
     def __init__(self, data: Mapping[str, Any]) -> None:
         self._aliases: dict[str, str] = {
             str(k).lower(): str(v) for k, v in (data.get("aliases") or {}).items()
+        }
+        self.age_units: dict[str, str] = {
+            str(k).lower(): str(v) for k, v in (data.get("age_units") or {}).items()
         }
         self._by_concept: dict[str, Analyte] = {}
         self.analytes: dict[str, Analyte] = {}
@@ -62,7 +67,11 @@ class UnitTable:
                     )
                 else:
                     conversions[str(unit)] = Conversion(parse_number(factor))
-            analyte = Analyte(name, str(spec["canonical"]), tuple(spec["concepts"]), conversions)
+            assumed = {str(unit): Conversion(parse_number(factor))
+                       for unit, factor in (spec.get("assumed") or {}).items()}
+            bare = spec.get("without_unit")
+            analyte = Analyte(name, str(spec["canonical"]), tuple(spec["concepts"]), conversions,
+                              assumed, Conversion(parse_number(bare)) if bare is not None else None)
             self.analytes[name] = analyte
             for concept in analyte.concepts:
                 self._by_concept[concept] = analyte
@@ -74,14 +83,27 @@ class UnitTable:
     def fold(self, unit: str) -> str:
         """The UCUM spelling of a unit as sent: annotations dropped, case folded via aliases."""
         bare = _ANNOTATION.sub("", unit).strip()
+        if not bare and unit.strip():
+            return "1"  # UCUM: an annotation alone ("{score}") is the unity
         return self._aliases.get(bare.lower(), bare)
 
     def to_canonical(self, concept: str, value: Fraction, unit: str | None) -> Fraction | None:
         """The value in the concept's canonical unit, or None when the unit cannot be converted."""
         analyte = self._by_concept.get(concept)
+        if analyte is None:
+            return None
+        if not unit:
+            return analyte.without_unit.apply(value) if analyte.without_unit else None
+        conversion = analyte.conversions.get(self.fold(unit))
+        return conversion.apply(value) if conversion else None
+
+    def assumed(self, concept: str, value: Fraction, unit: str | None) -> Fraction | None:
+        """The value read in the canonical unit from a unit these codes are assumed to mean
+        (eGFR `mL/min`), or None."""
+        analyte = self._by_concept.get(concept)
         if analyte is None or not unit:
             return None
-        conversion = analyte.conversions.get(self.fold(unit))
+        conversion = analyte.assumed.get(self.fold(unit))
         return conversion.apply(value) if conversion else None
 
     def from_canonical(self, concept: str, value: Fraction, unit: str) -> Fraction | None:

@@ -9,25 +9,28 @@ Constants come from rules/derived.yaml; nothing here holds a threshold of its ow
 
 from __future__ import annotations
 
-import calendar
-from dataclasses import dataclass, field
-from datetime import date, datetime
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
 
 from ..facts import ClinicalFact, LabResult, PatientFact
 from ..facts import PatientContext as PatientContext
-from ..fhir_time import parse_date
+from ..fhir_time import age_in_years, birth_date, utc_day
 from ..ingest import PatientRecord, SourcedResource
 from ..ruleset import RuleSet
 from .ages import with_ages
 from .calcium import with_corrected_calcium
-from .common import COUNTING_OBSERVATION_STATUS, Content, Notice, effective_time, reference_of
+from .common import COUNTING_OBSERVATION_STATUS, Content, Notice, effective_span, reference_of
 from .comparators import resolve_comparators
 from .conditions import Coded, condition_facts, dedupe, observation_facts, recorded_concepts
 from .context import patient_context
 from .derived import body_site_findings, diabetes_from_hba1c
-from .labs import LabReading, lab_facts, read_lab
+from .kidney import established_conditions, kidney_readings
+from .labs import UNIT_ASSUMED, LabReading, lab_facts, read_lab
 from .medications import draft_order_facts, medication_facts
 from .named_together import without_ambiguous_groups
+from .onset import onset_notices
 from .procedures import procedure_facts
 from .questions import question_facts
 from .sign_groups import counted_sign_groups
@@ -66,6 +69,7 @@ class Normalizer:
         medications = []
         procedures = []
         recorded: set[str] = set()
+        birth = birth_date((record.patient.resource if record.patient else {}).get("birthDate"))
         for sourced in sorted(record.resources, key=reference_of):
             resource_type = sourced.resource["resourceType"]
             if resource_type == "Observation":
@@ -74,7 +78,10 @@ class Normalizer:
                 coded += observed.coded
                 notices += observed.notices
             elif resource_type == "Condition":
-                from_condition, recorded_by = condition_facts(content, sourced, as_of)
+                from_condition, recorded_by = condition_facts(content, sourced, as_of, birth)
+                notices += onset_notices(content, sourced.resource,
+                                         _condition_concepts(content, sourced.resource), birth,
+                                         reference_of(sourced))
                 coded += from_condition
                 recorded |= recorded_by
             elif resource_type == "Procedure":
@@ -85,19 +92,24 @@ class Normalizer:
                 medications += medication_facts(content, sourced, as_of)
         readings, calcium_notices = with_corrected_calcium(content, readings)
         readings, comparator_notices = resolve_comparators(content, readings)
+        readings += kidney_readings(content, readings, as_of)
         notices += calcium_notices + comparator_notices
-        labs: list[LabResult] = lab_facts(content, readings, as_of)
+        made = lab_facts(content, readings, as_of)
+        labs: list[LabResult] = made.facts
+        notices = _one_unit_assumed(notices + made.notices)
         coded += diabetes_from_hba1c(content, labs)
         coded += body_site_findings(content, coded)
         patient = _patient(record, as_of)
         coded = without_ambiguous_groups(content, dedupe(coded))
+        coded += established_conditions(content, coded)
         coded, from_signs = counted_sign_groups(content, coded)
         coded = with_ages(coded, as_of)
         recorded |= recorded_concepts(content, coded) | from_signs
         facts: list[ClinicalFact] = [patient, *labs, *medications, *coded, *procedures,
                                      *draft_order_facts(content, record.draft_orders)]
         context = patient_context(content, record.reference, facts, assume_presentation,
-                                  recorded, partial=bool(record.unreadable), as_of=as_of)
+                                  recorded, partial=bool(record.unreadable), as_of=as_of,
+                                  conflicting=made.conflicting)
         return NormalizedPatient(patient, facts, context, notices)
 
     def _observation(self, sourced: SourcedResource, as_of: datetime,
@@ -109,22 +121,29 @@ class Normalizer:
         if resource.get("status") not in COUNTING_OBSERVATION_STATUS:
             return out
         reference = reference_of(sourced)
-        effective = effective_time(resource)
+        span, from_issued = effective_span(resource)
         matches = content.term.match_codeable(resource.get("code"))
-        if effective is None:
+        if span is None:
             if matches:
                 out.notices.append(Notice("no-effective-time", reference,
-                                          f"{reference} has no effective time and was not used"))
+                                          f"{reference} has no effective time nor issued time "
+                                          "and was not used"))
             return out
-        if effective > as_of:
+        if span.start > as_of:
             return out  # not yet known at as_of
+        if from_issued and matches:
+            out.notices.append(Notice(
+                "time-from-issued", reference,
+                f"{reference} has no effective time; dated by its issued time "
+                f"{span.order.isoformat()}"))
+        effective = span.order if span.order <= as_of else as_of
         for match in matches:
             if content.term.concepts[match.concept].kind == "lab":
                 reading, notices = read_lab(content, resource, match.concept, reference,
                                             effective)
                 out.notices += notices
                 if reading is not None:
-                    out.labs.append(reading)
+                    out.labs.append(replace(reading, last=span.until(as_of)))
         out.coded, notices = observation_facts(content, resource, matches, reference, effective,
                                                as_of)
         out.coded += question_facts(content, resource, matches, reference, effective, as_of, sex)
@@ -139,24 +158,25 @@ def _sex(record: PatientRecord) -> str | None:
 
 def _patient(record: PatientRecord, as_of: datetime) -> PatientFact:
     resource = record.patient.resource if record.patient else {}
-    birth = _last_day(resource.get("birthDate"))
-    age = None
-    if birth is not None:
-        day = as_of.date()
-        age = day.year - birth.year - ((day.month, day.day) < (birth.month, birth.day))
+    birth = birth_date(resource.get("birthDate"))  # a partial date: its last day (v3 "Age")
+    age = age_in_years(birth, utc_day(as_of)) if birth is not None else None
     gender = resource.get("gender")
     return PatientFact(reference=record.reference, age=age,
                        sex=gender if isinstance(gender, str) else None)
 
 
-def _last_day(value: object) -> date | None:
-    """A birthDate as its last possible day: a partial date ("2010", "2010-05") must never make
-    a child an adult (docs/clinical-basis.md (v3) Definitions "Age")."""
-    first = parse_date(value)
-    if first is None or not isinstance(value, str):
-        return first
-    if len(value) == 4:
-        return date(first.year, 12, 31)
-    if len(value) == 7:
-        return date(first.year, first.month, calendar.monthrange(first.year, first.month)[1])
-    return first
+def _condition_concepts(content: Content, resource: Mapping[str, Any]) -> list[str]:
+    return [m.concept for m in content.term.match_codeable(resource.get("code"))]
+
+
+def _one_unit_assumed(notices: list[Notice]) -> list[Notice]:
+    """One `unit-assumed` notice per patient (v3 clinical basis "eGFR units"), the first kept."""
+    seen = False
+    out = []
+    for notice in notices:
+        if notice.code == UNIT_ASSUMED:
+            if seen:
+                continue
+            seen = True
+        out.append(notice)
+    return out

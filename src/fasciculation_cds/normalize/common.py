@@ -9,7 +9,7 @@ from datetime import datetime
 from fractions import Fraction
 from typing import Any
 
-from ..fhir_time import parse_datetime
+from ..fhir_time import Span, calendar_days, parse_datetime, parse_span, period_span
 from ..ingest import SourcedResource
 from ..ruleset import RuleSet
 from ..terminology import Terminology, codings_of
@@ -50,18 +50,27 @@ def number(value: Any) -> Fraction | None:
         return None
 
 
-def effective_time(resource: Mapping[str, Any]) -> datetime | None:
+def effective_span(resource: Mapping[str, Any]) -> tuple[Span | None, bool]:
+    """When an Observation happened, and whether that came from `issued` (v3 clinical basis "Time":
+    without effective[x] an Observation is dated by its `issued`)."""
     for key in ("effectiveDateTime", "effectiveInstant"):
         if key in resource:
-            return parse_datetime(resource[key])
-    period = resource.get("effectivePeriod")
-    if isinstance(period, Mapping):
-        return parse_datetime(period.get("end")) or parse_datetime(period.get("start"))
-    return parse_datetime(resource.get("issued"))
+            return parse_span(resource[key]), False
+    if "effectivePeriod" in resource:
+        return period_span(resource["effectivePeriod"]), False
+    issued = parse_datetime(resource.get("issued"))
+    return (Span(issued, issued, issued) if issued else None), True
+
+
+def effective_time(resource: Mapping[str, Any]) -> datetime | None:
+    """The instant an Observation is ordered by ("latest"), `issued` as the fallback."""
+    span, _ = effective_span(resource)
+    return span.order if span else None
 
 
 def days_between(earlier: datetime, later: datetime) -> float:
-    return (later - earlier).total_seconds() / SECONDS_PER_DAY
+    """Whole UTC calendar days (v3 clinical basis "Time"); look-backs compare it with `<=`."""
+    return float(calendar_days(earlier, later))
 
 
 @dataclass(frozen=True)

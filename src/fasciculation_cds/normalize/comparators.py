@@ -62,13 +62,21 @@ def _decide(content: Content, lab: LabReading) -> tuple[Fraction, bool] | None:
         return test.over(where)
 
     maybe_worse = False
+    proven: set[str] = set()
+    undecided = []
     for ladder in content.ruleset.lab_thresholds(lab.concept):
         found = over(ladder.test)
         if found is None:
-            return None
-        if found and any(over(step) is None for _, step in ladder.steps):
-            maybe_worse = True
-    return _at_bound(lab.comparator, lab.value), maybe_worse
+            undecided.append(ladder.source)
+        elif found:
+            proven.add(ladder.source)
+            if any(over(step) is None for _, step in ladder.steps):
+                maybe_worse = True
+    # An undecided test of a rule the bound already proves only leaves its severity open (a
+    # statin's CK "> 1000 U/L": above the limit, perhaps above 10 x); any other counts as missing.
+    if any(source not in proven for source in undecided):
+        return None
+    return _at_bound(lab.comparator, lab.value), maybe_worse or bool(undecided)
 
 
 def _at_bound(comparator: str | None, bound: Fraction) -> Fraction:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from ..facts import Finding, Problem
@@ -11,6 +11,7 @@ from ..fhir_time import parse_datetime
 from ..ingest import SourcedResource
 from ..terminology import MATCHED_BY_CODE, ConceptMatch, codings_of
 from .common import Content, Notice, days_between, reference_of, status_code
+from .onset import condition_onset, recent_enough, recent_window
 
 ACTIVE_CONDITION_STATUS = frozenset({"active", "recurrence", "relapse"})
 EXCLUDED_VERIFICATION = frozenset({"refuted", "entered-in-error"})
@@ -29,7 +30,7 @@ def condition_time(resource: Mapping[str, Any]) -> datetime | None:
 
 
 def condition_facts(
-    content: Content, sourced: SourcedResource, as_of: datetime
+    content: Content, sourced: SourcedResource, as_of: datetime, birth: date | None = None
 ) -> tuple[list[Coded], set[str]]:
     """The problems and findings an active, not refuted Condition codes; and the derived
     concepts recorded by any not refuted Condition, whatever its statuses (derived.yaml
@@ -39,40 +40,35 @@ def condition_facts(
     verification = status_code(resource.get("verificationStatus"))
     if verification in EXCLUDED_VERIFICATION:
         return [], set()
-    onset = condition_time(resource)
-    if onset is not None and onset > as_of:
+    began = condition_onset(content.units, resource, birth)
+    if began is not None and began.span.start > as_of:
         return [], set()
+    onset = began.span.start if began is not None else None
     matches = [m for m in content.term.match_codeable(resource.get("code"))
                if content.term.concepts[m.concept].kind in CODED_KINDS]
     recorded = {derived.recorded_conditions[m.concept] for m in matches
                 if m.concept in derived.recorded_conditions}
     clinical = status_code(resource.get("clinicalStatus"))
-    if clinical is None:
-        # R4 requires clinicalStatus on a live problem; without it, an abatement means resolved
-        if any(key.startswith("abatement") for key in resource):
-            return [], recorded
-    elif clinical not in ACTIVE_CONDITION_STATUS:
-        return [], recorded
+    # R4 requires clinicalStatus on a live problem; without it, an abatement means resolved.
+    # Recent-only conditions count whatever their clinicalStatus (v3 clinical basis).
+    inactive = (clinical not in ACTIVE_CONDITION_STATUS if clinical is not None
+                else any(key.startswith("abatement") for key in resource))
     reference = reference_of(sourced)
     facts = []
     for match in matches:
-        if not _recent_enough(content, match.concept, onset, as_of):
+        if inactive and recent_window(content, match.concept) is None:
+            continue
+        if not recent_enough(content, match.concept, began, as_of):
             continue
         unconfirmed = derived.unconfirmed_diagnoses.get(match.concept)
         if unconfirmed is not None and verification in unconfirmed.verification:
             match = ConceptMatch(unconfirmed.yields, match.matched_by, match.code, match.system)
-        facts.append(coded_fact(content, match, reference, onset, resource, clinical=clinical,
-                                verification=verification))
+        fact = coded_fact(content, match, reference, onset, resource, clinical=clinical,
+                          verification=verification)
+        if isinstance(fact, Problem) and began is not None:
+            fact = fact.model_copy(update={"onset_text": began.text})
+        facts.append(fact)
     return facts, recorded
-
-
-def _recent_enough(content: Content, concept: str, when: datetime | None,
-                   as_of: datetime) -> bool:
-    """Recent-only conditions (withdrawal, hypoglycaemia) count only inside their window."""
-    recent_only = content.ruleset.derived.recent_only_conditions
-    if concept not in recent_only.concepts:
-        return True
-    return when is not None and days_between(when, as_of) <= recent_only.days
 
 
 def observation_facts(
@@ -99,7 +95,7 @@ def observation_facts(
                               "present nor absent: it forms no sign group and blocks the benign "
                               "card"))
     facts = [coded_fact(content, match, reference, effective, resource) for match in coded
-             if _recent_enough(content, match.concept, effective, as_of)]
+             if recent_enough(content, match.concept, effective, as_of)]
     if meaning == UNCLEAR:  # v3 sign values: a presentation presents, as uncertain
         presentation = content.term.groups[content.ruleset.derived.presentation_group]
         facts = [f.model_copy(update={"certainty": "uncertain" if f.concept in presentation

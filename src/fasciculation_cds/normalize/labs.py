@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from fractions import Fraction
@@ -12,6 +12,8 @@ from ..facts import LabResult
 from .common import Content, Notice, days_between, number, status_code
 
 Provenance = Literal["measured", "corrected", "lab-corrected"]
+UNIT_ASSUMED = "unit-assumed"
+CONFLICTING = "conflicting-results"
 # Concepts the calcium correction reads and makes (units.yaml analytes, derived.yaml).
 TOTAL_CALCIUM, CORRECTED_CALCIUM, ALBUMIN = "calcium-total", "calcium-corrected", "albumin"
 
@@ -35,6 +37,13 @@ class LabReading:
     provenance: Provenance = "measured"
     measured_value: Fraction | None = None
     albumin_reported: str | None = None
+    last: datetime | None = None
+    """The span's last instant not after as_of (a Period, a partial date): look-backs hold a
+    result they overlap (v3 clinical basis "Time"); None: a point at `effective`."""
+
+    @property
+    def until(self) -> datetime:
+        return self.last or self.effective
 
     @property
     def reported(self) -> str:
@@ -66,6 +75,14 @@ def read_lab(
     if canonical is None and quantity.get("unit") and quantity.get("unit") != unit:
         unit = str(quantity["unit"])  # a UCUM code we cannot read; try the printed unit
         canonical = units.to_canonical(concept, value, unit)
+    notices: list[Notice] = []
+    if canonical is None:
+        canonical = units.assumed(concept, value, unit)
+        if canonical is not None:
+            notices.append(Notice(
+                UNIT_ASSUMED, reference,
+                f"{label} sent in '{unit}' under an eGFR code was read as "
+                f"{units.canonical_unit(concept)} (every eGFR code is per 1.73 m2)"))
     if canonical is None:
         shown = f"unit '{unit}'" if unit else "no unit"
         return None, [Notice(
@@ -75,25 +92,32 @@ def read_lab(
     low = high = None
     for ref_range in resource.get("referenceRange") or []:
         if isinstance(ref_range, Mapping):
-            low = low or _range_bound(content, concept, ref_range.get("low"))
-            high = high or _range_bound(content, concept, ref_range.get("high"))
+            low = low if low is not None else _range_bound(
+                content, concept, ref_range.get("low"), unit)
+            high = high if high is not None else _range_bound(
+                content, concept, ref_range.get("high"), unit)
     comparator = quantity.get("comparator")
     return LabReading(
         concept=concept, value=canonical, original_value=str(raw_value), original_unit=unit,
         comparator=comparator if isinstance(comparator, str) else None, effective=effective,
         reference=reference, low=low, high=high, interpretation=_interpretation(resource),
         provenance="lab-corrected" if concept == CORRECTED_CALCIUM else "measured",
-    ), []
+    ), notices
 
 
-def _range_bound(content: Content, concept: str, quantity: Any) -> Fraction | None:
+def _range_bound(content: Content, concept: str, quantity: Any,
+                 value_unit: str | None) -> Fraction | None:
+    """A referenceRange bound in the canonical unit, converted like the value: in its own
+    unit, else in the unit of the value it belongs to (v3 references, free T4)."""
     if not isinstance(quantity, Mapping):
         return None
     value = number(quantity.get("value"))
-    unit = quantity.get("code") or quantity.get("unit") or content.units.canonical_unit(concept)
+    unit = quantity.get("code") or quantity.get("unit") or value_unit
     if value is None or not isinstance(unit, str):
         return None
-    return content.units.to_canonical(concept, value, unit)
+    units = content.units
+    converted = units.to_canonical(concept, value, unit)
+    return converted if converted is not None else units.assumed(concept, value, unit)
 
 
 def _interpretation(resource: Mapping[str, Any]) -> str | None:
@@ -104,22 +128,45 @@ def _interpretation(resource: Mapping[str, Any]) -> str | None:
     return None
 
 
-def lab_facts(content: Content, readings: list[LabReading], as_of: datetime) -> list[LabResult]:
-    """LabResult facts, newest first per concept; `is_latest` marks the one that decides."""
+@dataclass(frozen=True)
+class LabFacts:
+    """LabResult facts, with the notices and conflicts their same-time ties gave."""
+
+    facts: list[LabResult]
+    notices: list[Notice]
+    conflicting: tuple[str, ...]
+
+
+def lab_facts(content: Content, readings: list[LabReading], as_of: datetime) -> LabFacts:
+    """LabResult facts, newest first per concept; `is_latest` marks the one that decides
+    (v3 clinical basis "Same-time results": at the newest time the more abnormal one; results on
+    opposite sides of the range both decide, with notice `conflicting-results`; a concept with
+    tiers (eGFR) is decided by the code first, then the lower value, and never conflicts)."""
     by_concept: dict[str, list[LabReading]] = {}
     for reading in readings:
         by_concept.setdefault(reading.concept, []).append(reading)
-    facts = []
+    tiers = content.ruleset.derived.same_time_tiers
+    facts: list[LabResult] = []
+    notices: list[Notice] = []
+    conflicting: list[str] = []
     for concept in sorted(by_concept):
-        # newest first; same instant: the more abnormal first (docs/clinical-basis.md, "Lab
-        # results"), then by reference
+        tier = same_time_rank(content, concept, readings)
         ordered = sorted(by_concept[concept],
-                         key=lambda lab: (-lab.effective.timestamp(), *_abnormal_first(
-                             content, lab), lab.reference))
+                         key=lambda lab: (-lab.effective.timestamp(), tier(lab),
+                                          *_abnormal_first(content, lab), lab.reference))
+        deciding = [ordered[0]]
+        if concept not in tiers:
+            newest = [lab for lab in ordered if lab.effective == ordered[0].effective]
+            opposite = _opposite_sides(content, newest)
+            if opposite:
+                deciding = opposite
+                conflicting.append(concept)
+                notices.append(_conflict_notice(content, concept, opposite))
+        latest = {(lab.reference, lab.value) for lab in deciding}
         seen: set[tuple[str, str]] = set()
         label = content.term.concepts[concept].label
         unit = content.units.canonical_unit(concept) or ""
-        for index, lab in enumerate(ordered):
+        for lab in ordered:
             if (lab.reference, str(lab.value)) in seen:
                 continue
             seen.add((lab.reference, str(lab.value)))
@@ -128,8 +175,8 @@ def lab_facts(content: Content, readings: list[LabReading], as_of: datetime) -> 
                 reference=lab.reference, concept=concept, label=label,
                 value=float(lab.value), unit=unit, original_value=lab.original_value,
                 original_unit=lab.original_unit, comparator=lab.comparator,
-                effective=lab.effective, age_days=days_between(lab.effective, as_of),
-                is_latest=index == 0,
+                effective=lab.effective, age_days=days_between(lab.until, as_of),
+                is_latest=(lab.reference, lab.value) in latest,
                 reference_low=float(lab.low) if lab.low is not None else None,
                 reference_high=float(lab.high) if lab.high is not None else None,
                 interpretation=lab.interpretation,
@@ -139,7 +186,42 @@ def lab_facts(content: Content, readings: list[LabReading], as_of: datetime) -> 
                 measured_value=(float(lab.measured_value) if lab.measured_value is not None
                                 else None),
                 albumin_reported=lab.albumin_reported))
-    return facts
+    return LabFacts(facts, notices, tuple(conflicting))
+
+
+def same_time_rank(content: Content, concept: str,
+                   readings: list[LabReading]) -> Callable[[LabReading], int]:
+    """Same-time rank by code (derived.yaml `same_time_tiers`): results whose code is also in
+    a `first` concept, then the others, then those also in a `last` concept."""
+    spec = content.ruleset.derived.same_time_tiers.get(concept)
+    if spec is None:
+        return lambda lab: 0
+    first = {lab.reference for lab in readings if lab.concept in spec.first}
+    last = {lab.reference for lab in readings if lab.concept in spec.last}
+    return lambda lab: 0 if lab.reference in first else 2 if lab.reference in last else 1
+
+
+def _opposite_sides(content: Content, same_time: list[LabReading]) -> list[LabReading]:
+    """The most abnormal low and the most abnormal high of same-time results (already ordered
+    most abnormal first), when both exist; else nothing."""
+    low = high = None
+    for lab in same_time:
+        rank, upward = _severity_direction(content, lab)
+        if rank == 0:
+            continue
+        if upward and high is None:
+            high = lab
+        elif not upward and low is None:
+            low = lab
+    return [low, high] if low is not None and high is not None else []
+
+
+def _conflict_notice(content: Content, concept: str, labs: list[LabReading]) -> Notice:
+    label = content.term.concepts[concept].label
+    shown = " and ".join(f"{lab.reported} ({lab.reference})" for lab in labs)
+    return Notice(CONFLICTING, labs[0].reference,
+                  f"{label}: results of the same time on opposite sides of the range, {shown}; "
+                  "both are reported")
 
 
 def upper_limit(content: Content, lab: LabReading) -> Fraction | None:
@@ -150,9 +232,9 @@ def upper_limit(content: Content, lab: LabReading) -> Fraction | None:
     return lab.high if lab.high is not None and lab.high > 0 else constants.ck_default
 
 
-def _abnormal_first(content: Content, lab: LabReading) -> tuple[int, Fraction]:
-    """Sort key among same-time results: the highest severity any rule gives first; at equal
-    severity the more extreme value in that rule's direction (the lowest when none fires)."""
+def _severity_direction(content: Content, lab: LabReading) -> tuple[int, bool]:
+    """The highest severity rank any rule gives the value, and whether that rule is an
+    "above" test."""
     limit = upper_limit(content, lab)
     ratio = lab.value / limit if limit else None
     rank, upward = 0, False
@@ -160,4 +242,11 @@ def _abnormal_first(content: Content, lab: LabReading) -> tuple[int, Fraction]:
         at = ladder.rank_at(lab.value, ratio)
         if at > rank:
             rank, upward = at, ladder.test.upward or any(s.upward for _, s in ladder.steps)
+    return rank, upward
+
+
+def _abnormal_first(content: Content, lab: LabReading) -> tuple[int, Fraction]:
+    """Sort key among same-time results: the highest severity any rule gives first; at equal
+    severity the more extreme value in that rule's direction (the lowest when none fires)."""
+    rank, upward = _severity_direction(content, lab)
     return -rank, -lab.value if upward else lab.value

@@ -7,19 +7,19 @@ from datetime import datetime
 from typing import Any
 
 from ..facts import Procedure
-from ..fhir_time import parse_datetime
+from ..fhir_time import Span, parse_span, period_span
 from ..ingest import SourcedResource
 from .common import Content, Notice, days_between, reference_of
 
 PERFORMED_STATUS = frozenset({"completed", "in-progress"})
 
 
-def performed_time(resource: Mapping[str, Any]) -> datetime | None:
-    """performedDateTime, else the end (or, while in progress, the start) of performedPeriod."""
-    period = resource.get("performedPeriod")
-    if isinstance(period, Mapping):
-        return parse_datetime(period.get("end")) or parse_datetime(period.get("start"))
-    return parse_datetime(resource.get("performedDateTime"))
+def performed_span(resource: Mapping[str, Any]) -> Span | None:
+    """performedDateTime, else performedPeriod, as a span (v3 clinical basis, "Time": a Period
+    is a span, ordered by its end, else start; no end runs to as_of)."""
+    if "performedPeriod" in resource:
+        return period_span(resource["performedPeriod"])
+    return parse_span(resource.get("performedDateTime"))
 
 
 def procedure_facts(
@@ -36,17 +36,18 @@ def procedure_facts(
     if not matches:
         return [], []
     reference = reference_of(sourced)
-    performed = performed_time(resource)
-    if performed is None:
+    span = performed_span(resource)
+    if span is None:
         return [], [Notice("no-effective-time", reference,
                            f"{reference} has no performed time and was not used")]
-    if performed > as_of:
+    if span.start > as_of:
         return [], []
+    performed = min(span.order, as_of)
     facts = []
     for match in matches:
         concept = term.concepts[match.concept]
         facts.append(Procedure(reference=reference, concept=concept.id, label=concept.label,
                                groups=concept.groups, status=str(status), performed=performed,
-                               age_days=days_between(performed, as_of),
+                               age_days=days_between(span.until(as_of), as_of),
                                matched_by=match.matched_by))
     return facts, []
