@@ -35,7 +35,7 @@ READ_ELEMENTS: Mapping[str, tuple[str, ...]] = {
     "MedicationRequest": ("status", "intent", "medication[x]", "authoredOn", "dispenseRequest"),
     "MedicationStatement": ("status", "medication[x]", "effective[x]", "dateAsserted"),
     "Medication": ("code",),
-    "FamilyMemberHistory": ("status", "condition"),
+    "FamilyMemberHistory": ("status", "relationship", "condition"),  # relationship: required
 }
 
 

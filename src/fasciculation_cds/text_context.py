@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from enum import Flag, auto
 from typing import Literal
 
 from .content_schema import TextMatches
@@ -25,7 +24,6 @@ Experiencer = Literal["patient", "relative", "concern"]
 # and clause ends need; a dash counts only with spaces around it ("Clonus - negative").
 _TOKEN = re.compile(r"\d+(?:\.\d+)+|[^\W_]+|[:,;.()?/+\n\r]|(?<=\s)[-\u2013](?=\s)")
 _HARD_BREAKS = frozenset({".", ";", "\n", "\r"})
-_WORDLIKE = re.compile(r"[^\W_]")
 
 
 def tokens_of(text: str) -> list[str]:
@@ -33,20 +31,21 @@ def tokens_of(text: str) -> list[str]:
     return [t.lower() for t in _TOKEN.findall(text)]
 
 
-class Role(Flag):
-    """What a cue phrase does (a phrase may do several: "ruled out" is a pre- and a post-cue)."""
+class Role:
+    """What a cue phrase does, as bits (a phrase may do several: "ruled out" is a pre- and a
+    post-cue). Plain ints: enum.Flag arithmetic costs more than the rest of the reading."""
 
-    NEG_PRE = auto()
-    NEG_POST = auto()
-    NEG_PRE_FALLBACK = auto()  # ": no" with no term before it: the "no" negates what follows
-    HEDGE_PRE = auto()
-    HEDGE_POST = auto()
-    PSEUDO = auto()
-    CONTRAST = auto()
-    ASSERT = auto()
-    RELATIVE = auto()
-    CONCERN = auto()
-    CONCERN_IF_SUBJECT = auto()
+    NEG_PRE = 1
+    NEG_POST = 2
+    NEG_PRE_FALLBACK = 4  # ": no" with no term before it: the "no" negates what follows
+    HEDGE_PRE = 8
+    HEDGE_POST = 16
+    PSEUDO = 32
+    CONTRAST = 64
+    ASSERT = 128
+    RELATIVE = 256
+    CONCERN = 512
+    CONCERN_IF_SUBJECT = 1024
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,7 @@ class Reading:
     """The text was longer than the cap; the rest was not read."""
     work: int
     """Units of work done (phrase comparisons and steps): the linearity tests count these."""
-    cues: Role
+    cues: int
     """Every role of the cues the text holds (for a coded record's own text)."""
 
     @property
@@ -132,7 +131,7 @@ class TextReader:
     bare: dict[str, str]
     """phrase value key -> concept, for the bare weakness/wasting words (an unclear sign)."""
     cues: _PhraseIndex
-    roles: dict[str, Role]
+    roles: dict[str, int]
     body_words: frozenset[str]
     bridge: frozenset[str]
     joiners: frozenset[str]
@@ -160,14 +159,14 @@ class TextReader:
                 terms.add(phrase, key)
                 bare[key] = cid
         cues = _PhraseIndex(capitals)
-        roles: dict[str, Role] = {}
+        roles: dict[str, int] = {}
         negation, context = matches.negation, matches.text_context
 
-        def add(phrases: Iterable[str], role: Role) -> None:
+        def add(phrases: Iterable[str], role: int) -> None:
             for phrase in phrases:
                 key = " ".join(tokens_of(phrase))
                 cues.add(phrase, key)
-                roles[key] = roles.get(key, Role(0)) | role
+                roles[key] = roles.get(key, 0) | role
 
         window, bridge, list_joiners = 6, frozenset[str](), frozenset[str]()
         if negation is not None:
@@ -183,7 +182,7 @@ class TextReader:
                 if words[:1] == [":"] and " ".join(words[1:]) in before:
                     roles[" ".join(words)] |= Role.NEG_PRE_FALLBACK
             window = negation.window_words
-            bridge = frozenset(t for w in negation.post_cue_bridge for t in tokens_of(w))
+            bridge = frozenset(w.strip().lower() for w in negation.post_cue_bridge)
             list_joiners = frozenset(w.lower() for w in negation.list_joiners)
         joiners: frozenset[str] = frozenset()
         subjects: frozenset[str] = frozenset()
@@ -193,7 +192,7 @@ class TextReader:
             add(context.relatives, Role.RELATIVE)
             add(context.concern_cues, Role.CONCERN)
             add(context.concern_cues_with_subject, Role.CONCERN_IF_SUBJECT)
-            joiners = frozenset(t for w in context.relative_joiners for t in tokens_of(w))
+            joiners = frozenset(w.strip().lower() for w in context.relative_joiners)
             subjects = frozenset(w.lower() for w in context.concern_subjects)
         reader = cls(
             terms=terms, bare=bare, cues=cues, roles=roles,
@@ -233,7 +232,7 @@ class TextReader:
         found = self._terms(low, raw, counter)
         cue_at = self._cues(low, raw, found, counter)
         mentions = self._walk(low, found, cue_at, counter)
-        seen = Role(0)
+        seen = 0
         for _, role in cue_at.values():
             seen |= role
         return Reading(tuple(mentions), capped, counter[0], seen)
@@ -261,13 +260,13 @@ class TextReader:
         return found
 
     def _cues(self, low: list[str], raw: list[str], terms: list[_Term],
-              counter: list[int]) -> dict[int, tuple[int, Role]]:
+              counter: list[int]) -> dict[int, tuple[int, int]]:
         """Cues, longest first, left to right without overlap; a cue yields to a longer term
         starting at the same word ("positive babinski")."""
         longest_term: dict[int, int] = {}
         for term in terms:
             longest_term[term.start] = max(longest_term.get(term.start, 0), term.end)
-        cue_at: dict[int, tuple[int, Role]] = {}
+        cue_at: dict[int, tuple[int, int]] = {}
         start = 0
         while start < len(low):
             hit = next(self.cues.at(low, raw, start, counter), None)
@@ -278,32 +277,36 @@ class TextReader:
                 start += 1
         return cue_at
 
-    def _walk(self, low: list[str], terms: list[_Term], cue_at: dict[int, tuple[int, Role]],
+    def _walk(self, low: list[str], terms: list[_Term], cue_at: dict[int, tuple[int, int]],
               counter: list[int]) -> list[Mention]:
         n = len(low)
         word_index = [0] * (n + 1)
+        words = 0
         for i, token in enumerate(low):
-            word_index[i + 1] = word_index[i] + (1 if _WORDLIKE.match(token) else 0)
-        # bridge_from[i]: the first token of the run of bridge words ending just before i
-        bridge_from = list(range(n + 1))
-        for i in range(1, n + 1):
-            if low[i - 1] in self.bridge:
-                bridge_from[i] = bridge_from[i - 1]
+            words += token[0].isalnum()
+            word_index[i + 1] = words
         by_end: dict[int, list[_Term]] = {}
         by_start: dict[int, list[_Term]] = {}
         for term in terms:
             by_end.setdefault(term.end, []).append(term)
             by_start.setdefault(term.start, []).append(term)
         comma_breaks = self._comma_breaks(low, terms, cue_at)
+        # only these positions can change a scope or meet a term; all others are skipped
+        stops = comma_breaks | cue_at.keys() | by_start.keys()
+        plain = self.body_words | self.subjects | _HARD_BREAKS
         body_clauses: set[int] = set()
         clause = 0
         neg_end = hedge_end = concern_end = -1_000_000
         relative = subject = False
-        for i in range(n + 1):
+        bridge_start = 0  # the first token of the run of bridge words ending at this token
+        for i, token in enumerate([*low, "\n"]):
             counter[0] += 1
-            token = low[i] if i < n else "\n"
+            if i and low[i - 1] not in self.bridge:
+                bridge_start = i
+            if i not in stops and token not in plain:
+                continue
             cue = cue_at.get(i)
-            role = cue[1] if cue else Role(0)
+            role = cue[1] if cue else 0
             if token in _HARD_BREAKS or i in comma_breaks or role & Role.CONTRAST:
                 clause += 1
                 neg_end = hedge_end = concern_end = -1_000_000
@@ -314,15 +317,17 @@ class TextReader:
                 body_clauses.add(clause)
             if token in self.subjects:
                 subject = True
-            before = [t for e in range(bridge_from[i], i + 1) for t in by_end.get(e, ())]
-            counter[0] += i - bridge_from[i]
-            if role & (Role.NEG_POST | Role.NEG_PRE_FALLBACK) and before:
-                for term in before:
-                    term.negated = True
-                role &= ~(Role.NEG_PRE | Role.NEG_PRE_FALLBACK)
-            if role & Role.HEDGE_POST:
-                for term in before:
-                    term.hedged = True
+            if role & (Role.NEG_POST | Role.HEDGE_POST):
+                # the terms directly before (only bridge words between): runs do not overlap
+                before = [t for e in range(bridge_start, i + 1) for t in by_end.get(e, ())]
+                counter[0] += i - bridge_start
+                if role & Role.NEG_POST and before:
+                    for term in before:
+                        term.negated = True
+                    role &= ~(Role.NEG_PRE | Role.NEG_PRE_FALLBACK)
+                if role & Role.HEDGE_POST:
+                    for term in before:
+                        term.hedged = True
             if role & Role.RELATIVE and i > 0 and low[i - 1] in self.joiners:
                 for term in by_end.get(i - 1, ()):
                     term.relative = True
@@ -349,7 +354,7 @@ class TextReader:
         return [self._mention(t, low, body_clauses) for t in terms]
 
     def _comma_breaks(self, low: list[str], terms: list[_Term],
-                      cue_at: dict[int, tuple[int, Role]]) -> set[int]:
+                      cue_at: dict[int, tuple[int, int]]) -> set[int]:
         """Commas that end a clause: all but those followed, up to the next comma, clause end or
         contrast word, only by terms (joined by "or", "and", "nor")."""
         in_term = [False] * len(low)
