@@ -8,9 +8,10 @@ of tests/data/text-context-cases.yaml and on the record texts of ../shared/data.
 
 medspaCy is scored twice: with its bundled ConText rules, and with the cue lists of
 rules/text-matches.yaml turned into ConText rules. Its entity attributes (negated, uncertain,
-family, hypothetical) become facts by the same RULES.md v3 mapping the package uses (a relative's
-ALS is a family history, a worry its own concept, any other ALS from text a suspected MND, a bare
-weakness/wasting word without a body part in its sentence unclear). Both print one JSON line.
+family, hypothetical) become facts by the mapping the package uses (docs/clinical-basis.md: a
+relative's ALS is a family history, a worry its own concept, any other ALS from text a suspected
+MND, a bare weakness/wasting word without a body part in its sentence unclear). Both print one
+JSON line.
 """
 
 from __future__ import annotations

@@ -113,7 +113,7 @@ class BodySiteRule(_Strict):
 
 
 class NegationCues(_Strict):
-    """Negation within a clause (RULES.md v3 Definitions, "Negation")."""
+    """Negation within a clause (docs/clinical-basis.md, "Negation and text context")."""
 
     before: list[str] = Field(min_length=1, description="Cues before the term: 'no', 'denies'.")
     after: list[str] = Field(min_length=1, description="Cues after the term: 'absent'.")
@@ -136,7 +136,8 @@ class NegationCues(_Strict):
 
 
 class TextContextCues(_Strict):
-    """Whose concept a text names, and how sure it is (RULES.md v3 "Text context")."""
+    """Whose concept a text names, and how sure it is (docs/clinical-basis.md, "Negation and
+    text context")."""
 
     hedges_before: list[str] = Field(min_length=1)
     hedges_after: list[str] = Field(default_factory=list)

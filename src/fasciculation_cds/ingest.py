@@ -31,7 +31,8 @@ from .terminology import Terminology
 CODED_TYPES: Mapping[str, str] = {"Observation": "code", "Condition": "code",
                                   "Procedure": "code"}
 MEDICATION_USE_TYPES = frozenset({"MedicationRequest", "MedicationStatement"})
-# RULES.md v3 "Text context": a relative's ALS/MND (family-history-mnd) from its conditions' codes
+# A relative's ALS/MND (family-history-mnd) from its conditions' codes (docs/clinical-basis.md,
+# "Negation and text context")
 FAMILY_HISTORY_TYPE = "FamilyMemberHistory"
 # Every resource type `is_relevant` can accept, from the same tables: a Bulk Data file declared
 # to hold another type cannot give any rule anything, so batch need not read it.

@@ -27,8 +27,8 @@ _EVERY_TYPE = ("resourceType", "id", "subject", "patient", "contained")
 
 READ_ELEMENTS: Mapping[str, tuple[str, ...]] = {
     "Patient": ("birthDate", "gender"),
-    "Observation": ("status", "code", "value[x]", "effective[x]", "issued", "interpretation",
-                    "referenceRange", "bodySite"),
+    "Observation": ("status", "code", "value[x]", "dataAbsentReason", "effective[x]", "issued",
+                    "interpretation", "referenceRange", "bodySite"),
     "Condition": ("clinicalStatus", "verificationStatus", "code", "onset[x]", "abatement[x]",
                   "recordedDate", "bodySite"),
     "Procedure": ("status", "code", "performed[x]"),

@@ -42,8 +42,8 @@ class ConceptMatch:
 
 @dataclass(frozen=True)
 class ReadMatch:
-    """A concept a Condition's or Observation's code names, read with its text (RULES.md v3
-    "Text context", "Own text"): whose it is, how sure, and the words it came from."""
+    """A concept a Condition's or Observation's code names, read with its text: whose it is,
+    how sure, and the words it came from (docs/clinical-basis.md, "Negation and text context")."""
 
     match: ConceptMatch
     certainty: Certainty = "asserted"
@@ -217,8 +217,9 @@ class Terminology:
                 if r.experiencer == "patient"]
 
     def read_codeable(self, codeable: Mapping[str, Any] | None) -> CodeableReading:
-        """Concepts by code or prefix, with the context their own `text` gives (RULES.md v3 "Own
-        text"); else the concepts the text and displays name, each read in context."""
+        """Concepts by code or prefix, with the context their own `text` gives; else the
+        concepts the text and displays name, each read in context (docs/clinical-basis.md,
+        "Negation and text context")."""
         if not codeable:
             return CodeableReading(())
         found: dict[str, ConceptMatch] = {}

@@ -1,4 +1,4 @@
-"""Free text read in context (RULES.md v3 "Text-only records", "Text context", "Negation"): which
+"""Free text read in context (docs/clinical-basis.md, "Negation and text context"): which
 concepts a text names, whose they are (the patient's, a relative's, the patient's own worry), and
 how sure the text is (asserted, uncertain, unclear, or negated).
 
@@ -420,7 +420,8 @@ def merge(mentions: Iterable[Mention]) -> dict[tuple[str, Experiencer], Certaint
 
 @dataclass(frozen=True)
 class SignValues:
-    """What the words of a sign Observation's value say (RULES.md v3 "Sign values")."""
+    """What the words of a sign Observation's value say (docs/clinical-basis.md, "Negation
+    and text context", sign values)."""
 
     words: _PhraseIndex
 

@@ -34,8 +34,9 @@ def condition_facts(
     content: Content, sourced: SourcedResource, as_of: datetime
 ) -> tuple[list[Coded], set[str], list[Notice]]:
     """The problems and findings an active, not refuted Condition codes, read with its text
-    (RULES.md v3 "Text context"); the derived concepts recorded by any not refuted Condition,
-    whatever its statuses (derived.yaml `recorded_conditions`); and notices about its text."""
+    (docs/clinical-basis.md, "Negation and text context"); the derived concepts recorded by any
+    not refuted Condition, whatever its statuses (derived.yaml `recorded_conditions`); and
+    notices about its text."""
     resource = sourced.resource
     derived = content.ruleset.derived
     verification = status_code(resource.get("verificationStatus"))
@@ -105,7 +106,7 @@ def context_fact(content: Content, read: ReadMatch, reference: str, when: dateti
 
 
 def certainty_notices(facts: list[Coded]) -> list[Notice]:
-    """RULES.md v3: an uncertain text match gives `text-uncertain`; a bare weakness/wasting text
+    """v3: an uncertain text match gives `text-uncertain`; a bare weakness/wasting text
     gives `sign-value-unclear` naming it."""
     notices = []
     for fact in facts:
@@ -145,9 +146,9 @@ def observation_facts(
     as_of: datetime,
 ) -> tuple[list[Coded], list[Notice]]:
     """Signs and conditions a final Observation codes, within the sign look-back, read with its
-    text (RULES.md v3 "Text context") and its value ("Sign values"): a value saying absent makes
-    no fact; one saying both or neither makes an uncertain or unclear one (`sign-value-unclear`);
-    an unclear presentation still presents, as uncertain."""
+    text and its value (docs/clinical-basis.md, "Negation and text context"): a value saying
+    absent makes no fact; one saying both or neither an uncertain or unclear one
+    (`sign-value-unclear`); an unclear presentation still presents, as uncertain."""
     reads, notices = read_code(content, resource, reference)
     if not reads or days_between(effective, as_of) > content.constants.sign_lookback_days:
         return [], []
@@ -179,10 +180,11 @@ NEGATIVE_ANSWER = "negative-answer"
 
 
 def observation_value(content: Content, resource: Mapping[str, Any]) -> str:
-    """What a sign Observation's value says (RULES.md v3 "Sign values"): no value, true, or
-    positive words only -> present; false, a `negative-answer` code or negative words only ->
-    absent; a dataAbsentReason -> absent (it counts for nothing); both kinds of word ->
-    uncertain; anything else (a number, "equivocal") -> unclear."""
+    """What a sign Observation's value says (docs/clinical-basis.md, "Negation and text
+    context"): no value, true, or positive words only -> present; false, a `negative-answer`
+    code or negative words only -> absent; a dataAbsentReason -> absent (it counts for
+    nothing); both kinds of word -> uncertain; anything else (a number, "equivocal") ->
+    unclear."""
     term = content.term
     keys = [key for key in resource if key.startswith("value")]
     if not keys:

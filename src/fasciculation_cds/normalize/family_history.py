@@ -1,6 +1,6 @@
-"""FamilyMemberHistory to a family history of MND (RULES.md v3 "Text context"): a relative's
-ALS/MND, coded or named, that is not entered-in-error. It forms no group; it blocks reassurance
-and is named on the card."""
+"""FamilyMemberHistory to a family history of MND (docs/clinical-basis.md, "Negation and text
+context"): a relative's ALS/MND, coded or named, that is not entered-in-error. It forms no group;
+it blocks reassurance and is named on the card."""
 
 from __future__ import annotations
 
