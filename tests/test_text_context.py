@@ -130,6 +130,15 @@ def test_uncertain_match_still_counts_in_its_group(ruleset: RuleSet) -> None:
     assert result.context.group_counts["mnd-umn"] == 1
 
 
+@pytest.mark.parametrize("verification", ["provisional", "confirmed", None])
+def test_coded_als_whose_text_names_a_relative_is_a_family_history(
+        ruleset: RuleSet, verification: str | None) -> None:
+    code = codeable(ALS, text="Family history of ALS (father)")
+    result = normalized(ruleset, condition(code, verification=verification))
+    assert facts_of(result) == {"family-history-mnd": "asserted"}
+    assert "motor-neuron-disease-recorded" not in result.context.concepts_present
+
+
 # --- FamilyMemberHistory ---------------------------------------------------------------------
 
 

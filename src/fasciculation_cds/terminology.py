@@ -57,6 +57,9 @@ class CodeableReading:
     matches: tuple[ReadMatch, ...]
     capped: bool = False
     """A text was longer than the cap: the rest of it was not read."""
+    negated: tuple[ReadMatch, ...] = ()
+    """Concepts the text only negates (the patient's): an Observation whose value then says
+    present contradicts its text, and counts as uncertain."""
 
 
 @dataclass
@@ -241,17 +244,23 @@ class Terminology:
         if reader is None:
             return CodeableReading(())
         read: dict[tuple[str, Experiencer], ReadMatch] = {}
+        negated: dict[str, ReadMatch] = {}
         capped = False
         for piece in _text_pieces(codeable):
             reading = reader.read(piece)
             capped |= reading.capped
+            for mention in reading.mentions:
+                if mention.negated and mention.experiencer == "patient":
+                    negated.setdefault(mention.concept, ReadMatch(
+                        ConceptMatch(mention.concept, MATCHED_BY_TEXT), "uncertain", quote=piece))
             for (cid, who), certainty in merge(reading.mentions).items():
                 known = read.get((cid, who))
                 if known is None or _RANK[certainty] > _RANK[known.certainty]:
                     read[(cid, who)] = ReadMatch(ConceptMatch(cid, MATCHED_BY_TEXT), certainty,
                                                  who, piece)
+        only_negated = [r for cid, r in sorted(negated.items()) if (cid, "patient") not in read]
         return CodeableReading(tuple(sorted(read.values(), key=lambda r: (
-            r.match.concept, r.experiencer))), capped)
+            r.match.concept, r.experiencer))), capped, tuple(only_negated))
 
     def sign_value(self, pieces: Iterable[str]) -> str:
         """What the words of a sign Observation's value say: "present", "absent", "uncertain"
@@ -324,8 +333,10 @@ class Terminology:
                 return bool(self.match_ingredient_name(codeable))
         pieces = _text_pieces(codeable)
         if self.reader is not None and any(self.reader.mentions_any(p) for p in pieces):
-            # anything the text gives: a concept, a relative's ALS, a worry, an unclear sign
-            return bool(self.read_codeable(codeable).matches)
+            # anything the text gives: a concept, a relative's ALS, a worry, an unclear sign, or
+            # a negated sign (which a value saying present would contradict)
+            reading = self.read_codeable(codeable)
+            return bool(reading.matches or reading.negated)
         # a text-only medication (names are matched without negation)
         return self._ingredients.mentioned_in(_tokens(" | ".join(pieces).lower()))
 

@@ -46,7 +46,7 @@ def condition_facts(
     if onset is not None and onset > as_of:
         return [], set(), []
     reference = reference_of(sourced)
-    reads, notices = read_code(content, resource, reference)
+    reads, notices, _ = read_code(content, resource, reference)
     recorded = {derived.recorded_conditions[r.match.concept] for r in reads
                 if r.match.concept in derived.recorded_conditions and r.experiencer == "patient"}
     clinical = status_code(resource.get("clinicalStatus"))
@@ -62,7 +62,8 @@ def condition_facts(
             continue
         match = read.match
         unconfirmed = derived.unconfirmed_diagnoses.get(match.concept)
-        if unconfirmed is not None and verification in unconfirmed.verification:
+        if (unconfirmed is not None and verification in unconfirmed.verification
+                and read.experiencer == "patient"):  # a relative's stays a family history
             read = replace(read, match=ConceptMatch(unconfirmed.yields, match.matched_by,
                                                     match.code, match.system))
         fact = context_fact(content, read, reference, onset, resource, clinical=clinical,
@@ -73,18 +74,21 @@ def condition_facts(
 
 
 def read_code(content: Content, resource: Mapping[str, Any],
-              reference: str) -> tuple[list[ReadMatch], list[Notice]]:
-    """The condition and finding concepts a resource's code names, read in context; a text
-    beyond the cap is named (its record is then partial: it never reassures)."""
+              reference: str) -> tuple[list[ReadMatch], list[Notice], list[ReadMatch]]:
+    """The condition and finding concepts a resource's code names, read in context, and those
+    its text only negates; a text beyond the cap is named (its record is then partial: it never
+    reassures)."""
     reading = content.term.read_codeable(resource.get("code"))
     reads = [r for r in reading.matches
              if content.term.concepts[r.match.concept].kind in CODED_KINDS]
+    negated = [r for r in reading.negated
+               if content.term.concepts[r.match.concept].kind in CODED_KINDS]
     notices = []
     if reading.capped and content.term.reader is not None:
         notices.append(Notice("resource-unreadable", reference, (
             f"{reference}: its text is longer than {content.term.reader.cap} characters; the "
             "rest was not read, so this record cannot be read completely")))
-    return reads, notices
+    return reads, notices, negated
 
 
 def context_fact(content: Content, read: ReadMatch, reference: str, when: datetime | None,
@@ -149,17 +153,29 @@ def observation_facts(
     text and its value (docs/clinical-basis.md, "Negation and text context"): a value saying
     absent makes no fact; one saying both or neither an uncertain or unclear one
     (`sign-value-unclear`); an unclear presentation still presents, as uncertain."""
-    reads, notices = read_code(content, resource, reference)
-    if not reads or days_between(effective, as_of) > content.constants.sign_lookback_days:
+    reads, notices, negated = read_code(content, resource, reference)
+    if days_between(effective, as_of) > content.constants.sign_lookback_days:
         return [], []
     meaning = observation_value(content, resource)
     if meaning == ABSENT:
         return [], notices
+    contradicted = negated if meaning == PRESENT else []
+    if contradicted:
+        # the text negates a sign its value asserts ("No clonus", value "present"): uncertain
+        reads += contradicted
+        labels = ", ".join(sorted(content.term.concepts[r.match.concept].label
+                                  for r in contradicted))
+        notices.append(Notice("sign-value-unclear", reference, (
+            f"{labels} Observation {reference}: its text negates what its value asserts; "
+            "counted as uncertain, never as reassurance")))
+    if not reads:
+        return [], notices
     facts = [fact for read in reads
              if _recent_enough(content, read.match.concept, effective, as_of)
              and (fact := context_fact(content, read, reference, effective, resource))]
-    notices += certainty_notices(facts)  # what the text itself says
-    if meaning == PRESENT or not facts:
+    against_value = {r.match.concept for r in contradicted}  # named by the notice above
+    notices += certainty_notices([f for f in facts if f.concept not in against_value])
+    if meaning in (PRESENT, NO_VALUE) or not facts:
         return facts, notices
     presentation = content.term.groups.get(content.ruleset.derived.presentation_group, ())
     for index, fact in enumerate(facts):
@@ -176,6 +192,7 @@ def observation_facts(
 
 
 PRESENT, ABSENT, UNCERTAIN, UNCLEAR = "present", "absent", "uncertain", "unclear"
+NO_VALUE = "no-value"  # counts as present, but asserts nothing against the text
 NEGATIVE_ANSWER = "negative-answer"
 
 
@@ -188,7 +205,7 @@ def observation_value(content: Content, resource: Mapping[str, Any]) -> str:
     term = content.term
     keys = [key for key in resource if key.startswith("value")]
     if not keys:
-        return ABSENT if "dataAbsentReason" in resource else PRESENT
+        return ABSENT if "dataAbsentReason" in resource else NO_VALUE
     value = resource[keys[0]]
     if keys[0] == "valueBoolean":
         return PRESENT if value is True else ABSENT if value is False else UNCLEAR
