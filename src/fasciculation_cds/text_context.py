@@ -117,7 +117,6 @@ class _Term:
     bare: bool
     negated: bool = False
     hedged: bool = False
-    double: bool = False
     relative: bool = False
     concern: bool = False
     clause: int = 0
