@@ -144,7 +144,9 @@ def own() -> dict[str, Any]:
     reader = rules.terminology.reader
     assert reader is not None
     uncapped = dataclasses.replace(reader, cap=10**9)
-    return {"engine": "own", **score(predict), "timing": timing(uncapped.read, record_texts())}
+    # timed without the reader's memo of short texts, as medspaCy has none
+    return {"engine": "own", **score(predict),
+            "timing": timing(uncapped._read, record_texts())}
 
 
 # --- medspaCy --------------------------------------------------------------------------------

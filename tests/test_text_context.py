@@ -82,7 +82,7 @@ def test_sign_observation_value(ruleset: RuleSet, case: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("case", CASES["coded"], ids=lambda c: c["name"])
 def test_coded_condition_with_its_own_text(ruleset: RuleSet, case: dict[str, Any]) -> None:
-    code = codeable(tuple(case["code"]), text=case["text"])  # type: ignore[arg-type]
+    code = codeable(tuple(case["code"]), text=case["text"])
     result = normalized(ruleset, condition(code))
     assert facts_of(result) == case["facts"]
     assert notices_of(result) == expected_notices(case["facts"])

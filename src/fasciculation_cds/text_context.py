@@ -24,6 +24,7 @@ Experiencer = Literal["patient", "relative", "concern"]
 # and clause ends need; a dash counts only with spaces around it ("Clonus - negative").
 _TOKEN = re.compile(r"\d+(?:\.\d+)+|[^\W_]+|[:,;.()?/+\n\r]|(?<=\s)[-\u2013](?=\s)")
 _HARD_BREAKS = frozenset({".", ";", "\n", "\r"})
+_MEMO_SIZE, _MEMO_TEXT_CHARS = 4096, 512
 
 
 def tokens_of(text: str) -> list[str]:
@@ -143,6 +144,8 @@ class TextReader:
     family_history_concept: str | None
     concern_concept: str | None
     term_concepts: set[str] = field(default_factory=set)
+    _memo: dict[str, Reading] = field(default_factory=dict, init=False, repr=False, compare=False)
+    """Readings of short texts: a population repeats the same few hundred code texts."""
 
     @classmethod
     def of(cls, matches: TextMatches) -> TextReader:
@@ -224,6 +227,17 @@ class TextReader:
     # --- the reading ---------------------------------------------------------------------
 
     def read(self, text: str) -> Reading:
+        known = self._memo.get(text)
+        if known is not None:
+            return known
+        reading = self._read(text)
+        if len(text) <= _MEMO_TEXT_CHARS:
+            if len(self._memo) >= _MEMO_SIZE:
+                self._memo.clear()
+            self._memo[text] = reading
+        return reading
+
+    def _read(self, text: str) -> Reading:
         capped = len(text) > self.cap
         raw = _TOKEN.findall(text[:self.cap] if capped else text)
         low = [t.lower() for t in raw]
