@@ -139,6 +139,13 @@ def test_coded_als_whose_text_names_a_relative_is_a_family_history(
     assert "motor-neuron-disease-recorded" not in result.context.concepts_present
 
 
+def test_tongue_fasciculation_from_a_body_site_keeps_the_certainty(ruleset: RuleSet) -> None:
+    tongue = {"text": "tongue"}
+    result = normalized(ruleset, observation({"text": "Fasciculation"}, bodySite=tongue,
+                                             valueString="equivocal"))
+    assert facts_of(result) == {"fasciculation": "uncertain", "tongue-fasciculation": "uncertain"}
+
+
 # --- FamilyMemberHistory ---------------------------------------------------------------------
 
 

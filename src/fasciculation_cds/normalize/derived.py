@@ -31,5 +31,6 @@ def body_site_findings(content: Content, coded: list[Coded]) -> list[Finding]:
                 out.append(Finding(reference=fact.reference, concept=concept.id,
                                    label=concept.label, groups=concept.groups,
                                    body_site=fact.body_site, effective=fact.effective,
-                                   matched_by=f"{base_concept} with body site"))
+                                   matched_by=f"{base_concept} with body site",
+                                   certainty=fact.certainty, quote=fact.quote))
     return out
