@@ -234,25 +234,36 @@ def test_sign_observation_present_counts(ruleset: RuleSet, value: dict[str, obje
     assert concepts(result) == {"hyperreflexia"}
 
 
+# v3 ("Sign values"): "downgoing" and "flexor" are negative words now (they were unclear in v2),
+# and an unclear value keeps its fact, as unclear, so that it blocks reassurance.
 @pytest.mark.parametrize("value", [
     {"valueString": "downgoing"},
     {"valueCodeableConcept": {"text": "Flexor plantar response"}},
-    {"valueQuantity": {"value": 3, "unit": "{grade}"}},
-], ids=["downgoing", "flexor", "quantity"])
-def test_sign_observation_with_unclear_value_gives_a_notice(ruleset: RuleSet,
-                                                            value: dict[str, object]) -> None:
-    # RULES.md v3 "Sign values": an unclear sign forms no group but is kept (it blocks the
-    # benign card), so it is a fact with certainty "unclear" and no mnd group
+    {"dataAbsentReason": {"text": "not performed"}},
+], ids=["downgoing", "flexor", "data-absent"])
+def test_sign_observation_valued_negative_in_v3_words(ruleset: RuleSet,
+                                                      value: dict[str, object]) -> None:
     result = normalized(ruleset, observation(HYPERREFLEXIA, **value))
-    [sign] = [f for f in result.facts if getattr(f, "concept", None) == "hyperreflexia"]
-    assert getattr(sign, "certainty", None) == "unclear"
-    assert not [g for g in getattr(sign, "groups", ()) if g.startswith("mnd-")
-                and g != "mnd-unclear"]
+    assert not concepts(result)
+    assert result.notices == []
+
+
+@pytest.mark.parametrize("value", [
+    {"valueString": "equivocal"},
+    {"valueString": "2+"},
+    {"valueQuantity": {"value": 3, "unit": "{grade}"}},
+], ids=["equivocal", "number-text", "quantity"])
+def test_sign_observation_with_unclear_value_is_kept_as_unclear(
+        ruleset: RuleSet, value: dict[str, object]) -> None:
+    result = normalized(ruleset, observation(HYPERREFLEXIA, **value))
+    (fact,) = [f for f in result.facts if f.kind == "finding"]
+    assert (fact.concept, fact.certainty) == ("hyperreflexia", "unclear")
+    # it forms no mnd.* group, but blocks the benign card (mnd-sign-unclear)
+    assert not [g for g in fact.groups if g.startswith("mnd-") and g != "mnd-unclear"]
     assert "mnd-sign-unclear" in result.context.concepts_present
     assert result.context.group_set_counts["mnd_warning_groups"] == 0
     assert notice_codes(result) == ["sign-value-unclear"]
-    assert "downgoing" not in result.notices[0].message.lower()  # no patient text
-    assert "flexor" not in result.notices[0].message.lower()
+    assert "equivocal" not in result.notices[0].message.lower()  # no patient value text
 
 
 def test_red_flags_ignore_a_hyperreflexia_valued_absent(ruleset: RuleSet) -> None:
@@ -281,8 +292,8 @@ def test_red_flags_ignore_a_hyperreflexia_valued_absent(ruleset: RuleSet) -> Non
     ("no weakness. Fasciculations in both calves", {"fasciculation"}),
     ("Fasciculations, no weakness", {"fasciculation"}),
     ("wasting of hand muscles, however no weakness", {"muscle-atrophy"}),
-    # v3: text alone never establishes a diagnosis: ALS text is a suspected MND
-    ("Amyotrophic lateral sclerosis", {"suspected-motor-neuron-disease"}),
+    # v3: text alone never establishes a diagnosis; ALS from text is a suspected MND
+    ("Amyotrophic lateral sclerosis", {SUSPECTED}),
     ("Tongue fasciculations", {"tongue-fasciculation", "fasciculation"}),
     ("Alendronic acid", set()),
 ], ids=lambda v: str(v)[:30])
@@ -325,8 +336,8 @@ def test_every_text_synonym_reaches_its_concept(ruleset: RuleSet, concept: str,
     else:
         result = normalized(ruleset, condition({"text": phrase.upper()},
                                                onsetDateTime=days_ago(1)))
-    if concept == "motor-neuron-disease":  # v3: ALS text is a suspected MND, never established
-        concept = "suspected-motor-neuron-disease"
+    # v3: an ALS/MND text match is a suspected MND (text never establishes the diagnosis)
+    concept = SUSPECTED if concept == "motor-neuron-disease" else concept
     assert concept in concepts(result)
     assert concept not in concepts(normalized(ruleset, condition(
         {"text": f"no {phrase}"}, onsetDateTime=days_ago(1))))

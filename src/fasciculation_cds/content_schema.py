@@ -124,13 +124,43 @@ class BodySiteRule(_Strict):
 
 
 class NegationCues(_Strict):
-    """Negation within a clause (docs/clinical-basis.md, Definitions, "Negation")."""
+    """Negation within a clause (docs/clinical-basis.md, "Negation and text context")."""
 
     before: list[str] = Field(min_length=1, description="Cues before the term: 'no', 'denies'.")
     after: list[str] = Field(min_length=1, description="Cues after the term: 'absent'.")
     clause_breaks: list[str] = Field(
-        min_length=1, description="Words that end a clause ('but'); '.', ';' and line breaks "
-        "always do.")
+        min_length=1, description="Contrast words that end a clause ('but'); '.', ';' and line "
+        "breaks always do.")
+    assertion_words: list[str] = Field(
+        default_factory=list, description="Words that end a negation or hedge ('present').")
+    pseudo: list[str] = Field(
+        default_factory=list, description="Pseudo-negations that negate nothing ('no change in').")
+    double_negatives: list[str] = Field(
+        default_factory=list, description="Negated cues: the term is asserted but uncertain "
+        "('not ruled out').")
+    post_cue_bridge: list[str] = Field(
+        default_factory=list, description="What may stand between a term and its post-cue.")
+    list_joiners: list[str] = Field(
+        default_factory=list, description="Words joining a list of terms after a comma.")
+    window_words: int = Field(default=6, ge=1, description="A pre-cue reaches terms starting "
+                              "within this many words after it.")
+
+
+class TextContextCues(_Strict):
+    """Whose concept a text names, and how sure it is (docs/clinical-basis.md, "Negation and
+    text context")."""
+
+    hedges_before: list[str] = Field(min_length=1)
+    hedges_after: list[str] = Field(default_factory=list)
+    relatives: list[str] = Field(min_length=1)
+    relative_joiners: list[str] = Field(default_factory=list)
+    concern_cues: list[str] = Field(default_factory=list)
+    concern_cues_with_subject: list[str] = Field(default_factory=list)
+    concern_subjects: list[str] = Field(default_factory=list)
+    mnd_concept: str
+    suspected_concept: str
+    family_history_concept: str
+    concern_concept: str
 
 
 class ObservationValueWords(_Strict):
@@ -146,6 +176,11 @@ class TextMatches(_Strict):
     medication_names: dict[str, list[str]] = Field(default_factory=dict)
     negation: NegationCues | None = None
     observation_values: ObservationValueWords | None = None
+    text_context: TextContextCues | None = None
+    unclear_signs: dict[str, list[str]] = Field(default_factory=dict)
+    body_part_words: list[str] = Field(default_factory=list)
+    capitals_only: list[str] = Field(default_factory=list)
+    max_text_chars: int = Field(default=20_000, ge=1)
 
 
 # --- derived.yaml ------------------------------------------------------------------------------

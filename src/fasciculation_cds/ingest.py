@@ -31,9 +31,13 @@ from .terminology import Terminology
 CODED_TYPES: Mapping[str, str] = {"Observation": "code", "Condition": "code",
                                   "Procedure": "code"}
 MEDICATION_USE_TYPES = frozenset({"MedicationRequest", "MedicationStatement"})
+# A relative's ALS/MND (family-history-mnd) from its conditions' codes (docs/clinical-basis.md,
+# "Negation and text context")
+FAMILY_HISTORY_TYPE = "FamilyMemberHistory"
 # Every resource type `is_relevant` can accept, from the same tables: a Bulk Data file declared
 # to hold another type cannot give any rule anything, so batch need not read it.
-READ_TYPES = frozenset({"Patient", "Medication", *CODED_TYPES, *MEDICATION_USE_TYPES})
+READ_TYPES = frozenset({"Patient", "Medication", FAMILY_HISTORY_TYPE, *CODED_TYPES,
+                        *MEDICATION_USE_TYPES})
 _ABSOLUTE_REF = re.compile(
     r"(?:^|/)(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
 
@@ -100,6 +104,11 @@ def is_relevant(resource: Mapping[str, Any], terminology: Terminology) -> bool:
             return True
         medication = resource.get("medicationCodeableConcept")
         return isinstance(medication, dict) and _has_relevant_code(medication, terminology)
+    if resource_type == FAMILY_HISTORY_TYPE:
+        conditions = resource.get("condition")
+        return isinstance(conditions, list) and any(
+            isinstance(c, dict) and isinstance(c.get("code"), dict)
+            and _has_relevant_code(c["code"], terminology) for c in conditions)
     return False
 
 

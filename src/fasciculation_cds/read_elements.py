@@ -27,14 +27,15 @@ _EVERY_TYPE = ("resourceType", "id", "subject", "patient", "contained")
 
 READ_ELEMENTS: Mapping[str, tuple[str, ...]] = {
     "Patient": ("birthDate", "gender"),
-    "Observation": ("status", "code", "value[x]", "effective[x]", "issued", "interpretation",
-                    "referenceRange", "bodySite"),
+    "Observation": ("status", "code", "value[x]", "dataAbsentReason", "effective[x]", "issued",
+                    "interpretation", "referenceRange", "bodySite"),
     "Condition": ("clinicalStatus", "verificationStatus", "code", "onset[x]", "abatement[x]",
                   "recordedDate", "bodySite"),
     "Procedure": ("status", "code", "performed[x]"),
     "MedicationRequest": ("status", "intent", "medication[x]", "authoredOn", "dispenseRequest"),
     "MedicationStatement": ("status", "medication[x]", "effective[x]", "dateAsserted"),
     "Medication": ("code",),
+    "FamilyMemberHistory": ("status", "relationship", "condition"),  # relationship: required
 }
 
 

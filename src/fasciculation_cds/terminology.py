@@ -11,7 +11,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .content_schema import DerivedConcept, NegationCues, SystemSpec, TextMatches, ValueSets
+from .content_schema import DerivedConcept, SystemSpec, TextMatches, ValueSets
+from .text_context import Certainty, Experiencer, Reading, SignValues, TextReader, merge
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -39,6 +40,28 @@ class ConceptMatch:
     system: str | None = None
 
 
+@dataclass(frozen=True)
+class ReadMatch:
+    """A concept a Condition's or Observation's code names, read with its text: whose it is,
+    how sure, and the words it came from (docs/clinical-basis.md, "Negation and text context")."""
+
+    match: ConceptMatch
+    certainty: Certainty = "asserted"
+    experiencer: Experiencer = "patient"
+    quote: str | None = None
+    """The record's own text the match or its context came from."""
+
+
+@dataclass(frozen=True)
+class CodeableReading:
+    matches: tuple[ReadMatch, ...]
+    capped: bool = False
+    """A text was longer than the cap: the rest of it was not read."""
+    negated: tuple[ReadMatch, ...] = ()
+    """Concepts the text only negates (the patient's): an Observation whose value then says
+    present contradicts its text, and counts as uncertain."""
+
+
 @dataclass
 class _System:
     key: str
@@ -62,10 +85,9 @@ class Terminology:
     _systems_by_uri: dict[str, _System] = field(default_factory=dict)
     _codes: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
     _prefixes: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
-    _text: Phrases = field(default_factory=lambda: Phrases(()))
     _ingredients: Phrases = field(default_factory=lambda: Phrases(()))
-    _negation: Negation | None = None
-    _value_words: tuple[Phrases, Phrases] | None = None
+    reader: TextReader | None = None
+    _values: SignValues | None = None
     body_site_rules: list[tuple[str, tuple[str, ...], str]] = field(default_factory=list)
 
     @classmethod
@@ -139,14 +161,8 @@ class Terminology:
                 drug_names += [(name, cid) for name in names]
         term._ingredients = Phrases(drug_names)
         term._codes = {k: tuple(v) for k, v in codes_index.items()}
-        term._text = Phrases((phrase, cid) for cid, phrases in text_matches.text.items()
-                             for phrase in phrases)
-        if text_matches.negation is not None:
-            term._negation = Negation.of(text_matches.negation)
-        if text_matches.observation_values is not None:
-            values = text_matches.observation_values
-            term._value_words = (Phrases((w, "absent") for w in values.negative),
-                                 Phrases((w, "present") for w in values.positive))
+        term.reader = TextReader.of(text_matches)
+        term._values = SignValues.of(text_matches)
         unknown_drugs = [c for c in text_matches.medication_names
                          if c not in concepts or concepts[c].kind != "medication"]
         if unknown_drugs:
@@ -155,7 +171,12 @@ class Terminology:
         for cid, rule in text_matches.body_site.items():
             words = tuple(w.lower() for w in rule.site_words)
             term.body_site_rules.append((rule.when_concept, words, cid))
-        unknown = [c for c in term._text.values() if c not in concepts]
+        unknown = [c for c in term.reader.term_concepts if c not in concepts]
+        context = text_matches.text_context
+        if context is not None:
+            unknown += [c for c in (context.mnd_concept, context.suspected_concept,
+                                    context.family_history_concept, context.concern_concept)
+                        if c not in concepts]
         unknown += [c for _, _, c in term.body_site_rules if c not in concepts]
         if unknown:
             raise ValueError(f"text-matches.yaml names unknown concepts: {sorted(set(unknown))}")
@@ -176,7 +197,8 @@ class Terminology:
         """Concepts recognised otherwise than by an exact code: by the record's own words, or by
         a code prefix. A search by code alone would miss their records."""
         by_prefix = (c for found in self._prefixes.values() for _, c in found)
-        return frozenset([*self._text.values(), *by_prefix])
+        by_text = self.reader.term_concepts if self.reader else set()
+        return frozenset([*by_text, *by_prefix])
 
     def codes_of(self, concepts: Iterable[str]) -> list[tuple[str, str]]:
         """(system uri, code) pairs that map to any of the concepts (for prefetch queries)."""
@@ -188,13 +210,21 @@ class Terminology:
         return sorted(pairs)
 
     def match_codeable(self, codeable: Mapping[str, Any] | None) -> list[ConceptMatch]:
-        """Concepts a CodeableConcept codes: by code, then ICD prefix, then its own words.
+        """Concepts a CodeableConcept codes for the patient: by code, then ICD prefix, then its
+        own words (not negated, not a relative's or a worry; `read_codeable` says more).
 
         The RxNorm ingredient-name fallback is separate (``match_ingredient_name``): it is a last
         resort the caller applies to medications only.
         """
+        return [r.match for r in self.read_codeable(codeable).matches
+                if r.experiencer == "patient"]
+
+    def read_codeable(self, codeable: Mapping[str, Any] | None) -> CodeableReading:
+        """Concepts by code or prefix, with the context their own `text` gives; else the
+        concepts the text and displays name, each read in context (docs/clinical-basis.md,
+        "Negation and text context")."""
         if not codeable:
-            return []
+            return CodeableReading(())
         found: dict[str, ConceptMatch] = {}
         for system, _, code, norm in self._known_codings(codeable):
             for cid in self._codes.get((system.key, norm), ()):
@@ -202,49 +232,43 @@ class Terminology:
             for prefix, cid in self._prefixes.get(system.key, ()):
                 if norm.startswith(prefix):
                     found.setdefault(cid, ConceptMatch(cid, MATCHED_BY_PREFIX, code, system.uri))
-        if not found:
-            for cid in self.text_concepts(_text_pieces(codeable)):
-                found.setdefault(cid, ConceptMatch(cid, MATCHED_BY_TEXT))
-        return sorted(found.values(), key=lambda m: m.concept)
+        reader = self.reader
+        if found:
+            coded = sorted(found.values(), key=lambda m: m.concept)
+            text = codeable.get("text")
+            if reader is None or not isinstance(text, str) or not text.strip():
+                return CodeableReading(tuple(ReadMatch(m) for m in coded))
+            reading = reader.read(text)
+            return CodeableReading(tuple(_own_text(m, reading, text) for m in coded),
+                                   reading.capped)
+        if reader is None:
+            return CodeableReading(())
+        read: dict[tuple[str, Experiencer], ReadMatch] = {}
+        negated: dict[str, ReadMatch] = {}
+        capped = False
+        for piece in _text_pieces(codeable):
+            reading = reader.read(piece)
+            capped |= reading.capped
+            for mention in reading.mentions:
+                if mention.negated and mention.experiencer == "patient":
+                    negated.setdefault(mention.concept, ReadMatch(
+                        ConceptMatch(mention.concept, MATCHED_BY_TEXT), "uncertain", quote=piece))
+            for (cid, who), certainty in merge(reading.mentions).items():
+                known = read.get((cid, who))
+                if known is None or _RANK[certainty] > _RANK[known.certainty]:
+                    read[(cid, who)] = ReadMatch(ConceptMatch(cid, MATCHED_BY_TEXT), certainty,
+                                                 who, piece)
+        only_negated = [r for cid, r in sorted(negated.items()) if (cid, "patient") not in read]
+        return CodeableReading(tuple(sorted(read.values(), key=lambda r: (
+            r.match.concept, r.experiencer))), capped, tuple(only_negated))
 
-    def text_concepts(self, pieces: Iterable[str]) -> set[str]:
-        """Concepts the texts name (text-matches.yaml), as whole words, and not negated."""
-        found: set[str] = set()
-        for piece in pieces:
-            lowered = piece.lower()
-            if not self._text.mentioned_in(_tokens(lowered)):
-                continue
-            for clause in self._clauses(lowered):
-                tokens = _tokens(clause)
-                for start, end, cid in self._text.find(tokens):
-                    if cid not in found and not self._negated(tokens, start, end):
-                        found.add(cid)
-        return found
-
-    def _clauses(self, text: str) -> list[str]:
-        if self._negation is None:
-            return [text]
-        return self._negation.clause_break.split(text)
-
-    def _negated(self, tokens: list[str], start: int, end: int) -> bool:
-        negation = self._negation
-        if negation is None:
-            return False
-        return (negation.before.mentioned_in(tokens[:start])
-                or negation.after.mentioned_in(tokens[end:]))
-
-    def value_meaning(self, pieces: Iterable[str]) -> str | None:
-        """"absent" or "present" for the words of an Observation value; None when unclear.
-        Negative words win ("not present")."""
-        if self._value_words is None:
-            return None
-        negative, positive = self._value_words
-        tokens = _tokens(" | ".join(pieces).lower())
-        if negative.mentioned_in(tokens):
-            return "absent"
-        if positive.mentioned_in(tokens):
-            return "present"
-        return None
+    def sign_value(self, pieces: Iterable[str]) -> str:
+        """What the words of a sign Observation's value say: "present", "absent", "uncertain"
+        (both kinds of word) or "unclear" (neither)."""
+        if self._values is None:
+            return "unclear"
+        cap = self.reader.cap if self.reader else 20_000
+        return self._values.meaning(pieces, cap)
 
     def match_medication_text(self, codeable: Mapping[str, Any] | None) -> list[ConceptMatch]:
         """Text-only medications: ingredient names (and their variants) in the element's text
@@ -307,11 +331,14 @@ class Terminology:
             if system.ingredient_fallback and self._ingredients.mentioned_in(
                     _tokens(str(coding.get("display") or "").lower())):
                 return bool(self.match_ingredient_name(codeable))
-        tokens = _tokens(" | ".join(_text_pieces(codeable)).lower())
-        if self._text.mentioned_in(tokens):
-            return bool(self.match_codeable(codeable))
+        pieces = _text_pieces(codeable)
+        if self.reader is not None and any(self.reader.mentions_any(p) for p in pieces):
+            # anything the text gives: a concept, a relative's ALS, a worry, an unclear sign, or
+            # a negated sign (which a value saying present would contradict)
+            reading = self.read_codeable(codeable)
+            return bool(reading.matches or reading.negated)
         # a text-only medication (names are matched without negation)
-        return self._ingredients.mentioned_in(tokens)
+        return self._ingredients.mentioned_in(_tokens(" | ".join(pieces).lower()))
 
 
 # Words, plus ':' (negation cues such as "clonus: no" need it).
@@ -349,24 +376,6 @@ class Phrases:
                     yield start, end, value
 
 
-@dataclass(frozen=True)
-class Negation:
-    """Negation cues (text-matches.yaml `negation`): phrases, and what ends a clause."""
-
-    before: Phrases
-    after: Phrases
-    clause_break: re.Pattern[str]
-
-    @classmethod
-    def of(cls, cues: NegationCues) -> Negation:
-        words = "|".join(re.escape(w.lower()) for w in cues.clause_breaks)
-        return cls(
-            before=Phrases((c, "cue") for c in cues.before),
-            after=Phrases((c, "cue") for c in cues.after),
-            clause_break=re.compile(rf"[.;\n\r]|(?<![a-z0-9])(?:{words})(?![a-z0-9])"),
-        )
-
-
 def _label_names(label: str) -> list[str]:
     """The names in a medication label: "Albuterol (salbutamol)" -> albuterol, salbutamol."""
     return [part.strip() for part in re.split(r"[()/,;]", label) if part.strip()]
@@ -378,3 +387,21 @@ def _text_pieces(codeable: Mapping[str, Any]) -> list[str]:
         if isinstance(coding, Mapping):
             pieces.append(str(coding.get("display") or ""))
     return [p for p in pieces if p]
+
+
+_RANK = {"unclear": 0, "asserted": 1, "uncertain": 2}
+
+
+def _own_text(match: ConceptMatch, reading: Reading, text: str) -> ReadMatch:
+    """A coded concept in the light of its own text: a relative's when the text says so; the
+    patient's worry likewise; uncertain when the text hedges or negates it (it still counts)."""
+    own = [m for m in reading.mentions if m.concept == match.concept]
+    if any(m.experiencer == "relative" for m in own) or (not own and reading.relative_cue):
+        return ReadMatch(match, "asserted", "relative", text)
+    if own and all(m.experiencer == "concern" for m in own):
+        return ReadMatch(match, "asserted", "concern", text)
+    doubted = any(m.negated or m.certainty == "uncertain" for m in own) or (
+        not own and reading.doubt_cue)
+    if doubted:
+        return ReadMatch(match, "uncertain", "patient", text)
+    return ReadMatch(match)

@@ -26,6 +26,7 @@ from .comparators import resolve_comparators
 from .conditions import Coded, condition_facts, dedupe, observation_facts, recorded_concepts
 from .context import patient_context
 from .derived import body_site_findings, diabetes_from_hba1c
+from .family_history import family_history_facts
 from .kidney import established_conditions, kidney_readings
 from .labs import UNIT_ASSUMED, LabReading, lab_facts, read_lab
 from .medications import draft_order_facts, medication_facts
@@ -78,12 +79,16 @@ class Normalizer:
                 coded += observed.coded
                 notices += observed.notices
             elif resource_type == "Condition":
-                from_condition, recorded_by = condition_facts(content, sourced, as_of, birth)
+                from_condition, recorded_by, condition_notices = condition_facts(
+                    content, sourced, as_of, birth)
                 notices += onset_notices(content, sourced.resource,
                                          _condition_concepts(content, sourced.resource), birth,
                                          reference_of(sourced))
                 coded += from_condition
                 recorded |= recorded_by
+                notices += condition_notices
+            elif resource_type == "FamilyMemberHistory":
+                coded += family_history_facts(content, sourced)
             elif resource_type == "Procedure":
                 performed, procedure_notices = procedure_facts(content, sourced, as_of)
                 procedures += performed
@@ -108,8 +113,9 @@ class Normalizer:
         facts: list[ClinicalFact] = [patient, *labs, *medications, *coded, *procedures,
                                      *draft_order_facts(content, record.draft_orders)]
         context = patient_context(content, record.reference, facts, assume_presentation,
-                                  recorded, partial=bool(record.unreadable), as_of=as_of,
-                                  conflicting=made.conflicting)
+                                  recorded, partial=bool(record.unreadable) or any(
+                                      n.code == "resource-unreadable" for n in notices),
+                                  as_of=as_of, conflicting=made.conflicting)
         return NormalizedPatient(patient, facts, context, notices)
 
     def _observation(self, sourced: SourcedResource, as_of: datetime,
@@ -144,8 +150,7 @@ class Normalizer:
                 out.notices += notices
                 if reading is not None:
                     out.labs.append(replace(reading, last=span.until(as_of)))
-        out.coded, notices = observation_facts(content, resource, matches, reference, effective,
-                                               as_of)
+        out.coded, notices = observation_facts(content, resource, reference, effective, as_of)
         out.coded += question_facts(content, resource, matches, reference, effective, as_of, sex)
         out.notices += notices
         return out
