@@ -216,3 +216,35 @@ class DerivedFile(_Strict):
     recent_only_conditions: RecentOnly = Field(default_factory=lambda: RecentOnly(days=0))
     counted_group_sets: dict[str, GroupSet] = Field(default_factory=dict)
     lab_families: dict[str, list[str]] = Field(default_factory=dict)
+
+
+# --- presentation.yaml -------------------------------------------------------------------------
+
+
+class SignSetWords(_Strict):
+    label: str
+    groups: dict[str, str] = Field(default_factory=dict)
+
+
+class CheckedWords(_Strict):
+    analytes: dict[str, str] = Field(default_factory=dict)
+    sign_sets: dict[str, SignSetWords] = Field(default_factory=dict)
+
+
+ProvenanceName = Literal["measured", "corrected", "lab-corrected"]
+
+
+class PresentationFile(_Strict):
+    """rules/presentation.yaml: headline order, evidence labels, the checked section's words."""
+
+    headline_order: list[str] = Field(default_factory=list)
+    lab_labels: dict[str, dict[ProvenanceName, str]] = Field(default_factory=dict)
+    checked: CheckedWords = Field(default_factory=CheckedWords)
+
+    @field_validator("headline_order")
+    @classmethod
+    def _no_repeats(cls, order: list[str]) -> list[str]:
+        repeated = sorted({rule for rule in order if order.count(rule) > 1})
+        if repeated:
+            raise ValueError(f"listed more than once: {', '.join(repeated)}")
+        return order

@@ -31,7 +31,7 @@ from .facts import (
     Procedure,
 )
 from .fhir_time import iso_day
-from .presentation import order_findings
+from .presentation import Priority, order_findings
 from .quantity_text import (
     as_sent,
     format_significant,
@@ -267,5 +267,6 @@ def _hit_key(hit: RuleHit) -> tuple[str, ...]:
     return tuple(_fact_key(hit.facts[name]) for name in sorted(hit.facts))
 
 
-def sort_findings(findings: Sequence[RuleFinding]) -> list[RuleFinding]:
-    return order_findings(findings)
+def sort_findings(findings: Sequence[RuleFinding],
+                  priority: Priority | None = None) -> list[RuleFinding]:
+    return order_findings(findings, priority)

@@ -1,13 +1,15 @@
 """What every output shows the same way: the order of findings and patients, and the system that
 names rule ids in FHIR resources and CDS Hooks cards.
 
-JSON, terminal text, Markdown, HTML, FHIR and cards all put the most severe first; keeping the
-order in one place means a change to it cannot make two outputs disagree.
+JSON, terminal text, Markdown, HTML, FHIR and cards all put the most severe first and, within a
+severity, follow the clinical priority of rules/presentation.yaml (`headline_order`, RULES.md v3
+"Presentation of findings"); keeping the order in one place means a change to it cannot make two
+outputs disagree.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from .rule_schema import SEVERITY_RANK
@@ -35,13 +37,23 @@ def severity_rank(severity: str | None) -> int:
     return SEVERITY_RANK.get(severity or "", 0)
 
 
-def finding_order(finding: _Ranked) -> tuple[int, str]:
-    """Sort key: most severe first, then by rule id."""
-    return -severity_rank(finding.severity), finding.rule_id
+Priority = Mapping[str, int]
+"""A rule id's place in the headline order (0 first); see `priority_of`."""
 
 
-def order_findings(findings: Iterable[F]) -> list[F]:
-    return sorted(findings, key=finding_order)
+def priority_of(order: Sequence[str]) -> Priority:
+    return {rule_id: index for index, rule_id in enumerate(order)}
+
+
+def finding_order(finding: _Ranked, priority: Priority | None = None) -> tuple[int, int, str]:
+    """Sort key: most severe first, then by clinical priority (a rule not placed goes last),
+    then by rule id."""
+    place = (priority or {}).get(finding.rule_id, len(priority or {}))
+    return -severity_rank(finding.severity), place, finding.rule_id
+
+
+def order_findings(findings: Iterable[F], priority: Priority | None = None) -> list[F]:
+    return sorted(findings, key=lambda finding: finding_order(finding, priority))
 
 
 def patient_order(assessment: Assessment) -> tuple[int, str]:

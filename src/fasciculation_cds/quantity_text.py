@@ -10,8 +10,10 @@ Two rules hold everywhere (JSON evidence, terminal, Markdown, HTML, charts and c
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import ROUND_HALF_UP, Decimal, localcontext
 from fractions import Fraction
+from typing import Any
 
 from .facts import LabResult
 from .units import UnitTable, parse_number
@@ -78,6 +80,12 @@ def as_sent(fact: LabResult) -> str:
 def provenance(fact: LabResult) -> str:
     """measured, corrected (albumin correction by this package) or lab-corrected."""
     return fact.provenance
+
+
+def evidence_label(fact: LabResult, labels: Mapping[str, Mapping[Any, str]]) -> str:
+    """What the value is (rules/presentation.yaml `lab_labels`): a total calcium the rules use as
+    measured is "Calcium (total), as measured", never "corrected for albumin"."""
+    return labels.get(fact.concept, {}).get(fact.provenance, fact.label)
 
 
 def units_differ(fact: LabResult, units: UnitTable) -> bool:

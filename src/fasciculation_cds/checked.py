@@ -1,0 +1,258 @@
+"""The `checked` section of an assessment: what the rules looked at and what they found there.
+
+Which analytes and sign groups are listed comes from the loaded rules (every lab concept a rule
+reads, every counted group set of derived.yaml); rules/presentation.yaml only orders and names
+them. Values come from the normalized facts, and a result that did not count is explained by the
+notices and by the record's own status, so a patient with no finding still reads as "checked:
+K 4.1 mmol/L (2026-11-02), …; no MND signs recorded".
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from .assessment import (
+    Checked,
+    CheckedAnalyte,
+    CheckedRemark,
+    CheckedSign,
+    CheckedSignSet,
+    Notice,
+)
+from .facts import ClinicalFact, Finding, LabResult, Problem
+from .fhir_time import iso_day
+from .ingest import SourcedResource
+from .normalize.common import COUNTING_OBSERVATION_STATUS, effective_time, reference_of
+from .quantity_text import evidence_label, shown_text, used_text
+from .rule_schema import ContextPattern, FactPattern, Rule
+from .ruleset import RuleSet
+
+UNREADABLE = "resource-unreadable"
+
+
+@dataclass(frozen=True)
+class Consulted:
+    """A lab concept (or family) and the look-back each rule that reads it gives it."""
+
+    key: str
+    members: tuple[str, ...]
+    lookbacks: Mapping[str, int | None]
+
+    @property
+    def lookback_days(self) -> int | None:
+        days = [d for d in self.lookbacks.values() if d is not None]
+        return max(days) if days else None
+
+
+def _lab_patterns(rule: Rule) -> Iterable[tuple[FactPattern | None, list[str], int | None]]:
+    """(pattern, lab concepts, look-back) for every place a rule reads a lab."""
+    for match in rule.match:
+        contexts: list[ContextPattern | None] = [match.context,
+                                                 *(e.context for e in match.escalate)]
+        patterns = [*match.facts.values(), *(p for e in match.escalate for p in e.facts.values()),
+                    *(p for c in contexts if c for p in c.without_facts)]
+        for pattern in patterns:
+            if "lab" in pattern.kinds:
+                yield pattern, pattern.named_concepts, pattern.max_age_days
+        for context in contexts:
+            if context is None:
+                continue
+            for spec in (context.measured_within, context.not_measured_within):
+                if spec is not None:
+                    yield None, [*(spec.all_of or []), *(spec.any_of or [])], spec.days
+            if context.newer is not None:
+                yield None, [context.newer.concept, *context.newer.than], None
+    for collect in rule.evidence_also:
+        if collect.fact == "lab":
+            yield None, list(collect.concepts), None
+
+
+def consulted_labs(ruleset: RuleSet) -> list[Consulted]:
+    """Every lab concept the active rules read, a family's members under the family, in the
+    order of presentation.yaml (then by label)."""
+    family_of = {member: family for family, members in ruleset.lab_families.items()
+                 for member in members}
+    found: dict[str, dict[str, int | None]] = {}
+    for rule in ruleset.active_rules():
+        for _, concepts, days in _lab_patterns(rule):
+            for concept in concepts:
+                key = family_of.get(concept, concept)
+                lookbacks = found.setdefault(key, {})
+                known = lookbacks.get(rule.id)
+                lookbacks[rule.id] = days if known is None else max(known, days or 0)
+    order = list(ruleset.presentation.checked.analytes)
+
+    def place(key: str) -> tuple[int, str]:
+        return (order.index(key) if key in order else len(order), _label(ruleset, key))
+
+    return [Consulted(key, tuple(ruleset.lab_families.get(key, (key,))), found[key])
+            for key in sorted(found, key=place)]
+
+
+def _label(ruleset: RuleSet, key: str) -> str:
+    concept = ruleset.terminology.concepts.get(key)
+    if concept is not None:
+        return concept.label
+    return key.removesuffix("-any").replace("-", " ").capitalize()
+
+
+def within(moment: datetime, as_of: datetime, days: int | None) -> bool:
+    """Inside a look-back of whole calendar days (RULES.md v3 Definitions "Time")."""
+    if moment > as_of:
+        return False
+    day = as_of.astimezone(timezone.utc).date()
+    return days is None or (day - moment.astimezone(timezone.utc).date()).days <= days
+
+
+def _lab_concepts_by_reference(ruleset: RuleSet,
+                               resources: Sequence[SourcedResource]) -> dict[str, set[str]]:
+    """Which lab concepts each Observation of the record codes (for notices and status)."""
+    term = ruleset.terminology
+    out: dict[str, set[str]] = {}
+    for sourced in resources:
+        if sourced.resource.get("resourceType") != "Observation":
+            continue
+        labs = {m.concept for m in term.match_codeable(sourced.resource.get("code"))
+                if term.concepts[m.concept].kind == "lab"}
+        if labs:
+            out[reference_of(sourced)] = labs
+    return out
+
+
+def _status_remarks(ruleset: RuleSet, resources: Sequence[SourcedResource],
+                    as_of: datetime, days: int | None,
+                    members: tuple[str, ...]) -> list[CheckedRemark]:
+    term = ruleset.terminology
+    remarks = []
+    for sourced in resources:
+        resource = sourced.resource
+        status = resource.get("status")
+        if resource.get("resourceType") != "Observation" or status in COUNTING_OBSERVATION_STATUS:
+            continue
+        if not any(m.concept in members for m in term.match_codeable(resource.get("code"))):
+            continue
+        when = effective_time(resource)
+        if when is not None and not within(when, as_of, days):
+            continue
+        shown = status if isinstance(status, str) else "missing"
+        remarks.append(CheckedRemark(
+            reference=reference_of(sourced), code="status",
+            message=f"status {shown}: only final, amended or corrected results count"))
+    return remarks
+
+
+def _newest(labs: Iterable[LabResult]) -> LabResult | None:
+    ordered = sorted(labs, key=lambda f: (-f.effective.timestamp(), not f.is_latest,
+                                          f.concept, f.reference))
+    return ordered[0] if ordered else None
+
+
+def _analyte(ruleset: RuleSet, item: Consulted, labs: Sequence[LabResult],
+             notices: Sequence[Notice], concepts_of: Mapping[str, set[str]],
+             resources: Sequence[SourcedResource], as_of: datetime) -> CheckedAnalyte:
+    units = ruleset.units
+    short = ruleset.presentation.checked.analytes.get(item.key, _label(ruleset, item.key))
+    days = item.lookback_days
+    used = _newest(lab for lab in labs
+                   if lab.concept in item.members and within(lab.effective, as_of, days))
+    remarks = [CheckedRemark(reference=n.reference, code=n.code, message=n.message)
+               for n in notices
+               if concepts_of.get(n.reference, set()) & set(item.members) and n.code != UNREADABLE]
+    remarks += _status_remarks(ruleset, resources, as_of, days, item.members)
+    remarks.sort(key=lambda r: (r.reference, r.code, r.message))
+    span = f"in {days} days" if days is not None else "recorded"
+    base = functools.partial(CheckedAnalyte, concept=item.key, label=_label(ruleset, item.key),
+                             short=short, rules=sorted(item.lookbacks), lookback_days=days,
+                             remarks=remarks)
+    if used is not None:
+        what = evidence_label(used, ruleset.presentation.lab_labels)
+        family = len(item.members) > 1
+        qualifier = f"; {what}" if family or what != used.label else ""
+        value = used_text(used, units)
+        text = f"{short} {value} ({iso_day(used.effective)}{qualifier})"
+        shorter = [rule for rule, d in sorted(item.lookbacks.items())
+                   if d is not None and not within(used.effective, as_of, d)]
+        if shorter:
+            text += f" (older than {', '.join(shorter)} reads)"
+        return base(state="value", value=value,
+                              shown=shown_text(used, units), what=what,
+                              date=iso_day(used.effective), reference=used.reference, text=text)
+    if remarks:
+        why = sorted({r.code.replace("-", " ") for r in remarks})
+        count = len({r.reference for r in remarks})
+        text = (f"{short}: none counted {span} ({count} not used: {', '.join(why)})")
+        return base(state="not-counted", text=text)
+    return base(state="none", text=f"{short}: none {span}")
+
+
+def _set_rules(ruleset: RuleSet, name: str, groups: Sequence[str]) -> list[str]:
+    rules = set()
+    for rule in ruleset.active_rules():
+        for match in rule.match:
+            contexts = [match.context, *(e.context for e in match.escalate)]
+            patterns = [*match.facts.values(), *(p for c in contexts if c
+                                                 for p in c.without_facts)]
+            if any(c is not None and name in c.group_sets for c in contexts) or any(
+                    set(p.in_groups or []) & set(groups) for p in patterns):
+                rules.add(rule.id)
+    return sorted(rules)
+
+
+def _sign_set(ruleset: RuleSet, name: str, facts: Sequence[ClinicalFact]) -> CheckedSignSet:
+    groups = list(ruleset.derived.counted_group_sets[name].groups)
+    words = ruleset.presentation.checked.sign_sets.get(name)
+    label = words.label if words else name.replace("_", " ")
+    found: list[CheckedSign] = []
+    for fact in facts:
+        if not isinstance(fact, (Finding, Problem)):
+            continue
+        for group in fact.groups:
+            if group not in groups:
+                continue
+            when = fact.effective if isinstance(fact, Finding) else fact.onset
+            found.append(CheckedSign(
+                concept=fact.concept, label=fact.label, group=group, reference=fact.reference,
+                date=iso_day(when) if when else None, certainty=fact.certainty,
+                matched_by=fact.matched_by, quote=fact.quote))
+    found.sort(key=lambda s: (groups.index(s.group), s.concept, s.reference))
+    if not found:
+        text = f"no {label} recorded"
+    else:
+        names = words.groups if words else {}
+        parts = []
+        for sign in found:
+            notes = [names.get(sign.group, sign.group)]
+            if sign.date:
+                notes.append(sign.date)
+            if sign.certainty != "asserted":
+                notes.append(sign.certainty)
+            parts.append(f"{sign.label} ({'; '.join(notes)})")
+        text = f"{label}: {', '.join(dict.fromkeys(parts))}"
+    return CheckedSignSet(name=name, label=label, rules=_set_rules(ruleset, name, groups),
+                          groups=groups, found=found, text=text)
+
+
+def build_checked(
+    ruleset: RuleSet,
+    facts: Sequence[ClinicalFact],
+    notices: Sequence[Notice],
+    resources: Sequence[SourcedResource],
+    as_of: datetime,
+) -> Checked:
+    """The checked section: deterministic for the same record, rules and as_of."""
+    labs = [f for f in facts if isinstance(f, LabResult)]
+    concepts_of = _lab_concepts_by_reference(ruleset, resources)
+    analytes = [_analyte(ruleset, item, labs, notices, concepts_of, resources, as_of)
+                for item in consulted_labs(ruleset)]
+    signs = [_sign_set(ruleset, name, facts)
+             for name in sorted(ruleset.derived.counted_group_sets)]
+    unreadable = sorted({n.reference for n in notices if n.code == UNREADABLE})
+    text = "checked: " + ", ".join(a.text for a in analytes)
+    for sign_set in signs:
+        text += f"; {sign_set.text}"
+    if unreadable:
+        text += f"; {len(unreadable)} resource(s) unreadable, not checked"
+    return Checked(analytes=analytes, signs=signs, unreadable=unreadable, text=text)
