@@ -41,6 +41,10 @@ class Evidence(_Out):
     matched_by: str | None = None
     note: str | None = None
     reference_range: str | None = None
+    quote: str | None = Field(default=None, description="For a problem or sign: the record's "
+                              "own text it was read from (a text or display-fallback match).")
+    certainty: str | None = Field(default=None, description="`uncertain` or `unclear` when "
+                                  "the record doubts it (RULES.md v3); absent when asserted.")
 
 
 class Citation(_Out):

@@ -163,7 +163,7 @@ class Evaluator:
                      if name != "context"}
             hits_by_rule.setdefault(compiled.rule_id, []).append(RuleHit(compiled, named))
         return [build_finding(self.ruleset.rule(rule_id), hits, facts, context,
-                              self.ruleset.units)
+                              self.ruleset.units, self.ruleset.presentation.lab_labels)
                 for rule_id, hits in sorted(hits_by_rule.items())]
 
 

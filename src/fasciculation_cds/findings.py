@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,6 +34,7 @@ from .fhir_time import iso_day
 from .presentation import Priority, order_findings
 from .quantity_text import (
     as_sent,
+    evidence_label,
     format_significant,
     measured_text,
     provenance,
@@ -41,6 +42,7 @@ from .quantity_text import (
     shown_text,
     used_text,
 )
+from .record_text import markdown_text, plain
 from .rule_schema import SEVERITY_RANK, Rule
 from .units import UnitTable
 
@@ -101,14 +103,26 @@ def _fallback_summary(rule: Rule, severity: str) -> str:
     return f"{action}{rule.title}; see the details"
 
 
-def _view(fact: ClinicalFact | RuleFinding, units: UnitTable) -> dict[str, Any]:
+Labels = Mapping[str, Mapping[Any, str]]
+"""rules/presentation.yaml `lab_labels`: what a lab value is, by concept and provenance."""
+
+# View keys whose text comes from the record (displays, units, values as sent, notes quoting
+# them, references, quotes), or from a finding whose summary quotes one: escaped for Markdown in
+# a detail, made plain in a summary.
+RECORD_KEYS = frozenset({"reference", "reported", "measured", "used", "shown", "note",
+                         "display", "summary", "quote"})
+
+
+def _view(fact: ClinicalFact | RuleFinding, units: UnitTable,
+          labels: Labels | None = None) -> dict[str, Any]:
     """What a template may say about a fact."""
     if isinstance(fact, RuleFinding):
         return {"rule_id": fact.rule_id, "title": fact.title, "severity": fact.severity,
                 "summary": fact.summary}
     view: dict[str, Any] = {"reference": fact.reference}
     if isinstance(fact, LabResult):
-        view.update(label=fact.label, value=format_significant(fact.value), unit=fact.unit,
+        view.update(label=evidence_label(fact, labels or {}),
+                    value=format_significant(fact.value), unit=fact.unit,
                     reported=as_sent(fact), measured=measured_text(fact, units),
                     used=used_text(fact, units), shown=shown_text(fact, units),
                     provenance=provenance(fact), date=iso_day(fact.effective),
@@ -121,17 +135,31 @@ def _view(fact: ClinicalFact | RuleFinding, units: UnitTable) -> dict[str, Any]:
     elif isinstance(fact, (Problem, Finding)):
         when = fact.onset if isinstance(fact, Problem) else fact.effective
         view.update(label=fact.label, concept=fact.concept, date=iso_day(when) if when else "",
-                    groups=list(fact.groups))
+                    groups=list(fact.groups), certainty=fact.certainty,
+                    matched_by=fact.matched_by, quote=fact.quote or "")
     elif isinstance(fact, Procedure):
         view.update(label=fact.label, concept=fact.concept, date=iso_day(fact.performed),
                     status=fact.status, groups=list(fact.groups))
     return view
 
 
-def evidence_of(fact: ClinicalFact, units: UnitTable) -> Evidence | None:
+def _record_text_as(value: Any, write: Callable[[str], str]) -> Any:
+    """Every record string in template variables (RECORD_KEYS, at any depth) passed through
+    `write`; everything else as it is."""
+    if isinstance(value, dict):
+        return {key: write(item) if key in RECORD_KEYS and isinstance(item, str)
+                else _record_text_as(item, write) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_record_text_as(item, write) for item in value]
+    return value
+
+
+def evidence_of(fact: ClinicalFact, units: UnitTable,
+                labels: Labels | None = None) -> Evidence | None:
     if isinstance(fact, LabResult):
         rng = range_text(fact.reference_low, fact.reference_high, fact.unit)
-        return Evidence(reference=fact.reference, concept=fact.concept, label=fact.label,
+        return Evidence(reference=fact.reference, concept=fact.concept,
+                        label=evidence_label(fact, labels or {}),
                         value=round(fact.value, 4), unit=fact.unit, reported=as_sent(fact),
                         shown=shown_text(fact, units), effective=iso_day(fact.effective),
                         note=fact.note, reference_range=rng)
@@ -150,7 +178,8 @@ def evidence_of(fact: ClinicalFact, units: UnitTable) -> Evidence | None:
         return Evidence(reference=fact.reference, concept=fact.concept, label=fact.label,
                         effective=iso_day(when) if when else None,
                         status=fact.clinical_status if isinstance(fact, Problem) else None,
-                        matched_by=fact.matched_by)
+                        matched_by=fact.matched_by, quote=fact.quote,
+                        certainty=fact.certainty if fact.certainty != "asserted" else None)
     return None
 
 
@@ -160,6 +189,7 @@ def build_finding(
     facts: Sequence[ClinicalFact],
     context: PatientContext,
     units: UnitTable,
+    labels: Labels | None = None,
 ) -> RuleFinding:
     """Gather every match of one rule into a finding at the highest severity that fired."""
     ordered = sorted(hits, key=lambda h: (-SEVERITY_RANK[h.compiled.severity],
@@ -169,9 +199,10 @@ def build_finding(
     every: dict[str, dict[str, dict[str, Any]]] = {}
     for hit in ordered:
         for name, fact in hit.facts.items():
-            view = _view(fact, units)
+            view = _view(fact, units, labels)
             every.setdefault(name, {}).setdefault(_fact_key(fact), view)
-            items = fact.evidence if isinstance(fact, RuleFinding) else [evidence_of(fact, units)]
+            items = (fact.evidence if isinstance(fact, RuleFinding)
+                     else [evidence_of(fact, units, labels)])
             for item in items:
                 if item is not None:
                     evidence.setdefault((item.reference, item.concept), item)
@@ -185,11 +216,12 @@ def build_finding(
                     or fact.above_upper_limit != collect.above_upper_limit
                     or not fact.is_latest):
                 continue
-            item = evidence_of(fact, units)
+            item = evidence_of(fact, units, labels)
             if item is not None:
                 evidence.setdefault((item.reference, item.concept), item)
-                also.setdefault(_fact_key(fact), _view(fact, units))
-    variables: dict[str, Any] = {name: _view(fact, units) for name, fact in primary.facts.items()}
+                also.setdefault(_fact_key(fact), _view(fact, units, labels))
+    variables: dict[str, Any] = {name: _view(fact, units, labels)
+                                 for name, fact in primary.facts.items()}
     variables["all"] = {name: [] for match in rule.match for name in match.facts}
     variables["all"].update({name: list(views.values()) for name, views in sorted(every.items())})
     variables["severity"] = primary.compiled.severity
@@ -198,8 +230,9 @@ def build_finding(
     variables["not_measured_within"] = functools.partial(_not_measured_within, context)
     variables["also"] = [also[key] for key in sorted(also)]
     variables["present"] = list(context.concepts_present)
-    variables["matches"] = _matches(rule, ordered, units)
-    summary = _SPACES.sub(" ", render(rule.summary, variables, rule.id, "summary")).strip()
+    variables["matches"] = _matches(rule, ordered, units, labels)
+    summary = _SPACES.sub(" ", render(rule.summary, _record_text_as(variables, plain), rule.id,
+                                      "summary")).strip()
     if len(summary) > SUMMARY_LIMIT:
         if _STRICT_SUMMARIES.get():
             raise SummaryTooLongError(
@@ -216,7 +249,9 @@ def build_finding(
         severity=primary.compiled.severity,
         title=rule.title,
         summary=summary,
-        detail=render(rule.detail, variables, rule.id, "detail").strip(),
+        # the detail is Markdown: record text in it is escaped, never a link, image or HTML
+        detail=render(rule.detail, _record_text_as(variables, markdown_text), rule.id,
+                      "detail").strip(),
         evidence=sorted(evidence.values(), key=lambda e: (e.concept, e.effective or "",
                                                           e.reference)),
         recommendations=list(rule.recommendations),
@@ -226,7 +261,8 @@ def build_finding(
     )
 
 
-def _matches(rule: Rule, hits: Sequence[RuleHit], units: UnitTable) -> list[dict[str, Any]]:
+def _matches(rule: Rule, hits: Sequence[RuleHit], units: UnitTable,
+             labels: Labels | None = None) -> list[dict[str, Any]]:
     """Each distinct match, highest severity first: its alternative and the facts it bound,
     so a template can pair what belongs together (a drug with the electrolyte it lowers)."""
     out: dict[tuple[str, ...], dict[str, Any]] = {}
@@ -235,7 +271,7 @@ def _matches(rule: Rule, hits: Sequence[RuleHit], units: UnitTable) -> list[dict
         if key not in out:
             out[key] = {"alternative": rule.match[hit.compiled.match_index].label or "",
                         "severity": hit.compiled.severity,
-                        **{name: _view(fact, units) for name, fact in hit.facts.items()}}
+                        **{name: _view(fact, units, labels) for name, fact in hit.facts.items()}}
     return list(out.values())
 
 
