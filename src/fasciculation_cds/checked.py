@@ -47,7 +47,7 @@ class Consulted:
         return max(days) if days else None
 
 
-def _lab_patterns(rule: Rule) -> Iterable[tuple[FactPattern | None, list[str], int | None]]:
+def lab_patterns(rule: Rule) -> Iterable[tuple[FactPattern | None, list[str], int | None]]:
     """(pattern, lab concepts, look-back) for every place a rule reads a lab."""
     for match in rule.match:
         contexts: list[ContextPattern | None] = [match.context,
@@ -77,7 +77,7 @@ def consulted_labs(ruleset: RuleSet) -> list[Consulted]:
                  for member in members}
     found: dict[str, dict[str, int | None]] = {}
     for rule in ruleset.active_rules():
-        for _, concepts, days in _lab_patterns(rule):
+        for _, concepts, days in lab_patterns(rule):
             for concept in concepts:
                 key = family_of.get(concept, concept)
                 lookbacks = found.setdefault(key, {})

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 from .rule_schema import SEVERITY_RANK
 
 if TYPE_CHECKING:
-    from .assessment import Assessment
+    from .assessment import Assessment, Evidence
 
 # The code system of rule ids (DetectedIssue.code, GuidanceResponse.moduleUri, card topics).
 RULES_SYSTEM = "https://fasciculation-cds.dev/rules"
@@ -63,3 +63,48 @@ def patient_order(assessment: Assessment) -> tuple[int, str]:
 
 def most_severe_first(assessments: Iterable[Assessment]) -> list[Assessment]:
     return sorted(assessments, key=patient_order)
+
+
+# How a problem, sign or drug was read from the record, as evidence says it.
+MATCHED_BY_WORDS = {
+    "code": "coded",
+    "code-prefix": "coded (code group)",
+    "text": "read from the record's text",
+    "ingredient-name-fallback": "read from the drug's name in its display",
+}
+CERTAINTY_WORDS = {"uncertain": "uncertain in the record", "unclear": "unclear in the record"}
+
+
+def matched_words(matched_by: str | None) -> str | None:
+    if matched_by is None:
+        return None
+    return MATCHED_BY_WORDS.get(matched_by, matched_by)
+
+
+def evidence_value(item: Evidence, with_date: bool = True) -> str:
+    """What an evidence item is, never only a label and a date: the lab value as sent (and
+    what it is), the drug as the record names it and its status, or a problem or sign with
+    the record's own words, how it was read and any doubt; then its date."""
+    parts: list[str] = []
+    if item.shown or item.reported:
+        parts.append(item.shown or item.reported or "")
+    elif item.display:
+        parts.append(item.display)
+    if item.quote:
+        parts.append(f"“{item.quote}”")
+    how = matched_words(item.matched_by)
+    if how and not (item.shown or item.reported):
+        parts.append(how)
+    if item.certainty:
+        parts.append(CERTAINTY_WORDS.get(item.certainty, item.certainty))
+    if item.status and not (item.shown or item.reported):
+        parts.append(item.status)
+    text = "; ".join(p for p in parts if p) or "recorded"
+    if item.effective and with_date:
+        text += f" ({item.effective})"
+    return text
+
+
+def evidence_line(item: Evidence) -> str:
+    """`Label: what it is (date)`, the one evidence line of the terminal, Markdown and cards."""
+    return f"{item.label or item.concept}: {evidence_value(item)}"
