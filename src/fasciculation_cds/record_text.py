@@ -14,7 +14,7 @@ import re
 # block (a heading, a list, a quote) in the middle of a card.
 # Bidirectional overrides and zero-width characters are removed too: they can make shown text
 # read differently from what it is.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e"
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e"
                       r"\u2066-\u2069\ufeff]")
 _BREAKS = re.compile(r"[\t\n\r\u2028\u2029\x85]+")
 # Characters with a meaning in CommonMark or GitHub Flavored Markdown inline text: emphasis,
@@ -30,7 +30,7 @@ _LINE_START = re.compile(r"^([-+=])|^(\d+)([.)])")
 
 def plain(text: str) -> str:
     """One line of plain text: line breaks and tabs as spaces, control characters removed."""
-    return _CONTROL.sub("", _BREAKS.sub(" ", text))
+    return CONTROL.sub("", _BREAKS.sub(" ", text))
 
 
 def markdown_text(text: str) -> str:

@@ -3,6 +3,7 @@ from a record is untrusted text."""
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 from collections.abc import Sequence
@@ -24,18 +25,20 @@ from ..presentation import (
     patient_order,
     severity_rank,
 )
-from ..record_text import markdown_text, plain
+from ..record_text import CONTROL, markdown_text, plain
 from ..ruleset import RuleSet
 from .charts import plot
 from .view import PatientView, build_view
 
 TEMPLATES = Path(__file__).parent / "templates"
 _HTML = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True,
-                    undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+                    undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                    finalize=lambda value: _html_text(value))
 # A detail's Markdown: raw HTML stays escaped, and no link or image is made at all (rule details
 # have none; record text in them is escaped already, this holds even if it were not)
+_CONTROL_FREE = functools.partial(CONTROL.sub, "")
 _MARKDOWN = MarkdownIt("commonmark", {"html": False}).disable(["link", "image", "autolink"])
-_HTML.filters["markdown"] = lambda text: Markup(_MARKDOWN.render(str(text)))
+_HTML.filters["markdown"] = lambda text: Markup(_MARKDOWN.render(_CONTROL_FREE(str(text))))
 _HTML.filters["evidence_value"] = evidence_value
 # The Markdown note: every value written into it is escaped as Markdown text (record text
 # never becomes a link, image or HTML; our own text renders the same either way)
@@ -45,6 +48,16 @@ _TEXT = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=False,
                     else value)
 _TEXT.filters["evidence_line"] = evidence_line
 _TEXT.filters["capitalize_first"] = lambda text: str(text)[:1].upper() + str(text)[1:]
+
+
+def _html_text(value: Any) -> Any:
+    """Text for the page without control characters (escape sequences, bidi overrides) before
+    autoescaping; rendered Markdown (Markup) is built from text already made plain."""
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return plain(value)
+    return value
+
+
 FHIR_SEVERITY = {"critical": "high", "warning": "moderate", "info": "low"}
 _LOCAL_REFERENCE = re.compile(r"^[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}$")
 
