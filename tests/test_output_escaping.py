@@ -47,7 +47,7 @@ MARKDOWN_TAGS = {"p", "ul", "ol", "li", "strong", "em", "code", "hr", "br"}
 
 
 def _record(display: str, text: str, unit: str) -> dict[str, Any]:
-    record = copy.deepcopy(BASE)
+    record: dict[str, Any] = copy.deepcopy(BASE)
     patient = record["entry"][0]["resource"]["id"]
     for entry in record["entry"]:
         resource = entry["resource"]
