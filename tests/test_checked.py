@@ -171,3 +171,20 @@ def test_checked_words_name_only_known_concepts(tmp_path: Path) -> None:
             load_rules(rules)
     finally:
         clear_rules_cache()
+
+
+def test_batch_rows_carry_what_was_checked(ruleset: RuleSet) -> None:
+    from fasciculation_cds.batch.rows import ASSESSMENTS_SCHEMA, assessment_row
+    from fasciculation_cds.evaluate import PatientError
+
+    assessment = _assess(fasciculation(), lab("k", "2823-3", 4.1, "mmol/L"),
+                         lab("na", "2951-2", 140, "furlongs"), ruleset=ruleset)
+    row = assessment_row(assessment, AS_OF, ruleset.version)
+    assert set(row) == set(ASSESSMENTS_SCHEMA.names)
+    assert assessment.checked is not None
+    assert row["checked"] == assessment.checked.text
+    assert "potassium" not in row["checked_missing"]
+    assert {"sodium", "magnesium", "calcium-any"} <= set(row["checked_missing"])
+    error = assessment_row(PatientError("Patient/x", "bad"), AS_OF, ruleset.version)
+    assert error["checked"] is None
+    assert error["checked_missing"] == []

@@ -35,6 +35,7 @@ from .presentation import Priority, order_findings
 from .quantity_text import (
     as_sent,
     evidence_label,
+    exactly_as_sent,
     format_significant,
     measured_text,
     provenance,
@@ -160,7 +161,8 @@ def evidence_of(fact: ClinicalFact, units: UnitTable,
         rng = range_text(fact.reference_low, fact.reference_high, fact.unit)
         return Evidence(reference=fact.reference, concept=fact.concept,
                         label=evidence_label(fact, labels or {}),
-                        value=round(fact.value, 4), unit=fact.unit, reported=as_sent(fact),
+                        value=round(fact.value, 4), unit=fact.unit,
+                        reported=exactly_as_sent(fact),
                         shown=shown_text(fact, units), effective=iso_day(fact.effective),
                         note=fact.note, reference_range=rng)
     if isinstance(fact, DraftOrder):
