@@ -44,7 +44,7 @@ class Evidence(_Out):
     quote: str | None = Field(default=None, description="For a problem or sign: the record's "
                               "own text it was read from (a text or display-fallback match).")
     certainty: str | None = Field(default=None, description="`uncertain` or `unclear` when "
-                                  "the record doubts it (RULES.md v3); absent when asserted.")
+                                  "the record doubts it; absent when asserted.")
 
 
 class Citation(_Out):
@@ -81,7 +81,7 @@ class CheckedRemark(_Out):
     """A result of the analyte that did not count (or counted with a caveat), and why."""
 
     reference: str
-    code: str = Field(description="A notice code (RULES.md v3 Definitions \"Notices\"), or "
+    code: str = Field(description="A notice code (docs/output.md, Notices), or "
                       "`status` for a result whose status does not count.")
     message: str
 

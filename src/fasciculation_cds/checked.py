@@ -100,7 +100,7 @@ def _label(ruleset: RuleSet, key: str) -> str:
 
 
 def within(moment: datetime, as_of: datetime, days: int | None) -> bool:
-    """Inside a look-back of whole calendar days (RULES.md v3 Definitions "Time")."""
+    """Inside a look-back of whole calendar days (docs/clinical-basis.md, "Lab results")."""
     if moment > as_of:
         return False
     day = as_of.astimezone(timezone.utc).date()

@@ -2,7 +2,7 @@
 names rule ids in FHIR resources and CDS Hooks cards.
 
 JSON, terminal text, Markdown, HTML, FHIR and cards all put the most severe first and, within a
-severity, follow the clinical priority of rules/presentation.yaml (`headline_order`, RULES.md v3
+severity, follow the clinical priority of rules/presentation.yaml (`headline_order`, the v3
 "Presentation of findings"); keeping the order in one place means a change to it cannot make two
 outputs disagree.
 """
