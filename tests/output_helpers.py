@@ -16,8 +16,8 @@ def patient(pid: str = "p1", birth: str = "1970-01-01") -> dict[str, Any]:
 
 
 def condition(cid: str, code: str, *, text: str | None = None, onset: str = "2026-10-01",
-              pid: str = "p1") -> dict[str, Any]:
-    concept: dict[str, Any] = {"coding": [{"system": SNOMED, "code": code}]}
+              pid: str = "p1", system: str = SNOMED) -> dict[str, Any]:
+    concept: dict[str, Any] = {"coding": [{"system": system, "code": code}]}
     if text is not None:
         concept = {"text": text}
     return {"resourceType": "Condition", "id": cid, "subject": {"reference": f"Patient/{pid}"},
@@ -25,7 +25,8 @@ def condition(cid: str, code: str, *, text: str | None = None, onset: str = "202
 
 
 def fasciculation(pid: str = "p1") -> dict[str, Any]:
-    return condition("fasc", "82470000", pid=pid)
+    # R25.3 Fasciculation (no SNOMED CT code is in the value sets for it)
+    return condition("fasc", "R25.3", pid=pid, system="http://hl7.org/fhir/sid/icd-10-cm")
 
 
 def lab(oid: str, loinc: str, value: float | str, unit: str, day: str = "2026-11-02", *,

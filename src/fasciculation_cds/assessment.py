@@ -41,6 +41,9 @@ class Evidence(_Out):
     matched_by: str | None = None
     note: str | None = None
     reference_range: str | None = None
+    dated_by: Literal["recorded"] | None = Field(
+        default=None, description="`recorded`: `effective` is the day a Condition without an "
+        "onset was recorded, not when it began; absent otherwise.")
     quote: str | None = Field(default=None, description="For a problem or sign: the record's "
                               "own text it was read from (a text or display-fallback match).")
     certainty: str | None = Field(default=None, description="`uncertain` or `unclear` when "

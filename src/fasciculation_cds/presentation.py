@@ -101,8 +101,15 @@ def evidence_value(item: Evidence, with_date: bool = True) -> str:
         parts.append(item.status)
     text = "; ".join(p for p in parts if p) or "recorded"
     if item.effective and with_date:
-        text += f" ({item.effective})"
+        text += f" ({date_text(item)})"
     return text
+
+
+def date_text(item: Evidence) -> str:
+    """`2026-11-20`, or `recorded on 2026-11-25, no onset given` for a recordedDate."""
+    if item.dated_by == "recorded":
+        return f"recorded on {item.effective}, no onset given"
+    return item.effective or ""
 
 
 def evidence_line(item: Evidence) -> str:

@@ -20,6 +20,7 @@ from ..assessment import Assessment, RuleFinding
 from ..facts import Medication
 from ..presentation import (
     RULES_SYSTEM,
+    date_text,
     evidence_line,
     evidence_value,
     patient_order,
@@ -40,6 +41,7 @@ _CONTROL_FREE = functools.partial(CONTROL.sub, "")
 _MARKDOWN = MarkdownIt("commonmark", {"html": False}).disable(["link", "image", "autolink"])
 _HTML.filters["markdown"] = lambda text: Markup(_MARKDOWN.render(_CONTROL_FREE(str(text))))
 _HTML.filters["evidence_value"] = evidence_value
+_HTML.filters["date_text"] = date_text
 # The Markdown note: every value written into it is escaped as Markdown text (record text
 # never becomes a link, image or HTML; our own text renders the same either way)
 _TEXT = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=False,
