@@ -70,7 +70,8 @@ def lab_patterns(rule: Rule) -> Iterable[tuple[FactPattern | None, list[str], in
             yield None, list(collect.concepts), None
 
 
-def consulted_labs(ruleset: RuleSet) -> list[Consulted]:
+@functools.lru_cache(maxsize=8)
+def consulted_labs(ruleset: RuleSet) -> tuple[Consulted, ...]:
     """Every lab concept the active rules read, a family's members under the family, in the
     order of presentation.yaml (then by label)."""
     family_of = {member: family for family, members in ruleset.lab_families.items()
@@ -88,8 +89,8 @@ def consulted_labs(ruleset: RuleSet) -> list[Consulted]:
     def place(key: str) -> tuple[int, str]:
         return (order.index(key) if key in order else len(order), _label(ruleset, key))
 
-    return [Consulted(key, tuple(ruleset.lab_families.get(key, (key,))), found[key])
-            for key in sorted(found, key=place)]
+    return tuple(Consulted(key, tuple(ruleset.lab_families.get(key, (key,))), found[key])
+                 for key in sorted(found, key=place))
 
 
 def _label(ruleset: RuleSet, key: str) -> str:
@@ -107,39 +108,50 @@ def within(moment: datetime, as_of: datetime, days: int | None) -> bool:
     return days is None or (day - moment.astimezone(timezone.utc).date()).days <= days
 
 
-def _lab_concepts_by_reference(ruleset: RuleSet,
-                               resources: Sequence[SourcedResource]) -> dict[str, set[str]]:
-    """Which lab concepts each Observation of the record codes (for notices and status)."""
+@dataclass(frozen=True)
+class _Observed:
+    """A lab Observation of the record: its reference, the lab concepts it codes, its status
+    and time (read once per patient)."""
+
+    reference: str
+    concepts: frozenset[str]
+    status: object
+    effective: datetime | None
+
+
+def _observed_labs(ruleset: RuleSet, resources: Sequence[SourcedResource],
+                   noticed: frozenset[str]) -> list[_Observed]:
+    """The lab Observations that explain something: those a notice names and those whose
+    status does not count (the counting ones are facts already; skipping them keeps this
+    cheap on records of thousands of results)."""
     term = ruleset.terminology
-    out: dict[str, set[str]] = {}
+    out = []
     for sourced in resources:
-        if sourced.resource.get("resourceType") != "Observation":
+        resource = sourced.resource
+        if resource.get("resourceType") != "Observation":
             continue
-        labs = {m.concept for m in term.match_codeable(sourced.resource.get("code"))
-                if term.concepts[m.concept].kind == "lab"}
+        reference = reference_of(sourced)
+        if resource.get("status") in COUNTING_OBSERVATION_STATUS and reference not in noticed:
+            continue
+        labs = frozenset(m.concept for m in term.match_codeable(resource.get("code"))
+                         if term.concepts[m.concept].kind == "lab")
         if labs:
-            out[reference_of(sourced)] = labs
+            out.append(_Observed(reference, labs, resource.get("status"),
+                                 effective_time(resource)))
     return out
 
 
-def _status_remarks(ruleset: RuleSet, resources: Sequence[SourcedResource],
-                    as_of: datetime, days: int | None,
+def _status_remarks(observed: Sequence[_Observed], as_of: datetime, days: int | None,
                     members: tuple[str, ...]) -> list[CheckedRemark]:
-    term = ruleset.terminology
     remarks = []
-    for sourced in resources:
-        resource = sourced.resource
-        status = resource.get("status")
-        if resource.get("resourceType") != "Observation" or status in COUNTING_OBSERVATION_STATUS:
+    for lab in observed:
+        if lab.status in COUNTING_OBSERVATION_STATUS or not lab.concepts & set(members):
             continue
-        if not any(m.concept in members for m in term.match_codeable(resource.get("code"))):
+        if lab.effective is not None and not within(lab.effective, as_of, days):
             continue
-        when = effective_time(resource)
-        if when is not None and not within(when, as_of, days):
-            continue
-        shown = status if isinstance(status, str) else "missing"
+        shown = lab.status if isinstance(lab.status, str) else "missing"
         remarks.append(CheckedRemark(
-            reference=reference_of(sourced), code="status",
+            reference=lab.reference, code="status",
             message=f"status {shown}: only final, amended or corrected results count"))
     return remarks
 
@@ -150,18 +162,19 @@ def _newest(labs: Iterable[LabResult]) -> LabResult | None:
     return ordered[0] if ordered else None
 
 
-def _analyte(ruleset: RuleSet, item: Consulted, labs: Sequence[LabResult],
-             notices: Sequence[Notice], concepts_of: Mapping[str, set[str]],
-             resources: Sequence[SourcedResource], as_of: datetime) -> CheckedAnalyte:
+def _analyte(ruleset: RuleSet, item: Consulted, labs: Mapping[str, Sequence[LabResult]],
+             notices: Sequence[Notice], observed: Sequence[_Observed],
+             as_of: datetime) -> CheckedAnalyte:
     units = ruleset.units
     short = ruleset.presentation.checked.analytes.get(item.key, _label(ruleset, item.key))
     days = item.lookback_days
-    used = _newest(lab for lab in labs
-                   if lab.concept in item.members and within(lab.effective, as_of, days))
+    used = _newest(lab for member in item.members for lab in labs.get(member, ())
+                   if within(lab.effective, as_of, days))
+    concepts_of = {lab.reference: lab.concepts for lab in observed}
     remarks = [CheckedRemark(reference=n.reference, code=n.code, message=n.message)
-               for n in notices
-               if concepts_of.get(n.reference, set()) & set(item.members) and n.code != UNREADABLE]
-    remarks += _status_remarks(ruleset, resources, as_of, days, item.members)
+               for n in notices if n.code != UNREADABLE
+               and concepts_of.get(n.reference, frozenset()) & set(item.members)]
+    remarks += _status_remarks(observed, as_of, days, item.members)
     remarks.sort(key=lambda r: (r.reference, r.code, r.message))
     span = f"in {days} days" if days is not None else "recorded"
     base = functools.partial(CheckedAnalyte, concept=item.key, label=_label(ruleset, item.key),
@@ -188,7 +201,8 @@ def _analyte(ruleset: RuleSet, item: Consulted, labs: Sequence[LabResult],
     return base(state="none", text=f"{short}: none {span}")
 
 
-def _set_rules(ruleset: RuleSet, name: str, groups: Sequence[str]) -> list[str]:
+@functools.lru_cache(maxsize=32)
+def _set_rules(ruleset: RuleSet, name: str, groups: tuple[str, ...]) -> list[str]:
     rules = set()
     for rule in ruleset.active_rules():
         for match in rule.match:
@@ -231,7 +245,7 @@ def _sign_set(ruleset: RuleSet, name: str, facts: Sequence[ClinicalFact]) -> Che
                 notes.append(sign.certainty)
             parts.append(f"{sign.label} ({'; '.join(notes)})")
         text = f"{label}: {', '.join(dict.fromkeys(parts))}"
-    return CheckedSignSet(name=name, label=label, rules=_set_rules(ruleset, name, groups),
+    return CheckedSignSet(name=name, label=label, rules=list(_set_rules(ruleset, name, tuple(groups))),
                           groups=groups, found=found, text=text)
 
 
@@ -243,9 +257,12 @@ def build_checked(
     as_of: datetime,
 ) -> Checked:
     """The checked section: deterministic for the same record, rules and as_of."""
-    labs = [f for f in facts if isinstance(f, LabResult)]
-    concepts_of = _lab_concepts_by_reference(ruleset, resources)
-    analytes = [_analyte(ruleset, item, labs, notices, concepts_of, resources, as_of)
+    labs: dict[str, list[LabResult]] = {}
+    for fact in facts:
+        if isinstance(fact, LabResult):
+            labs.setdefault(fact.concept, []).append(fact)
+    observed = _observed_labs(ruleset, resources, frozenset(n.reference for n in notices))
+    analytes = [_analyte(ruleset, item, labs, notices, observed, as_of)
                 for item in consulted_labs(ruleset)]
     signs = [_sign_set(ruleset, name, facts)
              for name in sorted(ruleset.derived.counted_group_sets)]
