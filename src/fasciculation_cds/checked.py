@@ -245,8 +245,9 @@ def _sign_set(ruleset: RuleSet, name: str, facts: Sequence[ClinicalFact]) -> Che
                 notes.append(sign.certainty)
             parts.append(f"{sign.label} ({'; '.join(notes)})")
         text = f"{label}: {', '.join(dict.fromkeys(parts))}"
-    return CheckedSignSet(name=name, label=label, rules=list(_set_rules(ruleset, name, tuple(groups))),
-                          groups=groups, found=found, text=text)
+    rules = list(_set_rules(ruleset, name, tuple(groups)))
+    return CheckedSignSet(name=name, label=label, rules=rules, groups=groups, found=found,
+                          text=text)
 
 
 def build_checked(
