@@ -188,3 +188,19 @@ def test_batch_rows_carry_what_was_checked(ruleset: RuleSet) -> None:
     error = assessment_row(PatientError("Patient/x", "bad"), AS_OF, ruleset.version)
     assert error["checked"] is None
     assert error["checked_missing"] == []
+
+
+def test_a_sign_left_in_doubt_never_reads_as_none(ruleset: RuleSet) -> None:
+    equivocal = {"resourceType": "Observation", "id": "hr", "status": "final",
+                 "subject": {"reference": "Patient/p1"}, "effectiveDateTime": "2026-11-01",
+                 "code": {"coding": [{"system": "http://snomed.info/sct", "code": "86854008"}]},
+                 "valueString": "equivocal"}
+    assessment = _assess(fasciculation(), equivocal, ruleset=ruleset)
+    assert "sign-value-unclear" in [n.code for n in assessment.notices]
+    assert assessment.checked is not None
+    [signs] = assessment.checked.signs
+    assert signs.found == []
+    assert [(r.reference, r.code) for r in signs.remarks] == [("Observation/hr",
+                                                               "sign-value-unclear")]
+    assert signs.text == "no MND signs counted, 1 left in doubt by the record"
+    assert "no MND signs recorded" not in assessment.checked.text

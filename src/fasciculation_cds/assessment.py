@@ -131,6 +131,9 @@ class CheckedSignSet(_Out):
     rules: list[str]
     groups: list[str]
     found: list[CheckedSign]
+    remarks: list[CheckedRemark] = Field(
+        default_factory=list, description="Signs of the set the record leaves in doubt "
+        "(notices `sign-value-unclear`, `text-uncertain`): then the set never reads as none.")
     text: str = Field(description="`no MND signs recorded`, or the signs found.")
 
 

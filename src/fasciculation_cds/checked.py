@@ -31,6 +31,9 @@ from .rule_schema import ContextPattern, FactPattern, Rule
 from .ruleset import RuleSet
 
 UNREADABLE = "resource-unreadable"
+# Notices that name a sign the record leaves in doubt: a sign set never reads "no … recorded"
+# past one of them (uncertainty never produces reassurance).
+SIGN_DOUBTS = frozenset({"sign-value-unclear", "text-uncertain"})
 
 
 @dataclass(frozen=True)
@@ -215,7 +218,24 @@ def _set_rules(ruleset: RuleSet, name: str, groups: tuple[str, ...]) -> list[str
     return sorted(rules)
 
 
-def _sign_set(ruleset: RuleSet, name: str, facts: Sequence[ClinicalFact]) -> CheckedSignSet:
+def _doubted_concepts(ruleset: RuleSet, resources: Sequence[SourcedResource],
+                      notices: Sequence[Notice]) -> dict[str, set[str]]:
+    """Notice reference -> the concepts its resource codes or names, for the notices that doubt
+    a sign (only those resources are read again)."""
+    doubted = {n.reference for n in notices if n.code in SIGN_DOUBTS}
+    out: dict[str, set[str]] = {}
+    if not doubted:
+        return out
+    for sourced in resources:
+        reference = reference_of(sourced)
+        if reference in doubted:
+            code = sourced.resource.get("code")
+            out[reference] = {m.concept for m in ruleset.terminology.match_codeable(code)}
+    return out
+
+
+def _sign_set(ruleset: RuleSet, name: str, facts: Sequence[ClinicalFact],
+              notices: Sequence[Notice], doubted: Mapping[str, set[str]]) -> CheckedSignSet:
     groups = list(ruleset.derived.counted_group_sets[name].groups)
     words = ruleset.presentation.checked.sign_sets.get(name)
     label = words.label if words else name.replace("_", " ")
@@ -232,8 +252,15 @@ def _sign_set(ruleset: RuleSet, name: str, facts: Sequence[ClinicalFact]) -> Che
                 date=iso_day(when) if when else None, certainty=fact.certainty,
                 matched_by=fact.matched_by, quote=fact.quote))
     found.sort(key=lambda s: (groups.index(s.group), s.concept, s.reference))
+    members = {c for g in groups for c in ruleset.terminology.groups.get(g, ())}
+    remarks = sorted((CheckedRemark(reference=n.reference, code=n.code, message=n.message)
+                      for n in notices if n.code in SIGN_DOUBTS
+                      and doubted.get(n.reference, set()) & members),
+                     key=lambda r: (r.reference, r.code, r.message))
     if not found:
         text = f"no {label} recorded"
+        if remarks:
+            text = f"no {label} counted, {len(remarks)} left in doubt by the record"
     else:
         names = words.groups if words else {}
         parts = []
@@ -245,9 +272,11 @@ def _sign_set(ruleset: RuleSet, name: str, facts: Sequence[ClinicalFact]) -> Che
                 notes.append(sign.certainty)
             parts.append(f"{sign.label} ({'; '.join(notes)})")
         text = f"{label}: {', '.join(dict.fromkeys(parts))}"
+        if remarks:
+            text += f"; {len(remarks)} more left in doubt by the record"
     rules = list(_set_rules(ruleset, name, tuple(groups)))
     return CheckedSignSet(name=name, label=label, rules=rules, groups=groups, found=found,
-                          text=text)
+                          remarks=remarks, text=text)
 
 
 def build_checked(
@@ -265,7 +294,8 @@ def build_checked(
     observed = _observed_labs(ruleset, resources, frozenset(n.reference for n in notices))
     analytes = [_analyte(ruleset, item, labs, notices, observed, as_of)
                 for item in consulted_labs(ruleset)]
-    signs = [_sign_set(ruleset, name, facts)
+    doubted = _doubted_concepts(ruleset, resources, notices)
+    signs = [_sign_set(ruleset, name, facts, notices, doubted)
              for name in sorted(ruleset.derived.counted_group_sets)]
     unreadable = sorted({n.reference for n in notices if n.code == UNREADABLE})
     text = "checked: " + ", ".join(a.text for a in analytes)
