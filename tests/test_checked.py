@@ -204,3 +204,11 @@ def test_a_sign_left_in_doubt_never_reads_as_none(ruleset: RuleSet) -> None:
                                                                "sign-value-unclear")]
     assert signs.text == "no MND signs counted, 1 left in doubt by the record"
     assert "no MND signs recorded" not in assessment.checked.text
+
+
+def test_an_implausible_albumin_is_named_on_the_calcium(ruleset: RuleSet) -> None:
+    found = _analyte(_assess(fasciculation(), lab("ca", "17861-6", 8.0, "mg/dL"),
+                             lab("alb", "1751-7", 3.5, "g/L"), ruleset=ruleset), "calcium-any")
+    assert [(r.reference, r.code) for r in found.remarks] == [("Observation/alb",
+                                                               "albumin-implausible")]
+    assert found.what == "Calcium (total), as measured"

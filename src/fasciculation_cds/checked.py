@@ -26,6 +26,7 @@ from .facts import ClinicalFact, Finding, LabResult, Problem
 from .fhir_time import iso_day
 from .ingest import SourcedResource
 from .normalize.common import COUNTING_OBSERVATION_STATUS, effective_time, reference_of
+from .normalize.labs import ALBUMIN, CORRECTED_CALCIUM
 from .quantity_text import evidence_label, shown_text, used_text
 from .rule_schema import ContextPattern, FactPattern, Rule
 from .ruleset import RuleSet
@@ -173,7 +174,10 @@ def _analyte(ruleset: RuleSet, item: Consulted, labs: Mapping[str, Sequence[LabR
     days = item.lookback_days
     used = _newest(lab for member in item.members for lab in labs.get(member, ())
                    if within(lab.effective, as_of, days))
-    concepts_of = {lab.reference: lab.concepts for lab in observed}
+    # an albumin's notice (implausible, a bound) is about the calcium it would have corrected
+    concepts_of = {lab.reference: lab.concepts | ({CORRECTED_CALCIUM} if ALBUMIN in lab.concepts
+                                                  else set())
+                   for lab in observed}
     remarks = [CheckedRemark(reference=n.reference, code=n.code, message=n.message)
                for n in notices if n.code != UNREADABLE
                and concepts_of.get(n.reference, frozenset()) & set(item.members)]
