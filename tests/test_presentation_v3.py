@@ -100,7 +100,7 @@ def test_evidence_without_a_value_says_what_it_is(ruleset: RuleSet) -> None:
     for item in items:
         line = evidence_line(item)
         assert not re.fullmatch(r"[^:]+: \(\d{4}-\d\d-\d\d\)", line), line
-        assert line == "Hyperreflexia (UMN sign): coded (2026-10-01)"
+        assert line == "Hyperreflexia (UMN sign): coded (onset 2026-10-01)"
     bare = re.compile(r"^\s*-?\s*[A-Z][^:\n]*: \(\d{4}-\d\d-\d\d\)\s*$", re.M)
     for name, text in _views(assessment, ruleset).items():
         assert not bare.search(text), name
@@ -122,11 +122,12 @@ def test_a_condition_dated_by_its_recorded_date_says_so(ruleset: RuleSet) -> Non
     items = [e for f in assessment.findings for e in f.evidence if e.reference == "Condition/st"]
     assert items
     assert {e.dated_by for e in items} == {"recorded"}
-    assert "(recorded on 2026-11-25, no onset given)" in evidence_line(items[0])
+    assert "(recorded 2026-11-25 (no onset given))" in evidence_line(items[0])
     dated = _assess(fasciculation(), condition("st", "73595000", onset="2026-11-20"),
                     ruleset=ruleset)
-    assert {e.dated_by for f in dated.findings for e in f.evidence
-            if e.reference == "Condition/st"} == {None}
+    onset = [e for f in dated.findings for e in f.evidence if e.reference == "Condition/st"]
+    assert {e.dated_by for e in onset} == {"onset"}
+    assert evidence_line(onset[0]).endswith("(onset 2026-11-20)")
 
 
 def test_a_card_comparing_a_lab_shows_its_trend_ck_included(ruleset: RuleSet) -> None:
@@ -170,3 +171,17 @@ def test_negated_items_are_shown_nowhere(ruleset: RuleSet) -> None:
         assert "No dysphagia" not in text, name
     assert assessment.checked is not None
     assert assessment.checked.signs[0].found == []
+
+
+def test_an_onset_given_as_an_age_says_so() -> None:
+    from fasciculation_cds.evidence_dates import mark_condition_dates
+    from fasciculation_cds.ingest import SourcedResource
+
+    withdrawal = {"resourceType": "Condition", "id": "w", "onsetAge": {"value": 40, "unit": "a"}}
+    item = Evidence(reference="Condition/w", concept="alcohol-withdrawal", label="Withdrawal",
+                    matched_by="code", effective="2010-03-01")
+    finding = RuleFinding(rule_id="context.withdrawal", category="context", severity="info",
+                          title="t", summary="s", detail="d", evidence=[item],
+                          recommendations=["r"], references=[])
+    [marked] = mark_condition_dates([finding], [SourcedResource(withdrawal, "in", "0")])
+    assert evidence_line(marked.evidence[0]) == "Withdrawal: coded (onset at age 40 (2010))"

@@ -41,9 +41,12 @@ class Evidence(_Out):
     matched_by: str | None = None
     note: str | None = None
     reference_range: str | None = None
-    dated_by: Literal["recorded"] | None = Field(
-        default=None, description="`recorded`: `effective` is the day a Condition without an "
-        "onset was recorded, not when it began; absent otherwise.")
+    dated_by: Literal["onset", "onset-age", "recorded"] | None = Field(
+        default=None, description="For a Condition: `onset`, `effective` is its onset; "
+        "`onset-age`, an onset given as an age (`onset_age`); `recorded`, the day it was "
+        "recorded, having no onset. Absent for other evidence.")
+    onset_age: str | None = Field(default=None, description="The age (or age range) an "
+                                  "onset was given as, in the record's unit (years, as a rule).")
     quote: str | None = Field(default=None, description="For a problem or sign: the record's "
                               "own text it was read from (a text or display-fallback match).")
     certainty: str | None = Field(default=None, description="`uncertain` or `unclear` when "

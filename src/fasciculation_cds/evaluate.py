@@ -24,7 +24,7 @@ from .compiler import (
 )
 from .engine import RuleEngine
 from .errors import InputError
-from .evidence_dates import mark_recorded_dates
+from .evidence_dates import mark_condition_dates
 from .facts import ClinicalFact
 from .fhir_time import iso_day, iso_instant, latest_recorded_time, parse_as_of
 from .findings import RuleHit, build_finding, sort_findings
@@ -112,7 +112,7 @@ class Evaluator:
             patient=PatientSummary(reference=record.reference, age=patient.age, sex=patient.sex),
             as_of=label,
             presentation=list(normalized.context.presentation),
-            findings=sort_findings(mark_recorded_dates(findings, record.resources),
+            findings=sort_findings(mark_condition_dates(findings, record.resources),
                                    self._priority),
             notices=notices,
             rules_version=self.ruleset.version,

@@ -106,10 +106,16 @@ def evidence_value(item: Evidence, with_date: bool = True) -> str:
 
 
 def date_text(item: Evidence) -> str:
-    """`2026-11-20`, or `recorded on 2026-11-25, no onset given` for a recordedDate."""
+    """The date and its source: `2026-11-20` (a result), `onset 2026-11-20`, `onset at age 12
+    (1982)`, or `recorded 2026-11-25 (no onset given)`."""
+    day = item.effective or ""
     if item.dated_by == "recorded":
-        return f"recorded on {item.effective}, no onset given"
-    return item.effective or ""
+        return f"recorded {day} (no onset given)"
+    if item.dated_by == "onset-age":
+        return f"onset at age {item.onset_age or '?'} ({day[:4]})"
+    if item.dated_by == "onset":
+        return f"onset {day}"
+    return day
 
 
 def evidence_line(item: Evidence) -> str:
