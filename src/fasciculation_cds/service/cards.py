@@ -12,6 +12,7 @@ from ..fhir_time import iso_day
 from ..presentation import RULES_SYSTEM, evidence_line
 from ..quantity_text import as_sent
 from ..record_text import markdown_text, plain
+from ..report.view import series_label
 from ..ruleset import RuleSet
 from .models import Action, Card, CardSuggestion, CodingOut, Indicator, Link, Source
 from .needs import shown_on
@@ -57,7 +58,7 @@ def _evidence_line(item: Evidence) -> str:
     return f"- {markdown_text(evidence_line(item))}"
 
 
-def _trend(finding: RuleFinding, assessment: Assessment) -> list[str]:
+def _trend(finding: RuleFinding, assessment: Assessment, ruleset: RuleSet) -> list[str]:
     """Each lab the finding compares with a threshold, with its earlier results (newest first):
     the card shows where the value is heading, CK included."""
     lines = []
@@ -69,15 +70,16 @@ def _trend(finding: RuleFinding, assessment: Assessment) -> list[str]:
         earlier = [f for f in labs if f.reference not in used][:TREND_POINTS]
         if earlier:
             points = ", ".join(f"{as_sent(f)} ({iso_day(f.effective)})" for f in earlier)
-            lines.append(f"- {markdown_text(f'{labs[0].label}, earlier: {points}')}")
+            label = series_label(labs, ruleset)
+            lines.append(f"- {markdown_text(f'{label}, earlier: {points}')}")
     return lines
 
 
-def _detail(finding: RuleFinding, assessment: Assessment) -> str:
+def _detail(finding: RuleFinding, assessment: Assessment, ruleset: RuleSet) -> str:
     lines = [markdown_blocks(finding.detail)]
     if finding.evidence:
         lines += ["", "**Evidence**", ""] + [_evidence_line(e) for e in finding.evidence]
-    trend = _trend(finding, assessment)
+    trend = _trend(finding, assessment, ruleset)
     if trend:
         lines += ["", "**Trend**", "", *trend]
     # every severity: the benign card's safety net is one of its recommendations
@@ -136,7 +138,7 @@ def to_card(finding: RuleFinding, assessment: Assessment, ruleset: RuleSet, card
         uuid=card_uuid(card_key, finding.rule_id),
         summary=plain(finding.summary),
         indicator=Indicator(finding.severity),
-        detail=_detail(finding, assessment),
+        detail=_detail(finding, assessment, ruleset),
         source=Source(label=SOURCE_LABEL, url=f"{rules_url}/{finding.rule_id}",
                       topic=CodingOut(system=RULES_SYSTEM, code=finding.rule_id,
                                       display=finding.title)),
