@@ -143,6 +143,12 @@ def test_the_attack_of_the_issue_reaches_the_outputs_as_text(ruleset: RuleSet) -
     assert "[bold]" in console.file.getvalue()  # type: ignore[attr-defined]
     page = render_html(assessment, ruleset)
     assert "![t](https://tracker.example/p.png)" in page.replace("&#34;", '"')
+    issues = [e["resource"] for e in render_fhir(assessment)["entry"]
+              if e["resource"]["resourceType"] == "DetectedIssue"]
+    assert len(issues) == len(assessment.findings)
+    narratives = [issue["text"]["div"] for issue in issues]
+    assert any("![t](https://tracker.example/p.png)" in n for n in narratives)
+    assert all("<script>" not in n for n in narratives)
     _outputs_are_inert(assessment, ruleset)
 
 
