@@ -11,6 +11,7 @@ import json
 import re
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -168,3 +169,18 @@ class _Text(HTMLParser):
 
     def handle_data(self, data: str) -> None:
         self.text.append(data)
+
+
+def test_cli_errors_show_record_text_as_text(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fasciculation_cds.cli import app
+
+    orphan = lab("k", "2823-3", 4.1, "mmol/L", pid="[red]x\x1b[31m")
+    source = tmp_path / "orphan.json"
+    source.write_text(json.dumps({"resourceType": "Bundle", "type": "collection",
+                                  "entry": [{"resource": orphan}]}))
+    result = CliRunner().invoke(app, ["evaluate", str(source), "--as-of", AS_OF,
+                                      "--format", "text"])
+    assert "[red]x" in result.stderr
+    assert "\x1b" not in result.stderr
