@@ -52,6 +52,10 @@ def test_analytes_and_look_backs_come_from_the_rules(ruleset: RuleSet) -> None:
     assert consulted["sodium"].lookbacks["electrolyte.dehydration"] == 30
     assert consulted["sodium"].lookback_days == 90
     assert consulted["egfr"].lookback_days == 365
+    # read through a derived fact: HbA1c makes diabetes for the rules that test diabetes
+    assert consulted["hba1c"].lookbacks == {
+        r.id: ruleset.derived.diabetes_by_hba1c.lookback_days for r in ruleset.active_rules()
+        if "diabetes-mellitus" in r.model_dump_json()}
     # every rule naming the analyte is listed, and only those
     assert set(consulted["creatine-kinase"].lookbacks) == {
         r.id for r in ruleset.active_rules()

@@ -74,10 +74,23 @@ def lab_patterns(rule: Rule) -> Iterable[tuple[FactPattern | None, list[str], in
             yield None, list(collect.concepts), None
 
 
+def _names_concept(rule: Rule, concept: str) -> bool:
+    """Whether a rule tests `concept` anywhere (a fact pattern or a context test)."""
+    for match in rule.match:
+        contexts = [c for c in (match.context, *(e.context for e in match.escalate)) if c]
+        patterns = [*match.facts.values(), *(p for e in match.escalate for p in e.facts.values()),
+                    *(p for c in contexts for p in c.without_facts)]
+        if any(concept in p.named_concepts for p in patterns) or any(
+                concept in [*c.presents, *c.presents_any, *c.absent] for c in contexts):
+            return True
+    return False
+
+
 @functools.lru_cache(maxsize=8)
 def consulted_labs(ruleset: RuleSet) -> tuple[Consulted, ...]:
     """Every lab concept the active rules read, a family's members under the family, in the
-    order of presentation.yaml (then by label)."""
+    order of presentation.yaml (then by label). A lab read through a derived fact (HbA1c makes
+    diabetes, derived.yaml) is listed under the rules that test that fact."""
     family_of = {member: family for family, members in ruleset.lab_families.items()
                  for member in members}
     found: dict[str, dict[str, int | None]] = {}
@@ -88,6 +101,10 @@ def consulted_labs(ruleset: RuleSet) -> tuple[Consulted, ...]:
                 lookbacks = found.setdefault(key, {})
                 known = lookbacks.get(rule.id)
                 lookbacks[rule.id] = days if known is None else max(known, days or 0)
+    diabetes = ruleset.derived.diabetes_by_hba1c
+    for rule in ruleset.active_rules():
+        if _names_concept(rule, diabetes.yields):
+            found.setdefault(diabetes.concept, {})[rule.id] = diabetes.lookback_days
     order = list(ruleset.presentation.checked.analytes)
 
     def place(key: str) -> tuple[int, str]:
