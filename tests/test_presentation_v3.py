@@ -185,3 +185,15 @@ def test_an_onset_given_as_an_age_says_so() -> None:
                           recommendations=["r"], references=[])
     [marked] = mark_condition_dates([finding], [SourcedResource(withdrawal, "in", "0")])
     assert evidence_line(marked.evidence[0]) == "Withdrawal: coded (onset at age 40 (2010))"
+
+
+def test_the_ck_chart_draws_the_upper_limits_the_rules_compare(ruleset: RuleSet) -> None:
+    from fasciculation_cds.report.view import build_view
+
+    high = lab("ck1", "2157-6", 2600, "U/L", "2026-11-20")
+    high["referenceRange"] = [{"high": {"value": 170, "unit": "U/L", "code": "U/L"}}]
+    assessment = _assess(fasciculation(), _statin(), high,
+                         lab("ck0", "2157-6", 310, "U/L", "2026-10-01"), ruleset=ruleset)
+    [ck] = [s for s in build_view(assessment, ruleset).series if s.concept == "creatine-kinase"]
+    assert [t.label for t in ck.thresholds] == ["> upper limit, 170 U/L",
+                                                "> 10 \u00d7 upper limit, 1700 U/L"]

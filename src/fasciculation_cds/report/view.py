@@ -129,6 +129,31 @@ def charted_concepts(ruleset: RuleSet) -> tuple[str, ...]:
     return tuple(c for c in in_table if c in compared or c in by_limit)
 
 
+def upper_limit_lines(ruleset: RuleSet, labs: Sequence[LabResult], unit: str) -> list[Threshold]:
+    """For a lab the rules compare with multiples of its upper limit (CK): a line at each
+    multiple a rule names, from the newest result's upper limit, in the axis unit."""
+    concept = labs[0].concept
+    multiples = sorted({bound for rule in ruleset.active_rules()
+                        for pattern, concepts, _ in lab_patterns(rule)
+                        if pattern is not None and pattern.times_upper_limit is not None
+                        and concept in concepts
+                        for bound in (pattern.times_upper_limit.gt, pattern.times_upper_limit.gte)
+                        if bound is not None})
+    limit = labs[-1].upper_limit
+    if limit is None:
+        return []
+    lines = []
+    for multiple in multiples:
+        canonical = Fraction(repr(float(limit))) * Fraction(repr(multiple))
+        on_axis = ruleset.units.from_canonical(concept, canonical, unit)
+        if on_axis is None:
+            continue
+        times = "" if multiple == 1 else f"{multiple:g} \u00d7 "  # the multiplication sign
+        shown = converted_text(ruleset.units, concept, float(on_axis), unit, unit) or ""
+        lines.append(Threshold(float(on_axis), f"> {times}upper limit, {shown}"))
+    return lines
+
+
 def series_label(labs: Sequence[LabResult], ruleset: RuleSet) -> str:
     """What a chart plots: one label when every point is the same kind of value (`Calcium
     (total), as measured`), else each kind it holds."""
@@ -152,7 +177,9 @@ def build_view(assessment: Assessment, ruleset: RuleSet) -> PatientView:
                           f"{shown_text(p, ruleset.units)} ({iso_day(p.effective)})",
                           p.reference, p.reference in flagged_refs and p.is_latest)
                     for p in points],
-            thresholds=thresholds_for(ruleset, concept, unit)))
+            thresholds=sorted([*thresholds_for(ruleset, concept, unit),
+                               *upper_limit_lines(ruleset, points, unit)],
+                              key=lambda t: t.value)))
     medications = []
     for fact in assessment.facts:
         if isinstance(fact, Medication):
