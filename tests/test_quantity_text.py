@@ -10,6 +10,7 @@ from fasciculation_cds.facts import LabResult
 from fasciculation_cds.quantity_text import (
     converted_text,
     format_significant,
+    sent_number,
     shown_text,
     used_text,
 )
@@ -79,3 +80,11 @@ def test_thresholds_convert_for_a_one_unit_chart(ruleset: RuleSet) -> None:
     assert converted_text(units, "magnesium", 0.70, "mmol/L", "mg/dL") == "1.70 mg/dL"
     assert converted_text(units, "glucose", 70, "mg/dL", "mmol/L") == "3.89 mmol/L"
     assert converted_text(units, "magnesium", 0.70, "mmol/L", "g/L") is None
+
+
+@pytest.mark.parametrize(("sent", "shown"), [
+    ("65.566064456418", "65.57"), ("4.1", "4.1"), ("1.50", "1.50"), ("0.85", "0.85"),
+    ("12345.678", "12346"), ("0.0012345", "0.001235"), ("140", "140"), ("9.99999", "10.00"),
+])
+def test_a_sent_number_keeps_its_digits_up_to_a_cap(sent: str, shown: str) -> None:
+    assert sent_number(sent) == shown

@@ -16,6 +16,7 @@ from rich.console import Console
 
 from fasciculation_cds import Assessment, evaluate, evaluate_each, load_rules
 from fasciculation_cds.facts import LabResult
+from fasciculation_cds.quantity_text import evidence_label
 from fasciculation_cds.render_text import render_assessment
 from fasciculation_cds.report import render_fhir, render_html, render_markdown, write_reports
 from fasciculation_cds.report.view import build_view, charted_concepts
@@ -132,9 +133,13 @@ def test_html_page_structure(example: Path, ruleset: RuleSet) -> None:
         assert finding.rule_id in outline.ids
     charted = charted_concepts(ruleset)
     labs = [f for f in assessment.facts if isinstance(f, LabResult) and f.concept in charted]
-    by_label: dict[str, list[LabResult]] = {}
-    for fact in labs:
-        by_label.setdefault(fact.label, []).append(fact)
+    # v3: a chart's title says what it plots ("Calcium (total), as measured")
+    by_concept: dict[str, list[LabResult]] = {}
+    for fact in sorted(labs, key=lambda f: f.effective):
+        by_concept.setdefault(fact.concept, []).append(fact)
+    by_label = {" / ".join(dict.fromkeys(
+        evidence_label(f, ruleset.presentation.lab_labels) for f in facts)): facts
+        for facts in by_concept.values()}
     charts = {caption.rsplit(" (", 1)[0]: (caption.rsplit(" (", 1)[1].rstrip(")"), points)
               for caption, points in outline.charts.items()}
     assert {label: points for label, (_, points) in charts.items()} == {
@@ -159,7 +164,9 @@ def test_values_are_shown_in_the_lab_unit_and_corrections_said_plainly(
             "8.16 mg/dL</td>") in page
     outline = _Outline()
     outline.feed(page)
-    [calcium] = [c for c in outline.charts if c.startswith("Calcium corrected")]
+    # v3: the title says what is plotted: this package corrected the calcium
+    [calcium] = [c for c in outline.charts
+                 if c.startswith("Calcium (total), corrected for albumin by this package")]
     assert calcium.endswith("(mg/dL)")  # the lab sent mg/dL
     # the rule writes calcium thresholds in mg/dL: labelled as written; the lines drawn are the
     # nearest on each side of the result (8.16), not the far hypercalcaemia ones
@@ -175,9 +182,11 @@ def test_values_are_shown_in_the_lab_unit_and_corrections_said_plainly(
 
 
 def test_charts_are_the_labs_the_rules_compare(ruleset: RuleSet) -> None:
+    # v3: a lab compared with a multiple of its upper limit (CK) is charted too
     compared = {p.concept for r in ruleset.active_rules() for m in r.match
                 for p in [*m.facts.values(), *(q for e in m.escalate for q in e.facts.values())]
-                if p.value is not None and p.concept}
+                if (p.value is not None or p.times_upper_limit is not None) and p.concept}
+    assert "creatine-kinase" in compared
     assert set(charted_concepts(ruleset)) == compared
     assert "calcium-corrected" in compared  # the value the calcium rule decides on
 
@@ -316,7 +325,8 @@ def test_pages_render_in_headless_chromium(example: str, tmp_path: Path,
         shutil.copyfile(shot, target)
 
 
-def test_markdown_note_counts_data_notices(ruleset: RuleSet) -> None:
+def test_markdown_note_lists_data_notices_as_remarks(ruleset: RuleSet) -> None:
+    # v3 "Presentation of findings": notices are data-quality remarks, each listed
     bundle = json.loads((REPO / "fhir_examples" / "hypomagnesemia-omeprazole.json").read_text())
     for entry in bundle["entry"]:
         quantity = entry["resource"].get("valueQuantity")
@@ -326,4 +336,9 @@ def test_markdown_note_counts_data_notices(ruleset: RuleSet) -> None:
     [assessment] = evaluate(bundle, as_of=AS_OF, rules=ruleset)
     assert [n.code for n in assessment.notices] == ["unit-not-convertible"]
     note = render_markdown(assessment)
-    assert "Data notices: 1 (unit-not-convertible); the full report lists them." in note
+    assert "Data-quality remarks (1):" in note
+    [remark] = [line for line in note.splitlines() if "cannot be converted" in line]
+    assert remark.startswith("- Magnesium")
+    assert "\\'mg\\'" not in remark
+    assert "checked: " not in note
+    assert "Checked: K " in note

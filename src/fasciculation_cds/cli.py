@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 from .evaluate import Evaluator, InputProblem, PatientError, evaluate_each
 from .fhir_time import parse_as_of
 from .presentation import severity_rank
+from .record_text import terminal_text
 from .render_text import write_summary
 from .rule_docs import write_rule_docs
 from .rule_schema import Rule
@@ -122,16 +123,17 @@ def evaluate(
             if not isinstance(outcome, Assessment):
                 errors.append(outcome)
                 who = f"{outcome.patient}: " if isinstance(outcome, PatientError) else ""
-                err.print(f"error: {who}{outcome.message}", highlight=False, soft_wrap=True)
+                err.print(terminal_text(f"error: {who}{outcome.message}"), markup=False,
+                          highlight=False, soft_wrap=True)
             else:
                 assessments.append(outcome)
     except InputError as exc:
-        err.print(f"error: {exc}", highlight=False, soft_wrap=True)
+        err.print(terminal_text(f"error: {exc}"), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     if not assessments and not errors:
         names = ", ".join(str(p) for p in paths)
-        err.print(f"error: {names}: no FHIR Patient (or resource referring to one) found",
-                  highlight=False, soft_wrap=True)
+        err.print(terminal_text(f"error: {names}: no FHIR Patient (or resource referring to "
+                                "one) found"), markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT)
     _write(assessments, errors, output_format, output)
     if any(e.kind == "internal" for e in errors):
@@ -200,7 +202,8 @@ def report(
         if not isinstance(outcome, Assessment):
             errors += 1
             who = f"{outcome.patient}: " if isinstance(outcome, PatientError) else ""
-            err.print(f"error: {who}{outcome.message}", highlight=False, soft_wrap=True)
+            err.print(terminal_text(f"error: {who}{outcome.message}"), markup=False,
+                      highlight=False, soft_wrap=True)
         else:
             assessments.append(outcome)
     if not assessments:

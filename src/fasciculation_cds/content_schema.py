@@ -399,3 +399,35 @@ class DerivedFile(_Strict):
     child: ChildWording | None = None
     named_together: list[NamedTogether] = Field(default_factory=list)
     question_codes: dict[str, QuestionCode] = Field(default_factory=dict)
+
+
+# --- presentation.yaml -------------------------------------------------------------------------
+
+
+class SignSetWords(_Strict):
+    label: str
+    groups: dict[str, str] = Field(default_factory=dict)
+
+
+class CheckedWords(_Strict):
+    analytes: dict[str, str] = Field(default_factory=dict)
+    sign_sets: dict[str, SignSetWords] = Field(default_factory=dict)
+
+
+ProvenanceName = Literal["measured", "corrected", "lab-corrected"]
+
+
+class PresentationFile(_Strict):
+    """rules/presentation.yaml: headline order, evidence labels, the checked section's words."""
+
+    headline_order: list[str] = Field(default_factory=list)
+    lab_labels: dict[str, dict[ProvenanceName, str]] = Field(default_factory=dict)
+    checked: CheckedWords = Field(default_factory=CheckedWords)
+
+    @field_validator("headline_order")
+    @classmethod
+    def _no_repeats(cls, order: list[str]) -> list[str]:
+        repeated = sorted({rule for rule in order if order.count(rule) > 1})
+        if repeated:
+            raise ValueError(f"listed more than once: {', '.join(repeated)}")
+        return order

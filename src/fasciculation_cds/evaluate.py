@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .assessment import Assessment, Notice, PatientSummary, RuleFinding
+from .checked import build_checked
 from .compiler import (
     CompiledStage,
     compile_stage,
@@ -23,11 +24,13 @@ from .compiler import (
 )
 from .engine import RuleEngine
 from .errors import InputError
+from .evidence_dates import mark_condition_dates
 from .facts import ClinicalFact
 from .fhir_time import iso_day, iso_instant, latest_recorded_time, parse_as_of
 from .findings import RuleHit, build_finding, fired_views, sort_findings
 from .ingest import Grouper, IngestResult, PatientRecord
 from .normalize import Normalizer
+from .presentation import priority_of
 from .ruleset import RuleSet, load_rules
 from .sources import RawResource, expand_paths, fewer_collections, read_file, resources_of
 
@@ -73,6 +76,7 @@ class Evaluator:
         ]
         self._engine = RuleEngine({s.name: s.definition for s in self._stages if s.rules})
         self._normalizer = Normalizer(ruleset)
+        self._priority = priority_of(ruleset.presentation.headline_order)
         # Patients who do not present can only match rules (or matches) that do not require it;
         # when every such match needs a draft order, only order hooks can make them fire.
         ungated = [m for r in ruleset.active_rules() for m in r.match
@@ -102,14 +106,18 @@ class Evaluator:
                 or any(f.kind == "draft" for f in normalized.facts)):
             findings = self._run_stages(normalized.facts, normalized.context)
         patient = normalized.patient
+        notices = [Notice(code=n.code, reference=n.reference, message=n.message)
+                   for n in sorted(normalized.notices, key=lambda n: (n.reference, n.code))]
         assessment = Assessment(
             patient=PatientSummary(reference=record.reference, age=patient.age, sex=patient.sex),
             as_of=label,
             presentation=list(normalized.context.presentation),
-            findings=sort_findings(findings),
-            notices=[Notice(code=n.code, reference=n.reference, message=n.message)
-                     for n in sorted(normalized.notices, key=lambda n: (n.reference, n.code))],
+            findings=sort_findings(mark_condition_dates(findings, record.resources),
+                                   self._priority),
+            notices=notices,
             rules_version=self.ruleset.version,
+            checked=build_checked(self.ruleset, normalized.facts, notices, record.resources,
+                                  instant),
         )
         assessment._facts = tuple(normalized.facts)
         return assessment
@@ -159,10 +167,10 @@ class Evaluator:
             named = {name: by_key[str(message["id"])] for name, message in bound.items()
                      if name != "context"}
             hits_by_rule.setdefault(compiled.rule_id, []).append(RuleHit(compiled, named))
-        units = self.ruleset.units
-        fired.update(fired_views(hits_by_rule, units, context.as_of))
+        units, labels = self.ruleset.units, self.ruleset.presentation.lab_labels
+        fired.update(fired_views(hits_by_rule, units, context.as_of, labels))
         return [build_finding(self.ruleset.rule(rule_id), hits, facts, context, units,
-                              fired=fired, child=self.ruleset.derived.child)
+                              fired=fired, child=self.ruleset.derived.child, labels=labels)
                 for rule_id, hits in sorted(hits_by_rule.items())]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -33,9 +33,11 @@ from .facts import (
     Procedure,
 )
 from .fhir_time import iso_day
-from .presentation import order_findings
+from .presentation import Priority, order_findings
 from .quantity_text import (
     as_sent,
+    evidence_label,
+    exactly_as_sent,
     format_significant,
     measured_text,
     provenance,
@@ -43,6 +45,7 @@ from .quantity_text import (
     shown_text,
     used_text,
 )
+from .record_text import markdown_text, plain
 from .rule_schema import SEVERITY_RANK, EvidenceCollect, Rule
 from .rule_schema import Suggestion as RuleSuggestion
 from .units import UnitTable
@@ -104,8 +107,18 @@ def _fallback_summary(rule: Rule, severity: str) -> str:
     return f"{action}{rule.title}; see the details"
 
 
+Labels = Mapping[str, Mapping[Any, str]]
+"""rules/presentation.yaml `lab_labels`: what a lab value is, by concept and provenance."""
+
+# View keys whose text comes from the record (displays, units, values as sent, notes quoting
+# them, references, quotes), or from a finding whose summary quotes one: escaped for Markdown in
+# a detail, made plain in a summary.
+RECORD_KEYS = frozenset({"reference", "reported", "measured", "used", "shown", "note",
+                         "display", "summary", "quote"})
+
+
 def _view(fact: ClinicalFact | RuleFinding, units: UnitTable,
-          as_of: datetime | None = None) -> dict[str, Any]:
+          as_of: datetime | None = None, labels: Labels | None = None) -> dict[str, Any]:
     """What a template may say about a fact."""
     if isinstance(fact, RuleFinding):
         return {"rule_id": fact.rule_id, "title": fact.title, "severity": fact.severity,
@@ -118,7 +131,8 @@ def _view(fact: ClinicalFact | RuleFinding, units: UnitTable,
                     range=range_text(fact.reference_low, fact.reference_high, fact.unit) or "",
                     number=fact.value, low=fact.reference_low, high=fact.reference_high,
                     age_days=fact.age_days)
-        view.update(label=fact.label, value=format_significant(fact.value), unit=fact.unit,
+        view.update(label=evidence_label(fact, labels or {}),
+                    value=format_significant(fact.value), unit=fact.unit,
                     reported=as_sent(fact), measured=measured_text(fact, units),
                     used=used_text(fact, units), shown=shown_text(fact, units),
                     provenance=provenance(fact), date=iso_day(fact.effective),
@@ -134,7 +148,8 @@ def _view(fact: ClinicalFact | RuleFinding, units: UnitTable,
     elif isinstance(fact, (Problem, Finding)):
         when = fact.onset if isinstance(fact, Problem) else fact.effective
         view.update(label=fact.label, concept=fact.concept, date=iso_day(when) if when else "",
-                    groups=list(fact.groups), quote=fact.quote or "")
+                    groups=list(fact.groups), certainty=fact.certainty,
+                    matched_by=fact.matched_by, quote=fact.quote or "")
         if isinstance(fact, Problem):
             view.update(when=fact.onset_text or (f"onset {view['date']}" if when else ""))
     elif isinstance(fact, Procedure):
@@ -155,11 +170,25 @@ def calendar_days_old(when: datetime, as_of: datetime | None) -> int | None:
     return (as_of.astimezone(timezone.utc).date() - when.astimezone(timezone.utc).date()).days
 
 
-def evidence_of(fact: ClinicalFact, units: UnitTable) -> Evidence | None:
+def _record_text_as(value: Any, write: Callable[[str], str]) -> Any:
+    """Every record string in template variables (RECORD_KEYS, at any depth) passed through
+    `write`; everything else as it is."""
+    if isinstance(value, dict):
+        return {key: write(item) if key in RECORD_KEYS and isinstance(item, str)
+                else _record_text_as(item, write) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_record_text_as(item, write) for item in value]
+    return value
+
+
+def evidence_of(fact: ClinicalFact, units: UnitTable,
+                labels: Labels | None = None) -> Evidence | None:
     if isinstance(fact, LabResult):
         rng = range_text(fact.reference_low, fact.reference_high, fact.unit)
-        return Evidence(reference=fact.reference, concept=fact.concept, label=fact.label,
-                        value=round(fact.value, 4), unit=fact.unit, reported=as_sent(fact),
+        return Evidence(reference=fact.reference, concept=fact.concept,
+                        label=evidence_label(fact, labels or {}),
+                        value=round(fact.value, 4), unit=fact.unit,
+                        reported=exactly_as_sent(fact),
                         shown=shown_text(fact, units), effective=iso_day(fact.effective),
                         note=fact.note, reference_range=rng)
     if isinstance(fact, DraftOrder):
@@ -177,7 +206,8 @@ def evidence_of(fact: ClinicalFact, units: UnitTable) -> Evidence | None:
         return Evidence(reference=fact.reference, concept=fact.concept, label=fact.label,
                         effective=iso_day(when) if when else None,
                         status=fact.clinical_status if isinstance(fact, Problem) else None,
-                        matched_by=fact.matched_by)
+                        matched_by=fact.matched_by, quote=fact.quote,
+                        certainty=fact.certainty if fact.certainty != "asserted" else None)
     return None
 
 
@@ -190,6 +220,7 @@ def build_finding(
     *,
     fired: Mapping[str, Mapping[str, Any]] | None = None,
     child: ChildWording | None = None,
+    labels: Labels | None = None,
 ) -> RuleFinding:
     """Gather every match of one rule into a finding at the highest severity that fired.
 
@@ -204,9 +235,10 @@ def build_finding(
     every: dict[str, dict[str, dict[str, Any]]] = {}
     for hit in ordered:
         for name, fact in hit.facts.items():
-            view = _view(fact, units, as_of)
+            view = _view(fact, units, as_of, labels)
             every.setdefault(name, {}).setdefault(_fact_key(fact), view)
-            items = fact.evidence if isinstance(fact, RuleFinding) else [evidence_of(fact, units)]
+            items = (fact.evidence if isinstance(fact, RuleFinding)
+                     else [evidence_of(fact, units, labels)])
             for item in items:
                 if item is not None:
                     evidence.setdefault((item.reference, item.concept), item)
@@ -220,11 +252,11 @@ def build_finding(
                     or fact.above_upper_limit != collect.above_upper_limit
                     or not fact.is_latest):
                 continue
-            item = evidence_of(fact, units)
+            item = evidence_of(fact, units, labels)
             if item is not None:
                 evidence.setdefault((item.reference, item.concept), item)
-                also.setdefault(_fact_key(fact), _view(fact, units, as_of))
-    variables: dict[str, Any] = {name: _view(fact, units, as_of)
+                also.setdefault(_fact_key(fact), _view(fact, units, as_of, labels))
+    variables: dict[str, Any] = {name: _view(fact, units, as_of, labels)
                                  for name, fact in primary.facts.items()}
     variables["all"] = {name: [] for match in rule.match for name in match.facts}
     variables["all"].update({name: list(views.values()) for name, views in sorted(every.items())})
@@ -234,14 +266,15 @@ def build_finding(
     variables["not_measured_within"] = functools.partial(_not_measured_within, context)
     variables["also"] = [also[key] for key in sorted(also)]
     variables["present"] = list(context.concepts_present)
-    variables["matches"] = _matches(rule, ordered, units, as_of)
+    variables["matches"] = _matches(rule, ordered, units, as_of, labels)
     variables["fired"] = dict(fired or {})
-    variables["latest"] = functools.partial(_latest, facts, units, as_of)
+    variables["latest"] = functools.partial(_latest, facts, units, as_of, labels)
     offered = [s for s in rule.suggestions if _offered(s, context)]
     variables["offered"] = [s.label for s in offered]
     is_child = _is_child(facts, child)
     variables["child"] = is_child
-    summary = _SPACES.sub(" ", render(rule.summary, variables, rule.id, "summary")).strip()
+    summary = _SPACES.sub(" ", render(rule.summary, _record_text_as(variables, plain), rule.id,
+                                      "summary")).strip()
     if len(summary) > SUMMARY_LIMIT:
         if _STRICT_SUMMARIES.get():
             raise SummaryTooLongError(
@@ -258,10 +291,13 @@ def build_finding(
         severity=primary.compiled.severity,
         title=rule.title,
         summary=summary,
-        detail=render(rule.detail, variables, rule.id, "detail").strip(),
+        # the detail is Markdown: record text in it is escaped, never a link, image or HTML
+        detail=render(rule.detail, _record_text_as(variables, markdown_text), rule.id,
+                      "detail").strip(),
         evidence=sorted(evidence.values(), key=lambda e: (e.concept, e.effective or "",
                                                           e.reference)),
-        recommendations=_recommendations(rule, variables, evidence.values(), child, is_child),
+        recommendations=_recommendations(rule, _record_text_as(variables, plain),
+                                         evidence.values(), child, is_child),
         suggestions=[Suggestion(kind=s.kind, label=s.label, concepts=list(s.concepts))
                      for s in offered],
         references=list(citations.values()),
@@ -306,19 +342,22 @@ def _recommendations(rule: Rule, variables: Mapping[str, Any], evidence: Iterabl
 
 
 def fired_views(hits_by_rule: Mapping[str, Sequence[RuleHit]], units: UnitTable,
-                as_of: datetime | None) -> dict[str, dict[str, Any]]:
+                as_of: datetime | None,
+                labels: Labels | None = None) -> dict[str, dict[str, Any]]:
     """Rule id -> its severity and the facts its highest match bound (template `fired`)."""
     out: dict[str, dict[str, Any]] = {}
     for rule_id, hits in hits_by_rule.items():
         primary = min(hits, key=lambda h: (-SEVERITY_RANK[h.compiled.severity],
                                            h.compiled.match_index, _hit_key(h)))
         out[rule_id] = {"severity": primary.compiled.severity,
-                        **{name: _view(fact, units, as_of) for name, fact in primary.facts.items()}}
+                        **{name: _view(fact, units, as_of, labels)
+                           for name, fact in primary.facts.items()}}
     return out
 
 
 def _matches(rule: Rule, hits: Sequence[RuleHit], units: UnitTable,
-             as_of: datetime | None = None) -> list[dict[str, Any]]:
+             as_of: datetime | None = None,
+             labels: Labels | None = None) -> list[dict[str, Any]]:
     """Each distinct match, highest severity first: its alternative and the facts it bound,
     so a template can pair what belongs together (a drug with the electrolyte it lowers)."""
     out: dict[tuple[str, ...], dict[str, Any]] = {}
@@ -327,7 +366,8 @@ def _matches(rule: Rule, hits: Sequence[RuleHit], units: UnitTable,
         if key not in out:
             out[key] = {"alternative": rule.match[hit.compiled.match_index].label or "",
                         "severity": hit.compiled.severity,
-                        **{name: _view(fact, units, as_of) for name, fact in hit.facts.items()}}
+                        **{name: _view(fact, units, as_of, labels)
+                           for name, fact in hit.facts.items()}}
     return list(out.values())
 
 
@@ -343,7 +383,8 @@ def _offered(suggestion: RuleSuggestion, context: PatientContext) -> bool:
 
 
 def _latest(facts: Sequence[ClinicalFact], units: UnitTable, as_of: datetime | None,
-            concepts: Sequence[str], days: float) -> dict[str, Any] | None:
+            labels: Labels | None, concepts: Sequence[str],
+            days: float) -> dict[str, Any] | None:
     """The newest counting result of any of `concepts` within `days` (the first concept
     listed wins a tie), for a card that lists what was found."""
     found = [f for f in facts if isinstance(f, LabResult) and f.concept in concepts
@@ -351,7 +392,7 @@ def _latest(facts: Sequence[ClinicalFact], units: UnitTable, as_of: datetime | N
     if not found:
         return None
     newest = max(found, key=lambda f: (f.effective, -list(concepts).index(f.concept)))
-    return _view(newest, units, as_of)
+    return _view(newest, units, as_of, labels)
 
 
 def _not_measured_within(context: PatientContext, days: float, concepts: list[str]) -> list[str]:
@@ -382,5 +423,6 @@ def _hit_key(hit: RuleHit) -> tuple[str, ...]:
     return tuple(_fact_key(hit.facts[name]) for name in sorted(hit.facts))
 
 
-def sort_findings(findings: Sequence[RuleFinding]) -> list[RuleFinding]:
-    return order_findings(findings)
+def sort_findings(findings: Sequence[RuleFinding],
+                  priority: Priority | None = None) -> list[RuleFinding]:
+    return order_findings(findings, priority)

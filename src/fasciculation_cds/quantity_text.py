@@ -10,8 +10,10 @@ Two rules hold everywhere (JSON evidence, terminal, Markdown, HTML, charts and c
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal, localcontext
+from collections.abc import Mapping
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation, localcontext
 from fractions import Fraction
+from typing import Any
 
 from .facts import LabResult
 from .units import UnitTable, parse_number
@@ -70,14 +72,45 @@ def quantity(number: str, unit: str | None, comparator: str | None = None) -> st
     return f"{prefix}{number}{suffix}"
 
 
+SENT_DIGITS_CAP = 4
+"""Most significant digits shown of a number as the lab sent it (never fewer than its integer
+digits): a feed's 65.566064456418 mg/dL is shown 65.57 mg/dL, a lab's 4.1 or 1.50 as sent."""
+
+
+def sent_number(text: str) -> str:
+    """The lab's number with its own significant digits, capped at SENT_DIGITS_CAP."""
+    try:
+        number = Decimal(text.strip())
+    except InvalidOperation:
+        return text
+    if not number.is_finite() or number == 0:
+        return text
+    significant = len(number.as_tuple().digits)
+    if significant <= SENT_DIGITS_CAP:
+        return text
+    return format_significant(number, max(SENT_DIGITS_CAP, number.adjusted() + 1))
+
+
 def as_sent(fact: LabResult) -> str:
-    """The value exactly as the record sent it (number text, comparator and unit)."""
+    """The value as the record sent it (number text, comparator and unit), the number's
+    digits capped for people (`exactly_as_sent` keeps every digit)."""
+    return quantity(sent_number(fact.original_value), fact.original_unit, fact.comparator)
+
+
+def exactly_as_sent(fact: LabResult) -> str:
+    """The value exactly as the record sent it: evidence `reported` in the JSON."""
     return quantity(fact.original_value, fact.original_unit, fact.comparator)
 
 
 def provenance(fact: LabResult) -> str:
     """measured, corrected (albumin correction by this package) or lab-corrected."""
     return fact.provenance
+
+
+def evidence_label(fact: LabResult, labels: Mapping[str, Mapping[Any, str]]) -> str:
+    """What the value is (rules/presentation.yaml `lab_labels`): a total calcium the rules use as
+    measured is "Calcium (total), as measured", never "corrected for albumin"."""
+    return labels.get(fact.concept, {}).get(fact.provenance, fact.label)
 
 
 def units_differ(fact: LabResult, units: UnitTable) -> bool:

@@ -10,10 +10,16 @@ from rich.panel import Panel
 from rich.text import Text
 
 from .assessment import Assessment
-from .presentation import most_severe_first
+from .presentation import evidence_line, most_severe_first
+from .record_text import terminal_text
 
 STYLE = {"critical": "bold white on red", "warning": "bold black on yellow", "info": "bold cyan"}
 BORDER = {"critical": "red", "warning": "yellow", "info": "cyan", None: "green"}
+
+
+def _text(text: str, style: str = "") -> Text:
+    """Record text for the terminal: `Text` never reads markup; control characters go."""
+    return Text(terminal_text(text), style=style)
 
 
 def render_assessment(assessment: Assessment) -> Panel:
@@ -24,31 +30,29 @@ def render_assessment(assessment: Assessment) -> Panel:
     if patient.sex:
         who.append(patient.sex)
     presenting = ", ".join(assessment.presentation) or "no recorded presentation"
-    parts: list[Text] = [Text(f"Presents with: {presenting}   (as of {assessment.as_of})",
-                              style="dim")]
+    parts: list[Text] = [_text(f"Presents with: {presenting}   (as of {assessment.as_of})",
+                               "dim")]
     if not assessment.findings:
         parts.append(Text("No findings.", style="green"))
     for finding in assessment.findings:
         line = Text()
         line.append(f" {finding.severity.upper()} ", style=STYLE[finding.severity])
-        line.append(f" {finding.summary}")
+        line.append(f" {terminal_text(finding.summary)}")
         line.append(f"  [{finding.rule_id}]", style="dim")
         parts.append(line)
-        if finding.severity != "info":
-            for recommendation in finding.recommendations:
-                parts.append(Text(f"     • {recommendation}"))
-        # lab values as every output shows them (the lab's unit, the canonical one beside)
+        # every severity: the benign card's safety net is one of its recommendations
+        for recommendation in finding.recommendations:
+            parts.append(_text(f"     • {recommendation}"))
         for item in finding.evidence:
-            if item.shown:
-                when = f" on {item.effective}" if item.effective else ""
-                parts.append(Text(f"     {item.label or item.concept}: {item.shown}{when}",
-                                  style="dim"))
+            parts.append(_text(f"     {evidence_line(item)}", "dim"))
         cited = ", ".join(dict.fromkeys(e.reference for e in finding.evidence))
         if cited:
-            parts.append(Text(f"     evidence: {cited}", style="dim"))
+            parts.append(_text(f"     evidence: {cited}", "dim"))
+    if assessment.checked is not None:
+        parts.append(_text(assessment.checked.text, "dim"))
     for notice in assessment.notices:
-        parts.append(Text(f"note: {notice.message}", style="italic dim"))
-    return Panel(Group(*parts), title=" · ".join(who), title_align="left",
+        parts.append(_text(f"data quality: {notice.message}", "italic dim"))
+    return Panel(Group(*parts), title=_text(" · ".join(who)), title_align="left",
                  border_style=BORDER[assessment.highest_severity])
 
 

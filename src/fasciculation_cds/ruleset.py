@@ -17,15 +17,22 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .content_schema import DerivedFile, Systems, TextMatches, UnitsFile, ValueSets
+from .content_schema import (
+    DerivedFile,
+    PresentationFile,
+    Systems,
+    TextMatches,
+    UnitsFile,
+    ValueSets,
+)
 from .errors import RuleFileError
-from .rule_schema import RULE_CATEGORIES, ContextPattern, FactPattern, Rule
+from .rule_schema import RULE_CATEGORIES, RULE_ID, ContextPattern, FactPattern, Rule
 from .terminology import Terminology
 from .thresholds import ThresholdLadder, ValueTest, rule_ladders
 from .units import UnitTable, parse_number
 
 CONTENT_FILES = ("valuesets/codes.yaml", "valuesets/systems.yaml", "units.yaml", "derived.yaml",
-                 "text-matches.yaml")
+                 "text-matches.yaml", "presentation.yaml")
 
 
 def default_rules_dir() -> Path:
@@ -46,6 +53,7 @@ class RuleSet:
     derived: DerivedFile
     version: str
     lab_families: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    presentation: PresentationFile = field(default_factory=PresentationFile)
 
     def rule(self, rule_id: str) -> Rule:
         for rule in self.rules:
@@ -202,10 +210,42 @@ def _load_rules_cached(directory: Path) -> RuleSet:
         derived=derived,
         version=_hash_content(directory, [directory / f for f in CONTENT_FILES] + files),
         lab_families=families,
+        presentation=read_content(directory / "presentation.yaml", PresentationFile),
     )
     for rule in rules:
         check_references(rule, ruleset, rule_files[rule.id])
+    check_presentation(ruleset, directory / "presentation.yaml")
     return ruleset
+
+
+def check_presentation(ruleset: RuleSet, file: Path) -> None:
+    """presentation.yaml places every active rule and names only concepts and groups that exist."""
+    content = ruleset.presentation
+    term = ruleset.terminology
+
+    def fail(message: str, where: str) -> None:
+        raise RuleFileError(message, file=str(file), field=where)
+
+    for index, rule_id in enumerate(content.headline_order):
+        if not RULE_ID.match(rule_id):
+            fail(f"{rule_id!r} is not a rule id", f"headline_order.{index}")
+    unplaced = [r.id for r in ruleset.active_rules() if r.id not in content.headline_order]
+    if unplaced:
+        fail(f"rules without a place in the headline order: {', '.join(unplaced)}",
+             "headline_order")
+    for concept in [*content.lab_labels, *content.checked.analytes]:
+        known = term.concepts.get(concept)
+        if concept not in ruleset.lab_families and (known is None or known.kind != "lab"):
+            fail(f"{concept!r} is not a lab concept or lab family", "lab_labels/checked")
+    sets = ruleset.derived.counted_group_sets
+    for name, words in content.checked.sign_sets.items():
+        if name not in sets:
+            fail(f"unknown group set {name!r} (derived.yaml counted_group_sets)",
+                 f"checked.sign_sets.{name}")
+        for group in words.groups:
+            if group not in sets[name].groups:
+                fail(f"group {group!r} is not in the set {name!r}",
+                     f"checked.sign_sets.{name}.groups")
 
 
 def check_derived(derived: DerivedFile, term: Terminology, units: UnitTable, file: Path) -> None:

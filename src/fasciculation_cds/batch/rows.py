@@ -25,6 +25,8 @@ ASSESSMENTS_SCHEMA = pa.schema([
     pa.field("rule_ids", _strings()),
     pa.field("presentation", _strings()),
     pa.field("notices", pa.int32()),
+    pa.field("checked", pa.string()),
+    pa.field("checked_missing", _strings()),
     pa.field("rules_version", pa.string()),
     pa.field("assessment", pa.string()),
 ])
@@ -46,12 +48,17 @@ def assessment_row(outcome: Assessment | PatientError, as_of: str, rules_version
     if isinstance(outcome, PatientError):
         return {"patient": outcome.patient, "as_of": as_of, "status": "error",
                 "error": outcome.message, "highest_severity": None, "rule_ids": [],
-                "presentation": [], "notices": 0, "rules_version": rules_version,
-                "assessment": None}
+                "presentation": [], "notices": 0, "checked": None, "checked_missing": [],
+                "rules_version": rules_version, "assessment": None}
+    checked = outcome.checked
     return {"patient": outcome.patient.reference, "as_of": outcome.as_of, "status": "ok",
             "error": None, "highest_severity": outcome.highest_severity,
             "rule_ids": [f.rule_id for f in outcome.findings],
             "presentation": list(outcome.presentation), "notices": len(outcome.notices),
+            "checked": checked.text if checked else None,
+            # the analytes the rules read that had no counting result in their look-back
+            "checked_missing": [a.concept for a in checked.analytes if a.state != "value"]
+            if checked else [],
             "rules_version": outcome.rules_version,
             "assessment": orjson.dumps(outcome.to_json_dict()).decode()}
 

@@ -3,6 +3,8 @@ from a record is untrusted text."""
 
 from __future__ import annotations
 
+import functools
+import html
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,20 +16,50 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
-from ..assessment import Assessment
+from ..assessment import Assessment, RuleFinding
 from ..facts import Medication
-from ..presentation import RULES_SYSTEM, patient_order, severity_rank
+from ..presentation import (
+    RULES_SYSTEM,
+    date_text,
+    evidence_line,
+    evidence_value,
+    patient_order,
+    severity_rank,
+)
+from ..record_text import CONTROL, markdown_text, plain
 from ..ruleset import RuleSet
 from .charts import plot
 from .view import PatientView, build_view
 
 TEMPLATES = Path(__file__).parent / "templates"
 _HTML = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True,
-                    undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-_MARKDOWN = MarkdownIt("commonmark", {"html": False})  # raw HTML in record text stays escaped
-_HTML.filters["markdown"] = lambda text: Markup(_MARKDOWN.render(str(text)))
+                    undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                    finalize=lambda value: _html_text(value))
+# A detail's Markdown: raw HTML stays escaped, and no link or image is made at all (rule details
+# have none; record text in them is escaped already, this holds even if it were not)
+_CONTROL_FREE = functools.partial(CONTROL.sub, "")
+_MARKDOWN = MarkdownIt("commonmark", {"html": False}).disable(["link", "image", "autolink"])
+_HTML.filters["markdown"] = lambda text: Markup(_MARKDOWN.render(_CONTROL_FREE(str(text))))
+_HTML.filters["evidence_value"] = evidence_value
+_HTML.filters["date_text"] = date_text
+# The Markdown note: every value written into it is escaped as Markdown text (record text
+# never becomes a link, image or HTML; our own text renders the same either way)
 _TEXT = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=False,
-                    undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+                    undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                    finalize=lambda value: markdown_text(value) if isinstance(value, str)
+                    else value)
+_TEXT.filters["evidence_line"] = evidence_line
+_TEXT.filters["capitalize_first"] = lambda text: str(text)[:1].upper() + str(text)[1:]
+
+
+def _html_text(value: Any) -> Any:
+    """Text for the page without control characters (escape sequences, bidi overrides) before
+    autoescaping; rendered Markdown (Markup) is built from text already made plain."""
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return plain(value)
+    return value
+
+
 FHIR_SEVERITY = {"critical": "high", "warning": "moderate", "info": "low"}
 _LOCAL_REFERENCE = re.compile(r"^[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}$")
 
@@ -67,6 +99,7 @@ def render_fhir(assessment: Assessment) -> dict[str, Any]:
                                  "display": finding.title}], "text": finding.title},
             "severity": FHIR_SEVERITY[finding.severity], "patient": patient,
             "identifiedDateTime": assessment.as_of,
+            "text": {"status": "generated", "div": _narrative(finding)},
             "detail": f"{finding.summary}\n\n{finding.detail}",
             "mitigation": [{"action": {"text": r}} for r in finding.recommendations],
         }
@@ -86,6 +119,21 @@ def render_fhir(assessment: Assessment) -> dict[str, Any]:
                         for r in [guidance, *entries]]}
     Bundle.model_validate(bundle)
     return bundle
+
+
+def _narrative(finding: RuleFinding) -> str:
+    """The DetectedIssue's XHTML narrative: every piece escaped, no control character (invalid
+    in XML even when escaped)."""
+    def text(value: str) -> str:
+        return html.escape(plain(value), quote=True)
+
+    items = "".join(f"<li>{text(r)}</li>" for r in finding.recommendations)
+    evidence = "".join(f"<li>{text(evidence_line(e))} ({text(e.reference)})</li>"
+                       for e in finding.evidence)
+    return (f'<div xmlns="http://www.w3.org/1999/xhtml"><p><b>{text(finding.title)}</b>: '
+            f"{text(finding.summary)}</p>"
+            + (f"<p>Evidence</p><ul>{evidence}</ul>" if evidence else "")
+            + f"<p>Recommended</p><ul>{items}</ul></div>")
 
 
 def _slug(reference: str) -> str:

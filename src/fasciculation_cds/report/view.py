@@ -11,10 +11,11 @@ from datetime import datetime
 from fractions import Fraction
 
 from ..assessment import Assessment, RuleFinding
+from ..checked import lab_patterns
 from ..facts import LabResult, Medication
 from ..fhir_time import iso_day
-from ..presentation import order_findings
-from ..quantity_text import converted_text, shown_text, threshold_text
+from ..presentation import order_findings, priority_of
+from ..quantity_text import converted_text, evidence_label, shown_text, threshold_text
 from ..rule_schema import CATEGORY_TITLES, RULE_CATEGORIES
 from ..ruleset import RuleSet
 from ..thresholds import compared_lab_concepts, lab_thresholds
@@ -117,9 +118,47 @@ def _on_axis(lab: LabResult, unit: str, units: UnitTable) -> float:
 
 
 def charted_concepts(ruleset: RuleSet) -> tuple[str, ...]:
-    """Labs with a trend chart: those the rules compare with a threshold. Calcium is charted as
-    the albumin-corrected value the rule decides on, because that is what the rule names."""
-    return compared_lab_concepts(ruleset.active_rules(), ruleset.units)
+    """Labs with a trend chart: those the rules compare with a threshold, a number or a multiple
+    of the upper limit (CK). Calcium is charted as the value the rule decides on (corrected where
+    the correction applies); the chart's title says which."""
+    compared = compared_lab_concepts(ruleset.active_rules(), ruleset.units)
+    by_limit = {c for rule in ruleset.active_rules() for pattern, concepts, _ in
+                lab_patterns(rule) if pattern is not None and pattern.times_upper_limit
+                for c in concepts}
+    in_table = [c for analyte in ruleset.units.analytes.values() for c in analyte.concepts]
+    return tuple(c for c in in_table if c in compared or c in by_limit)
+
+
+def upper_limit_lines(ruleset: RuleSet, labs: Sequence[LabResult], unit: str) -> list[Threshold]:
+    """For a lab the rules compare with multiples of its upper limit (CK): a line at each
+    multiple a rule names, from the newest result's upper limit, in the axis unit."""
+    concept = labs[0].concept
+    multiples = sorted({bound for rule in ruleset.active_rules()
+                        for pattern, concepts, _ in lab_patterns(rule)
+                        if pattern is not None and pattern.times_upper_limit is not None
+                        and concept in concepts
+                        for bound in (pattern.times_upper_limit.gt, pattern.times_upper_limit.gte)
+                        if bound is not None})
+    limit = labs[-1].upper_limit
+    if limit is None:
+        return []
+    lines = []
+    for multiple in multiples:
+        canonical = Fraction(repr(float(limit))) * Fraction(repr(multiple))
+        on_axis = ruleset.units.from_canonical(concept, canonical, unit)
+        if on_axis is None:
+            continue
+        times = "" if multiple == 1 else f"{multiple:g} \u00d7 "  # the multiplication sign
+        shown = converted_text(ruleset.units, concept, float(on_axis), unit, unit) or ""
+        lines.append(Threshold(float(on_axis), f"> {times}upper limit, {shown}"))
+    return lines
+
+
+def series_label(labs: Sequence[LabResult], ruleset: RuleSet) -> str:
+    """What a chart plots: one label when every point is the same kind of value (`Calcium
+    (total), as measured`), else each kind it holds."""
+    labels = dict.fromkeys(evidence_label(lab, ruleset.presentation.lab_labels) for lab in labs)
+    return " / ".join(labels)
 
 
 def build_view(assessment: Assessment, ruleset: RuleSet) -> PatientView:
@@ -133,12 +172,14 @@ def build_view(assessment: Assessment, ruleset: RuleSet) -> PatientView:
             continue
         unit = axis_unit(points, ruleset.units)
         series.append(Series(
-            concept=concept, label=points[0].label, unit=unit,
+            concept=concept, label=series_label(points, ruleset), unit=unit,
             points=[Point(p.effective, _on_axis(p, unit, ruleset.units),
                           f"{shown_text(p, ruleset.units)} ({iso_day(p.effective)})",
                           p.reference, p.reference in flagged_refs and p.is_latest)
                     for p in points],
-            thresholds=thresholds_for(ruleset, concept, unit)))
+            thresholds=sorted([*thresholds_for(ruleset, concept, unit),
+                               *upper_limit_lines(ruleset, points, unit)],
+                              key=lambda t: t.value)))
     medications = []
     for fact in assessment.facts:
         if isinstance(fact, Medication):
@@ -148,10 +189,11 @@ def build_view(assessment: Assessment, ruleset: RuleSet) -> PatientView:
                                               fact.reference, by))
     medications.sort(key=lambda m: (not m.flagged_by, m.label))
     groups = []
+    priority = priority_of(ruleset.presentation.headline_order)
     for category in RULE_CATEGORIES:
         members = [f for f in findings if f.category == category]
         if members:
-            groups.append((CATEGORY_TITLES[category], order_findings(members)))
+            groups.append((CATEGORY_TITLES[category], order_findings(members, priority)))
     contributors = sorted({e.label or e.concept for f in findings if f.category == "context"
                            for e in f.evidence})
     headline_rules = {rule.id for rule in ruleset.rules if rule.headline}

@@ -7,7 +7,12 @@ import uuid
 from typing import Any
 
 from ..assessment import Assessment, Evidence, RuleFinding
-from ..presentation import RULES_SYSTEM
+from ..facts import LabResult
+from ..fhir_time import iso_day
+from ..presentation import RULES_SYSTEM, evidence_line
+from ..quantity_text import as_sent
+from ..record_text import markdown_text, plain
+from ..report.view import series_label
 from ..ruleset import RuleSet
 from .models import Action, Card, CardSuggestion, CodingOut, Indicator, Link, Source
 from .needs import shown_on
@@ -22,6 +27,7 @@ OVERRIDE_REASONS = [
               display="Clinical judgement: benefit outweighs risk"),
 ]
 LINK_LABEL_MAX = 120
+TREND_POINTS = 4  # earlier results a card lists per lab (the full summary charts them all)
 
 
 def card_uuid(card_key: str, rule_id: str) -> str:
@@ -47,16 +53,43 @@ def markdown_blocks(text: str) -> str:
 
 
 def _evidence_line(item: Evidence) -> str:
-    value = item.shown or item.reported or item.display
-    when = f" ({item.effective})" if item.effective else ""
-    return f"- {item.label or item.concept}:{f' {value}' if value else ''}{when}"
+    """One evidence item as Markdown: what it is, never only a label and a date; the record's
+    text in it escaped (never a link, image or HTML in the EHR's card)."""
+    return f"- {markdown_text(evidence_line(item))}"
 
 
-def _detail(finding: RuleFinding) -> str:
+def _trend(finding: RuleFinding, assessment: Assessment, ruleset: RuleSet) -> list[str]:
+    """Each lab the finding compares with a threshold, with its earlier results (newest first):
+    the card shows where the value is heading, CK included."""
+    lines = []
+    used = {e.reference for e in finding.evidence}
+    for concept in dict.fromkeys(e.concept for e in finding.evidence if e.shown):
+        labs = sorted((f for f in assessment.facts
+                       if isinstance(f, LabResult) and f.concept == concept),
+                      key=lambda f: (-f.effective.timestamp(), f.reference))
+        earlier = [f for f in labs if f.reference not in used][:TREND_POINTS]
+        if earlier:
+            points = ", ".join(f"{as_sent(f)} ({iso_day(f.effective)})" for f in earlier)
+            label = series_label(labs, ruleset)
+            lines.append(f"- {markdown_text(f'{label}, earlier: {points}')}")
+    return lines
+
+
+def _detail(finding: RuleFinding, assessment: Assessment, ruleset: RuleSet) -> str:
     lines = [markdown_blocks(finding.detail)]
     if finding.evidence:
         lines += ["", "**Evidence**", ""] + [_evidence_line(e) for e in finding.evidence]
-    lines += ["", "**Recommended**", ""] + [f"- {r}" for r in finding.recommendations]
+    trend = _trend(finding, assessment, ruleset)
+    if trend:
+        lines += ["", "**Trend**", "", *trend]
+    # every severity: the benign card's safety net is one of its recommendations
+    lines += ["", "**Recommended**", ""] + [f"- {markdown_text(r)}"
+                                            for r in finding.recommendations]
+    if assessment.checked is not None:
+        lines += ["", "**What was checked**", "", markdown_text(assessment.checked.text)]
+    if assessment.notices:
+        lines += ["", "**Data-quality remarks**", ""] + [f"- {markdown_text(n.message)}"
+                                                         for n in assessment.notices]
     return "\n".join(lines)
 
 
@@ -103,9 +136,9 @@ def to_card(finding: RuleFinding, assessment: Assessment, ruleset: RuleSet, card
     links = [Link(label=_short(r.citation), url=r.url) for r in finding.references if r.url]
     return Card(
         uuid=card_uuid(card_key, finding.rule_id),
-        summary=finding.summary,
+        summary=plain(finding.summary),
         indicator=Indicator(finding.severity),
-        detail=_detail(finding),
+        detail=_detail(finding, assessment, ruleset),
         source=Source(label=SOURCE_LABEL, url=f"{rules_url}/{finding.rule_id}",
                       topic=CodingOut(system=RULES_SYSTEM, code=finding.rule_id,
                                       display=finding.title)),

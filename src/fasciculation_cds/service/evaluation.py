@@ -16,6 +16,7 @@ from typing import Any
 
 from ..assessment import Assessment
 from ..evaluate import Evaluator, PatientError, new_grouper
+from ..facts import LabResult
 from ..parent_watch import watch_parent
 from ..ruleset import RuleSet, load_rules
 from ..sources import RawResource
@@ -60,7 +61,9 @@ def _process_ready() -> None:
 def _assess_in_process(*args: Any) -> Assessment:
     assert _process_evaluator is not None, "worker process not initialised"
     assessment = assess_one(_process_evaluator, *args)
-    assessment._facts = ()  # cards never read the facts: not worth pickling back
+    # cards read only the lab results (a lab's earlier values on its card): the rest is not
+    # worth pickling back
+    assessment._facts = tuple(f for f in assessment.facts if isinstance(f, LabResult))
     return assessment
 
 
