@@ -296,6 +296,19 @@ def test_state_mismatch_is_refused(fhir_server: FhirServer, auth_server: SmartAu
     assert _finish(client, callback).status_code == 401
 
 
+def test_unreadable_smart_configuration_gives_a_clear_page(
+        fhir_server: FhirServer, keys: Keys, tmp_path: Path, ruleset: RuleSet) -> None:
+    failing = f"{fhir_server.base}/fail500"  # allowed, but it publishes no SMART configuration
+    settings = keys.settings(feedback_database_url=f"sqlite:///{tmp_path / 'f.db'}",
+                             fhir_servers=[failing])
+    client = TestClient(create_app(settings, ruleset=ruleset, clock=lambda: NOW))
+    page = client.get("/smart/launch", params={"iss": failing, "launch": "x"},
+                      follow_redirects=False)
+    assert page.status_code == 502
+    assert "SMART configuration could not be read" in page.text
+    assert "answered 401" in page.text
+
+
 def test_callback_and_summary_without_a_launch(fhir_server: FhirServer, keys: Keys,
                                                tmp_path: Path, ruleset: RuleSet) -> None:
     client = _service(keys, tmp_path, ruleset, fhir_server.base)
@@ -354,7 +367,7 @@ def test_summary_from_a_card_renders_in_headless_chromium(
         [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
          "--no-first-run", "--disable-background-networking", "--disable-component-update",
          "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr",
-         "--v=0", "--hide-scrollbars", "--window-size=1100,1500", f"--screenshot={shot}",
+         "--v=0", "--hide-scrollbars", "--window-size=1100,1900", f"--screenshot={shot}",
          page.as_uri()], capture_output=True, text=True, timeout=120, check=False)
     assert shot.exists(), done.stderr[-2000:]
     with Image.open(shot) as image:

@@ -169,7 +169,7 @@ def smart_router(settings: ServiceSettings, rules: RuleSet, *, now: Callable[[],
         async with oauth_client() as oauth:
             url, _ = oauth.create_authorization_url(
                 authorize, state=session.state, code_verifier=verifier, launch=launch_id,
-                aud=iss_url.origin_and_path)
+                aud=iss)  # SMART: the FHIR base URL exactly as the EHR named it
         response = RedirectResponse(url, 302)
         _set_cookie(response, cookie)
         return response
