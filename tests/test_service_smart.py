@@ -319,6 +319,12 @@ def test_callback_and_summary_without_a_launch(fhir_server: FhirServer, keys: Ke
     page = client.get("/smart/launch", follow_redirects=False)
     assert page.status_code == 400
     assert "Launch incomplete" in page.text
+    # an open-server launch (fhirServiceUrl, patientId): the patient is never taken from the URL
+    page = client.get("/smart/launch", params={"fhirServiceUrl": fhir_server.base,
+                                               "patientId": "p1"}, follow_redirects=False)
+    assert page.status_code == 400
+    assert "never takes the patient from the URL" in page.text
+    assert COOKIE_NAME not in page.headers.get("set-cookie", "")
 
 
 def test_scopes_read_what_the_service_reads(ruleset: RuleSet) -> None:

@@ -146,6 +146,14 @@ def smart_router(settings: ServiceSettings, rules: RuleSet, *, now: Callable[[],
     async def launch(request: Request) -> Response:
         iss, launch_id = _parameter(request, "iss"), _parameter(request, "launch")
         if not iss or not launch_id:
+            if "fhirServiceUrl" in request.query_params:
+                # what the CDS Hooks sandbox sends for a FHIR server without authorization:
+                # no token to read with, and the patient id in the URL
+                return message_page(400, "Launch incomplete",
+                                    "The app was opened without a SMART launch (no `iss` and "
+                                    "`launch`): it reads the record only with an access token "
+                                    "the EHR grants, and never takes the patient from the URL.",
+                                    "Launch it from an EHR with a secured FHIR server.")
             return message_page(400, "Launch incomplete",
                                 "The app was opened without the EHR's `iss` and `launch` "
                                 "parameters: it can only be opened from the EHR.")
