@@ -309,6 +309,39 @@ def test_unreadable_smart_configuration_gives_a_clear_page(
     assert "answered 401" in page.text
 
 
+def test_replayed_callback_and_refused_code(fhir_server: FhirServer,
+                                            auth_server: SmartAuthServer, keys: Keys,
+                                            tmp_path: Path, ruleset: RuleSet) -> None:
+    client = _service(keys, tmp_path, ruleset, fhir_server.base)
+    patient_id = _records(EXAMPLE)[0]
+    callback = _start(client, fhir_server.base, auth_server.add_launch(Launch(patient_id)))
+    assert _finish(client, callback).status_code == 200
+    exchanged = len(auth_server.token_requests)
+    replayed = client.get(callback.removeprefix(BASE_URL), follow_redirects=False)
+    assert replayed.status_code == 400  # the state is spent
+    assert "Launch not recognised" in replayed.text
+    assert len(auth_server.token_requests) == exchanged
+    assert client.get("/smart/summary").status_code == 401
+    # a code the authorization server does not know: no token, a clear page
+    callback = _start(client, fhir_server.base, auth_server.add_launch(Launch(patient_id)))
+    wrong = re.sub(r"code=[^&]+", "code=not-a-code", callback)
+    page = client.get(wrong.removeprefix(BASE_URL), follow_redirects=False)
+    assert page.status_code == 502
+    assert "Access could not be obtained" in page.text
+    assert client.get("/smart/summary").status_code == 401
+
+
+def test_unreadable_record_is_never_summarised(fhir_server: FhirServer,
+                                               auth_server: SmartAuthServer, keys: Keys,
+                                               tmp_path: Path, ruleset: RuleSet) -> None:
+    client = _service(keys, tmp_path, ruleset, fhir_server.base)
+    launch_id = auth_server.add_launch(Launch("no-such-patient"))
+    page = _finish(client, _start(client, fhir_server.base, launch_id))
+    assert page.status_code == 502
+    assert "could not be read completely" in page.text
+    assert "NO FINDINGS" not in page.text  # never an empty summary
+
+
 def test_callback_and_summary_without_a_launch(fhir_server: FhirServer, keys: Keys,
                                                tmp_path: Path, ruleset: RuleSet) -> None:
     client = _service(keys, tmp_path, ruleset, fhir_server.base)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -56,6 +57,7 @@ log = logging.getLogger("fasciculation_cds.service")
 LINK_LABEL = "Open the full twitching summary"
 MAX_PARAMETER = 2048  # iss, launch, code and state are never longer in practice
 MAX_DISCOVERY_BYTES = 200_000
+_ERROR_CODE = re.compile(r"^[a-z_]{1,40}$")  # RFC 6749 error codes, safe to log
 
 
 def summary_link(base: str, patient_id: str) -> Link:
@@ -202,7 +204,8 @@ def smart_router(settings: ServiceSettings, rules: RuleSet, *, now: Callable[[],
         error = _parameter(request, "error")
         if error:
             sessions.end(cookie)
-            log.info("smart callback: authorization not granted (%s)", error[:40])
+            log.info("smart callback: authorization not granted (%s)",
+                     error if _ERROR_CODE.match(error) else "unlisted error code")
             if error == "access_denied":
                 return message_page(403, *ACCESS_DENIED)
             return message_page(403, "Access not granted",
@@ -215,7 +218,7 @@ def smart_router(settings: ServiceSettings, rules: RuleSet, *, now: Callable[[],
             async with oauth_client() as oauth:
                 token = dict(await oauth.fetch_token(session.token_endpoint, code=code,
                                                      code_verifier=session.code_verifier))
-        except (OAuthError, httpx2.HTTPError, ValueError, KeyError) as exc:
+        except (OAuthError, httpx2.HTTPError, ValueError, KeyError, TypeError) as exc:
             sessions.end(cookie)
             log.warning("smart token exchange failed (%s)", type(exc).__name__)
             return message_page(502, "Access could not be obtained",
@@ -230,6 +233,7 @@ def smart_router(settings: ServiceSettings, rules: RuleSet, *, now: Callable[[],
                              "saying which patient: the summary is only shown for the "
                              "patient the card was about.")
         session.token, session.patient = token, str(token["patient"])
+        session.state = secrets.token_urlsafe(32)  # spent: a replayed callback is refused
         # the code and state are spent; the summary's own URL carries neither
         response = RedirectResponse(f"{base}/smart/summary", 303)
         fresh = sessions.rekey(cookie)
