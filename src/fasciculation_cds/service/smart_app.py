@@ -152,13 +152,13 @@ def smart_router(settings: ServiceSettings, rules: RuleSet, *, now: Callable[[],
                 # what the CDS Hooks sandbox sends for a FHIR server without authorization:
                 # no token to read with, and the patient id in the URL
                 return message_page(400, "Launch incomplete",
-                                    "The app was opened without a SMART launch (no `iss` and "
-                                    "`launch`): it reads the record only with an access token "
+                                    "The app was opened without a SMART launch (no iss and "
+                                    "launch): it reads the record only with an access token "
                                     "the EHR grants, and never takes the patient from the URL.",
                                     "Launch it from an EHR with a secured FHIR server.")
             return message_page(400, "Launch incomplete",
-                                "The app was opened without the EHR's `iss` and `launch` "
-                                "parameters: it can only be opened from the EHR.")
+                                "The app was opened without the EHR's launch parameters "
+                                "(iss and launch): it can only be opened from the EHR.")
         try:
             iss_url = allowed_base(iss, settings.fhir_servers)
         except NotAllowedError:
@@ -218,7 +218,9 @@ def smart_router(settings: ServiceSettings, rules: RuleSet, *, now: Callable[[],
             async with oauth_client() as oauth:
                 token = dict(await oauth.fetch_token(session.token_endpoint, code=code,
                                                      code_verifier=session.code_verifier))
-        except (OAuthError, httpx2.HTTPError, ValueError, KeyError, TypeError) as exc:
+        # httpx2 is authlib's transport; older authlib versions use httpx
+        except (OAuthError, httpx2.HTTPError, httpx.HTTPError, ValueError, KeyError,
+                TypeError) as exc:
             sessions.end(cookie)
             log.warning("smart token exchange failed (%s)", type(exc).__name__)
             return message_page(502, "Access could not be obtained",
