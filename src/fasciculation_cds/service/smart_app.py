@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -133,6 +134,8 @@ def smart_router(settings: ServiceSettings, rules: RuleSet, *, now: Callable[[],
     wanted = record_templates(rules)
     redirect_uri = f"{base}/smart/callback"
     secure_cookie = base.startswith("https://") or smart.cookie_same_site == "none"
+    # the path the browser sees (a proxy may mount the service below a path of its own)
+    cookie_path = f"{urlsplit(base).path.rstrip('/')}/smart"
     pool = EvaluationPool(rules, threads=1)  # started on the first summary, not at start-up
     router = APIRouter(prefix="/smart", include_in_schema=False)
 
@@ -186,7 +189,7 @@ def smart_router(settings: ServiceSettings, rules: RuleSet, *, now: Callable[[],
 
     def _set_cookie(response: Response, cookie: str) -> None:
         # no Max-Age: the browser keeps it for the window; the server decides when it ends
-        response.set_cookie(COOKIE_NAME, cookie, path="/smart",
+        response.set_cookie(COOKIE_NAME, cookie, path=cookie_path,
                             secure=secure_cookie, httponly=True,
                             samesite=smart.cookie_same_site)
 
