@@ -90,7 +90,8 @@ class FhirServer:
     """The in-memory test FHIR server (tests/fhir_server) on a free loopback port."""
 
     def __init__(self, files: list[Path], *, default_count: int = 20, slow_ms: int = 3000,
-                 token: str | None = None, max_count: int = 0) -> None:
+                 token: str | None = None, max_count: int = 0,
+                 smart_config: Path | None = None) -> None:
         import shutil
         import subprocess
 
@@ -105,6 +106,8 @@ class FhirServer:
                    "--load", *map(str, files)]
         if token is not None:
             command += ["--token", token]
+        if smart_config is not None:
+            command += ["--smart-config", str(smart_config)]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True)
         assert self.process.stdout is not None

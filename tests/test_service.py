@@ -353,8 +353,13 @@ def test_cards_carry_the_findings_own_summary_links_and_source(
         for card in cards:
             finding = findings[card["source"]["topic"]["code"]]
             assert card["summary"] == finding.summary  # never cut
-            assert [link["url"] for link in card.get("links", [])] == \
+            links = card.get("links", [])
+            assert [link["url"] for link in links if link["type"] == "absolute"] == \
                 [r.url for r in finding.references if r.url]
+            # and, last, the full summary as a SMART app, for the patient of the card
+            assert links[-1]["type"] == "smart"
+            assert links[-1]["url"] == "http://testserver/smart/launch"
+            assert json.loads(links[-1]["appContext"]) == {"patientId": patient_id}
             assert card["source"]["url"] == f"http://testserver/rules/{finding.rule_id}"
             doc = client.get(card["source"]["url"].removeprefix("http://testserver"))
             assert doc.status_code == 200

@@ -25,13 +25,13 @@ const { getStatus, globalSchema, indexSearchParameterBundle, indexStructureDefin
 
 function usage(msg) {
   process.stderr.write(
-    `${msg}\nusage: node --experimental-websocket server.mjs --port PORT [--load FILE...] [--token TOKEN] [--slow-ms MS] [--default-count N] [--max-count N] [--verbose]\n`
+    `${msg}\nusage: node --experimental-websocket server.mjs --port PORT [--load FILE...] [--token TOKEN] [--smart-config FILE] [--slow-ms MS] [--default-count N] [--max-count N] [--verbose]\n`
   );
   process.exit(2);
 }
 
 function parseArgs(argv) {
-  const opts = { port: 0, files: [], token: undefined, slowMs: 5000, defaultCount: 20, maxCount: 0, verbose: false };
+  const opts = { port: 0, files: [], token: undefined, smartConfig: undefined, slowMs: 5000, defaultCount: 20, maxCount: 0, verbose: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const value = () => {
@@ -40,6 +40,7 @@ function parseArgs(argv) {
     };
     if (a === '--port') opts.port = Number(value());
     else if (a === '--token') opts.token = value();
+    else if (a === '--smart-config') opts.smartConfig = value();
     else if (a === '--slow-ms') opts.slowMs = Number(value());
     else if (a === '--default-count') opts.defaultCount = Number(value());
     else if (a === '--max-count') opts.maxCount = Number(value());
@@ -298,6 +299,10 @@ async function handle(req, res) {
 
   // As on SMART servers, /metadata is public; everything else needs the token when one is set.
   const isMetadata = /^(\/(fail500|slow))*\/metadata$/.test(path);
+  // SMART discovery (--smart-config FILE): public, as on SMART servers.
+  if (opts.smartConfig !== undefined && path === '/.well-known/smart-configuration' && method === 'GET') {
+    return send(res, 200, JSON.parse(fs.readFileSync(opts.smartConfig, 'utf8')));
+  }
   if (opts.token !== undefined && !isMetadata && req.headers.authorization !== `Bearer ${opts.token}`) {
     return send(res, 401, outcome('error', 'login', 'Unauthorized'), { 'WWW-Authenticate': 'Bearer' });
   }

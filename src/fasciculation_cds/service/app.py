@@ -40,6 +40,7 @@ from .models import Card, FeedbackRequest, HookRequest
 from .needs import HOOKS
 from .prefetch import FHIR_ID, IncompleteRecordError, RequestProblemError, gather, templates
 from .settings import ServiceSettings
+from .smart_app import smart_router, with_summary_link
 
 log = logging.getLogger("fasciculation_cds.service")
 
@@ -221,7 +222,8 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
             key = card_uuid(f"{service_id}|Patient/{patient_id}",
                             order_key(request.context, drafts))
         draft_references = frozenset(f"{d['resourceType']}/{d['id']}" for d in drafts)
-        return to_cards(assessment, rules, hook, key, f"{base}/rules", draft_references)
+        cards = to_cards(assessment, rules, hook, key, f"{base}/rules", draft_references)
+        return with_summary_link(cards, base, patient_id) if settings.smart.enabled else cards
 
     def _client_for(request: HookRequest) -> tuple[FhirClient | None, str]:
         if not request.fhir_server:
@@ -251,6 +253,8 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
             raise _problem(503, "feedback could not be stored") from None
         return {"stored": stored}
 
+    if settings.smart.enabled:
+        app.include_router(smart_router(settings, rules, now=now, fhir_transport=fhir_transport))
     app.add_middleware(Guard)
     app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                        allow_methods=["GET", "POST", "OPTIONS"],

@@ -96,6 +96,7 @@ class Link(_Out):
     label: str
     url: str
     type: Literal["absolute", "smart"] = "absolute"
+    app_context: str | None = Field(default=None, alias="appContext")
 
 
 class Action(_Out):

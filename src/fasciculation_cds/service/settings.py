@@ -11,6 +11,8 @@ import yaml
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from .smart_settings import SmartSettings
+
 APP_NAME = "fasciculation-cds"
 
 
@@ -62,6 +64,8 @@ class ServiceSettings(BaseSettings):
     evaluation_processes: int = Field(
         0, ge=0, description="Worker processes that evaluate records instead of threads "
                              "(0: threads); each loads the rules and compiles its own engine.")
+    smart: SmartSettings = Field(default_factory=SmartSettings,
+                                 description="The SMART app that shows the full summary.")
 
     @field_validator("public_base_url")
     @classmethod
