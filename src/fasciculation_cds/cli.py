@@ -194,14 +194,21 @@ def serve(
     import uvicorn
 
     from .service import create_app
+    from .service.feedback import FeedbackStoreError
+    from .service.server import uvicorn_config
     from .service.settings import load_settings
 
     settings = load_settings(config, **({"dev_insecure": True} if dev_insecure else {}))
     if settings.dev_insecure:
         err.print("WARNING: --dev-insecure: requests from loopback are NOT authenticated. "
                   "Never use this outside a developer's machine.", style="bold red")
-    uvicorn.run(create_app(settings), host=host, port=port,
-                log_level=settings.log_level, proxy_headers=False)
+    try:
+        service = create_app(settings)
+    except FeedbackStoreError as exc:
+        err.print(f"fasciculation-cds serve: {exc}", style="bold red", markup=False,
+                  highlight=False)
+        raise typer.Exit(2) from None
+    uvicorn.Server(uvicorn_config(service, settings, host=host, port=port)).run()
 
 
 @feedback_app.command("report")
