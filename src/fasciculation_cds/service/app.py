@@ -315,4 +315,5 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
                        read_timeout=settings.request_read_timeout_seconds)
     app.add_middleware(QueryTokens)  # outermost: a token in a URL goes no further
     app.state.feedback = store
+    app.state.evaluation = pool
     return app

@@ -12,7 +12,7 @@ import logging
 import multiprocessing
 import os
 import threading
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime
 from pathlib import Path
@@ -143,14 +143,18 @@ class EvaluationPool:
             log.error("an evaluation worker process died: starting a new pool")
             broken.shutdown(wait=False, cancel_futures=True)
             self.executor = self._process_pool()
-            self._replacing = threading.Thread(target=self._warm_new, args=(self.executor,),
+            # the workers start here, on the caller's (long-lived) thread: a worker is killed
+            # when the thread that started it ends (PR_SET_PDEATHSIG, parent_watch.py)
+            started = [self.executor.submit(_process_ready) for _ in range(self.workers)]
+            self._replacing = threading.Thread(target=self._await_ready, args=(started,),
                                                name="fasciculation-pool-restart", daemon=True)
             self._replacing.start()
             return self._replacing
 
-    def _warm_new(self, executor: Executor) -> None:
+    def _await_ready(self, started: list[Future[None]]) -> None:
         try:
-            self._warm_up(executor)
+            for future in started:
+                future.result()
         except Exception as exc:  # a pool that cannot start is broken: the next call retries
             log.error("the new evaluation pool did not start (%s)", type(exc).__name__)
         finally:

@@ -14,19 +14,12 @@ from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 import orjson
-from starlette.concurrency import run_in_threadpool
+
+from .jsonparse import loads_off_loop
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
-PARSE_ON_LOOP_BYTES = 64_000  # larger JSON is parsed on a thread: the event loop never stalls
 IDS_PER_SEARCH = 50  # `_id=a,b,...` per search: short enough for any server's URL limit
 _PATH_SAFE = "/-._~!$&'()*+,=:@"
-
-
-async def parse_json_off_loop(body: bytes) -> Any:
-    """orjson.loads, on a worker thread when the body is large (raises orjson.JSONDecodeError)."""
-    if len(body) <= PARSE_ON_LOOP_BYTES:
-        return orjson.loads(body)
-    return await run_in_threadpool(orjson.loads, body)
 
 
 class CallBudget:
@@ -177,7 +170,7 @@ class FhirClient:
         async with self.budget.slots:
             body = await self._body(target.url)
         try:
-            return await parse_json_off_loop(body)
+            return await loads_off_loop(body)
         except orjson.JSONDecodeError:
             raise FhirUnavailableError("FHIR server did not answer with JSON") from None
 

@@ -17,16 +17,16 @@ from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .jsonparse import loads_off_loop
+
 MAX_JSON_DEPTH = 64  # FHIR resources nest far less; deeper is an attack, not data
 log = logging.getLogger("fasciculation_cds.service")
 
 
 async def parse_json_body(body: bytes) -> Any:
-    """parse_json, on a worker thread for a large body: parsing 40 MB takes seconds, and the
-    event loop (/healthz, every other call) must not wait for it."""
-    if len(body) <= 64_000:
-        return parse_json(body)
-    return await anyio.to_thread.run_sync(parse_json, body)
+    """parse_json, on a worker thread for a large body: the event loop (/healthz, every other
+    call) must not wait for it."""
+    return await loads_off_loop(body, parse_json)
 
 
 def parse_json(body: bytes) -> Any:

@@ -17,7 +17,7 @@ TITLE = "Twitching assessment not available"
 SUMMARY = "Twitching assessment not available: the record could not be read completely"
 MAX_PARTS = 20
 MAX_PART_CHARS = 300
-_MARKDOWN = re.compile(r"([\\`*_{}\[\]()<>#+!|~])")
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]<>#+!|~])")  # ( ) make no link without [ ]
 
 
 def _plain(text: str) -> str:
