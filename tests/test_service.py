@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from importlib import resources as package_files
 from pathlib import Path
 from typing import Any
@@ -575,3 +576,120 @@ def test_medication_named_by_reference_is_fetched_or_refused(keys: Keys, tmp_pat
     topics = {c["source"]["topic"]["code"] for c in fetched.json()["cards"]}
     assert "medication.electrolyte-depleting" in topics  # omeprazole, known from its Medication
     assert len(searches) == 1  # every Medication in one search
+
+
+def test_feedback_report_shows_reason_displays(client: TestClient, keys: Keys) -> None:
+    """The sandbox sends a reason's code without its display: the report shows the display
+    (the card's own, or one the EHR sent with that code), the code only when none is known."""
+    patient_id, prefetch = prefetch_from_bundle(_example("hypomagnesemia-omeprazole.json"))
+    cards = call(client, keys, f"/cds-services/{PV}",
+                 hook_request("patient-view", patient_id, prefetch)).json()["cards"]
+
+    def overridden(code: str, display: str | None = None) -> dict[str, Any]:
+        reason = {"code": code, "system": "https://ehr.example.org/reasons",
+                  **({"display": display} if display else {})}
+        return {"card": cards[0]["uuid"], "outcome": "overridden",
+                "overrideReason": {"reason": reason}, "outcomeTimestamp": "2026-11-26T10:00:00Z"}
+
+    feedback = {"feedback": [overridden("already-addressed"), overridden("already-addressed"),
+                             overridden("ehr-own", "Patient declined"), overridden("ehr-own"),
+                             overridden("bare-code")]}
+    assert call(client, keys, f"/cds-services/{PV}/feedback", feedback).json() == {"stored": 5}
+    report = {row["rule_id"]: row for row in client.app.state.feedback.report()}  # type: ignore[attr-defined]
+    reasons = dict(report[cards[0]["source"]["topic"]["code"]]["top_override_reasons"])
+    assert reasons == {"Already addressed": 2, "Patient declined": 2, "bare-code": 1}
+
+
+def test_searches_follow_what_ingest_reads(monkeypatch: pytest.MonkeyPatch,
+                                          ruleset: RuleSet) -> None:
+    """One source: a type ingest comes to read is asked for, with the `_include` of the
+    resources it names, on every hook; the service's tables only narrow known types."""
+    from fasciculation_cds import ingest, read_elements
+
+    added = {"DiagnosticReport": ("status", "code", "effective[x]", "issued", "result"),
+             "MedicationDispense": ("status", "medication[x]", "whenHandedOver", "daysSupply"),
+             "MedicationAdministration": ("status", "medication[x]", "effective[x]"),
+             "FamilyMemberHistory": ("status", "relationship", "condition")}
+    monkeypatch.setattr(ingest, "READ_TYPES", ingest.READ_TYPES | set(added))
+    monkeypatch.setattr(ingest, "MEDICATION_USE_TYPES", ingest.MEDICATION_USE_TYPES | {
+        "MedicationDispense", "MedicationAdministration"})
+    monkeypatch.setattr(read_elements, "READ_ELEMENTS", {**read_elements.READ_ELEMENTS, **added})
+    for hook in ("patient-view", "order-select", "order-sign"):
+        asked = templates(ruleset, hook)
+        patient = "patient={{context.patientId}}"
+        assert asked["diagnosticReports"] == (
+            f"DiagnosticReport?{patient}&_include=DiagnosticReport:result&_count=100")
+        assert asked["medicationDispenses"] == (
+            f"MedicationDispense?{patient}&_include=MedicationDispense:medication&_count=100")
+        assert asked["medicationAdministrations"] == (
+            f"MedicationAdministration?{patient}&_include=MedicationAdministration:medication"
+            "&_count=100")
+        assert asked["familyMemberHistories"] == f"FamilyMemberHistory?{patient}&_count=100"
+
+
+def test_observations_without_effective_are_asked_for(ruleset: RuleSet) -> None:
+    """The `date` search covers effective[x] only: Observations dated by `issued` (or by their
+    report) come from a second search, and the service applies the look-back itself."""
+    asked = templates(ruleset, "patient-view")
+    assert "date=ge{{today() - 373 days}}" in asked["observations"]
+    assert "date:missing=true" in asked["observationsUndated"]
+    assert "date=ge" not in asked["observationsUndated"]
+    for key, template in asked.items():  # no other search is narrowed by a date
+        assert key.startswith("observations") or "date" not in template, key
+
+
+def test_order_select_reuses_reads_of_the_same_session_only(keys: Keys, tmp_path: Path,
+                                                            ruleset: RuleSet) -> None:
+    """order-select fires on every change of the order form: the same hookInstance, patient,
+    server and token reuse the reads for a short time; anything else reads again."""
+    _, prefetch = prefetch_from_bundle(_example("hypomagnesemia-omeprazole.json"))
+    pid = prefetch["patient"]["id"]
+    requests: list[str] = []
+
+    def fhir(request: httpx.Request) -> httpx.Response:
+        requests.append(str(request.url))
+        if "/Patient/" in request.url.path:
+            return httpx.Response(200, json=prefetch["patient"])
+        kind = request.url.path.rsplit("/", 1)[1]
+        key = {"Observation": "observations", "Condition": "conditions",
+               "MedicationRequest": "medicationRequests",
+               "MedicationStatement": "medicationStatements"}.get(kind)
+        if key == "observations" and "date:missing" in str(request.url):
+            key = "observationsUndated"
+        return httpx.Response(200, json=prefetch.get(key) or {
+            "resourceType": "Bundle", "type": "searchset", "total": 0})
+
+    settings = keys.settings(feedback_database_url=f"sqlite:///{tmp_path / 'f.db'}",
+                             fhir_servers=["https://fhir.example.org/r4"],
+                             fhir_reuse_seconds=1.0)
+    client = TestClient(create_app(settings, ruleset=ruleset,
+                                   fhir_transport=httpx.MockTransport(fhir)))
+    draft = {"resourceType": "MedicationRequest", "id": "draft-1", "status": "draft",
+             "intent": "order", "subject": {"reference": f"Patient/{pid}"},
+             "medicationCodeableConcept": {"text": "omeprazole"}}
+
+    def order_select(instance: str, token: str = "t-1", patient: str = pid) -> Any:
+        body = hook_request("order-select", patient, None, hookInstance=instance,
+                            fhirServer="https://fhir.example.org/r4",
+                            fhirAuthorization={"access_token": token, "token_type": "Bearer",
+                                               "expires_in": 300, "scope": "patient/*.read",
+                                               "subject": "cds"},
+                            context={"selections": ["MedicationRequest/draft-1"],
+                                     "draftOrders": {"resourceType": "Bundle", "entry": [
+                                         {"resource": draft}]}})
+        answer = call(client, keys, f"/cds-services/{OS}", body)
+        assert answer.status_code == 200, answer.text
+        return answer.json()["cards"]
+
+    first = order_select("session-1")
+    once = len(requests)
+    assert once >= 4
+    assert order_select("session-1") == first  # a re-fire: no read at all
+    assert len(requests) == once
+    order_select("session-1", token="t-2")  # another token: read again
+    assert len(requests) == 2 * once
+    order_select("session-2")  # another session
+    assert len(requests) == 3 * once
+    time.sleep(1.1)
+    order_select("session-1")  # too old
+    assert len(requests) == 4 * once

@@ -899,6 +899,44 @@ def test_a_dead_evaluation_worker_is_replaced(keys: Keys, tmp_path: Path,
         assert client.get("/readyz").status_code == 200
 
 
+def test_no_worker_to_be_had_is_a_clear_503(keys: Keys, tmp_path: Path,
+                                           ruleset: RuleSet) -> None:
+    """Workers that cannot be replaced (here: their rules are gone): a clear 503, never a 500,
+    and /readyz not ready."""
+    import os
+    import signal
+    from types import SimpleNamespace
+
+    settings = keys.settings(feedback_database_url=f"sqlite:///{tmp_path / 'f.db'}",
+                             evaluation_processes=1)
+    path = f"/cds-services/{PV}"
+    patient_id, prefetch = example()
+    with TestClient(create_app(settings, ruleset=ruleset)) as client:
+        pool = client.app.state.evaluation  # type: ignore[attr-defined]
+        pool.ruleset = SimpleNamespace(directory=tmp_path / "no-rules")
+        for process in list(pool.executor._processes):
+            os.kill(process, signal.SIGKILL)
+        answer = client.post(path, headers=keys.headers(path),
+                             json=hook_request("patient-view", patient_id, prefetch))
+        assert answer.status_code == 503, answer.text
+        assert answer.json() == {"error": "no evaluation worker is available; retry shortly"}
+        assert client.get("/readyz").status_code == 503
+
+
+def test_a_refused_cors_preflight_is_json(keys: Keys, tmp_path: Path,
+                                          ruleset: RuleSet) -> None:
+    client = make_client(keys, tmp_path, ruleset, Recorder(),
+                         cors_origins=["https://ehr.example.org"])
+    answer = client.options("/cds-services", headers={
+        "Origin": "https://evil.example", "Access-Control-Request-Method": "GET"})
+    assert answer.status_code == 400
+    assert_clean_4xx(answer)
+    allowed = client.options("/cds-services", headers={
+        "Origin": "https://ehr.example.org", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type"})
+    assert allowed.status_code == 200
+
+
 # --- v3: secrets and errors ---------------------------------------------------------------------
 
 

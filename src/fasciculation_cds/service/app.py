@@ -25,7 +25,6 @@ import httpx
 import orjson
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -39,7 +38,7 @@ from .drafts import order_key, read_draft_orders
 from .evaluation import EvaluationPool, WorkerUnavailableError
 from .feedback import FeedbackStore, FeedbackStoreError
 from .fhir_client import CallBudget, FhirClient, NotAllowedError, allowed_base
-from .guard import BodyLimit, Guard, QueryTokens, parse_json_body, quiet_logs
+from .guard import BodyLimit, Guard, JsonCors, QueryTokens, parse_json_body, quiet_logs
 from .incomplete import incomplete_card
 from .models import Card, FeedbackRequest, HookRequest
 from .needs import HOOKS
@@ -308,7 +307,7 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
         return {"stored": stored}
 
     app.add_middleware(Guard)
-    app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+    app.add_middleware(JsonCors, allow_origins=settings.cors_origins,
                        allow_methods=["GET", "POST", "OPTIONS"],
                        allow_headers=["authorization", "content-type"], max_age=600)
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes,

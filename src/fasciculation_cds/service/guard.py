@@ -14,7 +14,9 @@ from urllib.parse import parse_qsl
 import anyio
 import orjson
 from fastapi import HTTPException
-from fastapi.responses import JSONResponse
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .jsonparse import loads_off_loop
@@ -166,6 +168,20 @@ class Guard:
             log.error("internal error (%s) on %s", type(exc).__name__, scope.get("method"))
             if not started:
                 await JSONResponse({"error": "internal error"}, 500)(scope, receive, send)
+
+
+class JsonCors(CORSMiddleware):
+    """CORS whose refused preflight is the service's JSON error like every other status (its
+    CORS headers kept, so a browser still sees why)."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code == 200:
+            return response
+        headers = {k: v for k, v in response.headers.items()
+                   if k.lower() not in ("content-length", "content-type")}
+        return JSONResponse({"error": bytes(response.body).decode()}, response.status_code,
+                            headers=headers)
 
 
 class _DropRecords(logging.Filter):

@@ -11,8 +11,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from ..ingest import MEDICATION_USE_TYPES, READ_TYPES
-from ..read_elements import READ_ELEMENTS
+from .. import ingest, read_elements
 from ..ruleset import RuleSet
 from .needs import DataNeeds, needs_of
 
@@ -62,18 +61,22 @@ def lookback_days(ruleset: RuleSet) -> int:
 
 
 def searched_types() -> list[str]:
-    return sorted(READ_TYPES - NOT_SEARCHED)
+    """Every type ingest reads (looked up on each call: ingest's tables are the source)."""
+    return sorted(ingest.READ_TYPES - NOT_SEARCHED)
+
+
+def _read(resource_type: str) -> tuple[str, ...]:
+    return tuple(read_elements.READ_ELEMENTS.get(resource_type, ()))
 
 
 def references(resource_type: str) -> list[Reference]:
     """The references of a type that name other resources the rules read."""
-    read = READ_ELEMENTS.get(resource_type, ())
     return [Reference(element, target) for name, (_, element, target) in REFERENCES.items()
-            if name in read and target in READ_TYPES]
+            if name in _read(resource_type) and target in ingest.READ_TYPES]
 
 
 def _needed(ruleset: RuleSet, needs: DataNeeds, resource_type: str) -> bool:
-    if resource_type in MEDICATION_USE_TYPES:
+    if resource_type in ingest.MEDICATION_USE_TYPES:
         return needs.medications
     if resource_type == "Procedure" and not any(
             c.kind == "procedure" for c in ruleset.terminology.concepts.values()):
@@ -112,7 +115,7 @@ def templates(ruleset: RuleSet, hook: str) -> dict[str, str]:
         patient = f"patient={PATIENT_TOKEN}"
         code = _by_code(ruleset, resource_type)
         includes = [f"_include={resource_type}:{REFERENCES[name][0]}"
-                    for name in REFERENCES if name in READ_ELEMENTS.get(resource_type, ())]
+                    for name in REFERENCES if name in _read(resource_type)]
         window = WINDOWED.get(resource_type)
         if window is None:
             found[key] = _search(resource_type, patient, code, *includes)
