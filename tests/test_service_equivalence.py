@@ -5,7 +5,7 @@ of one), or a Bundle through the CLI. Where the record cannot be completed: no f
 here), never a card of the partial record.
 
 The records use every way a counted resource can be dated (effective, `issued` only, Condition
-onset, `recordedDate` only, onset as an age) and every resource type RULES.md v3 reads
+onset, `recordedDate` only, onset as an age) and every resource type the v3 rules read
 (DiagnosticReport with referenced and contained results, MedicationDispense,
 MedicationAdministration, FamilyMemberHistory, drugs named by a Medication reference).
 
