@@ -693,3 +693,42 @@ def test_order_select_reuses_reads_of_the_same_session_only(keys: Keys, tmp_path
     time.sleep(1.1)
     order_select("session-1")  # too old
     assert len(requests) == 4 * once
+
+
+def test_a_draft_naming_its_drug_by_reference_gets_it_or_no_finding(
+        keys: Keys, tmp_path: Path, ruleset: RuleSet) -> None:
+    """A draft order whose drug is a Medication the EHR did not send: fetched by `_id`, and the
+    order caution shows; with no server to fetch it from, the call says the record is
+    incomplete instead of evaluating an order whose drug is unknown."""
+    patient_id, prefetch = prefetch_from_bundle(_example("benign-fasciculation.json"))
+    albuterol = {"resourceType": "Medication", "id": "med-albuterol", "code": {"coding": [{
+        "system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "435",
+        "display": "albuterol"}]}}
+    searched: list[str] = []
+
+    def fhir(request: httpx.Request) -> httpx.Response:
+        searched.append(str(request.url))
+        found = [albuterol] if request.url.params.get("_id") == "med-albuterol" else []
+        return httpx.Response(200, json={"resourceType": "Bundle", "type": "searchset",
+                                         "total": len(found),
+                                         "entry": [{"resource": r} for r in found]})
+
+    settings = keys.settings(feedback_database_url=f"sqlite:///{tmp_path / 'f.db'}",
+                             fhir_servers=["https://fhir.example.org/r4"])
+    client = TestClient(create_app(settings, ruleset=ruleset,
+                                   fhir_transport=httpx.MockTransport(fhir)))
+    draft = {"resourceType": "MedicationRequest", "id": "draft-1", "status": "draft",
+             "intent": "order", "subject": {"reference": f"Patient/{patient_id}"},
+             "medicationReference": {"reference": "Medication/med-albuterol"}}
+    context = {"draftOrders": {"resourceType": "Bundle", "entry": [{"resource": draft}]},
+               "selections": ["MedicationRequest/draft-1"]}
+    unknown = call(client, keys, f"/cds-services/{OS}",
+                   hook_request("order-select", patient_id, prefetch, context=context))
+    assert "Medication/med-albuterol" in incomplete_detail(unknown)
+    fetched = call(client, keys, f"/cds-services/{OS}", hook_request(
+        "order-select", patient_id, prefetch, context=context,
+        fhirServer="https://fhir.example.org/r4"))
+    assert fetched.status_code == 200, fetched.text
+    assert [c["source"]["topic"]["code"] for c in fetched.json()["cards"]] == [
+        "medication.order-caution"]
+    assert searched == ["https://fhir.example.org/r4/Medication?_id=med-albuterol&_count=1"]

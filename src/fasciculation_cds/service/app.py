@@ -264,7 +264,8 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
         try:
             resources, reads = await gather(
                 request.prefetch, patient_id, hook_templates[hook], client, as_of.date(),
-                no_client_reason=reason, reused=reuse.get(session) if session else None)
+                no_client_reason=reason, reused=reuse.get(session) if session else None,
+                drafts=drafts)
         except RequestProblemError as exc:
             raise _problem(400, str(exc)) from None
         finally:

@@ -87,10 +87,12 @@ class Reads:
 
 async def gather(prefetch: Mapping[str, Any] | None, patient_id: str, wanted: Mapping[str, str],
                  client: FhirClient | None, today: date, *, no_client_reason: str,
-                 reused: Reads | None = None) -> tuple[list[dict[str, Any]], Reads]:
+                 reused: Reads | None = None, drafts: list[dict[str, Any]] | None = None,
+                 ) -> tuple[list[dict[str, Any]], Reads]:
     """Every resource the hook's rules need: from the prefetch where complete, else from the
-    FHIR server (or from `reused` reads of the same session). Raises IncompleteRecordError
-    naming every part that could not be had, and why."""
+    FHIR server (or from `reused` reads of the same session); with the Medications the draft
+    orders name. Raises IncompleteRecordError naming every part that could not be had, and
+    why."""
     prefetch = prefetch or {}
     reused = reused or Reads()
     reads = Reads()
@@ -138,7 +140,8 @@ async def gather(prefetch: Mapping[str, Any] | None, patient_id: str, wanted: Ma
     # an order names its drug, a report its results, by references to resources the EHR may
     # not have included (`_include` is not supported everywhere): without them the record is
     # not whole
-    await _resolve_references(resources, reads, reused, client, no_client_reason)
+    await _resolve_references([*resources, *(drafts or [])], reads, reused, client,
+                              no_client_reason)
     return _unique([*resources, *reads.by_key.get(REFERENCED, [])]), reads
 
 
@@ -198,7 +201,8 @@ def unresolved_references(resources: list[dict[str, Any]]) -> dict[str, list[str
     report's results) that are not among the resources; contained ones (`#id`) are part of the
     resource itself."""
     searched = set(searched_types())
-    have = {(str(r.get("resourceType")), r.get("id")) for r in resources}
+    have = {(str(r.get("resourceType")), r["id"]) for r in resources
+            if isinstance(r.get("id"), str)}
     wanted: dict[str, set[str]] = {}
     for resource in resources:
         kind = resource.get("resourceType")
