@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 from fasciculation_cds.ruleset import RuleSet
 from fasciculation_cds.service import create_app
 from fasciculation_cds.service.fhir_client import NotAllowedError, ServerUrl, allowed_base
+from fasciculation_cds.service.prefetch import templates
 from fasciculation_cds.service.server import uvicorn_config
 from fasciculation_cds.service.settings import ServiceSettings, TrustedIssuer
 
@@ -248,7 +249,9 @@ def test_stalled_fhir_server_neither_freezes_the_service_nor_outlives_the_deadli
         assert worker.is_alive()  # still stalled while /healthz answered
         assert all(h.status_code == 200 for h in health)
         worker.join(timeout=30)
-        assert "deadline" in incomplete_detail(outcome["answer"])  # one card, no finding
+        detail = incomplete_detail(outcome["answer"])  # one card, no finding
+        for key in templates(ruleset, "patient-view"):  # each part not read by the deadline
+            assert f"'{key}' was still being read when the request deadline (3 s" in detail
         assert outcome["seconds"] < 10
     finally:
         live.stop()
@@ -663,11 +666,24 @@ def test_medication_references_are_resolved_in_batched_searches(keys: Keys, tmp_
     transport = CountingTransport()
     settings = keys.settings(feedback_database_url=f"sqlite:///{tmp_path / 'f.db'}",
                              fhir_servers=[ALLOWED], fhir_max_concurrency=3)
-    client = TestClient(create_app(settings, ruleset=ruleset, fhir_transport=transport))
+    settings = settings.model_copy(update={"public_base_url": "http://testserver"})
+    live = LiveService(create_app(settings, ruleset=ruleset, fhir_transport=transport))
     patient_id, prefetch = _orders_naming_unsent_medications(1200)
-    answer = call(client, keys, f"/cds-services/{PV}", hook_request(
-        "patient-view", patient_id, prefetch, fhirServer=ALLOWED, fhirAuthorization=_auth()))
+    path = f"/cds-services/{PV}"
+    stop = threading.Event()
+    took: list[float] = []
+    prober = threading.Thread(target=lambda: took.extend(_latencies(live.base, stop)))
+    try:
+        prober.start()
+        answer = httpx.post(f"{live.base}{path}", headers=keys.headers(path), timeout=60,
+                            json=hook_request("patient-view", patient_id, prefetch,
+                                              fhirServer=ALLOWED, fhirAuthorization=_auth()))
+    finally:
+        stop.set()
+        prober.join(timeout=30)
+        live.stop()
     assert answer.status_code == 200, answer.text
+    _assert_responsive(took)
     assert "medication.electrolyte-depleting" in {
         c["source"]["topic"]["code"] for c in answer.json()["cards"]}
     assert len(transport.requests) == 24  # 1,200 ids, 50 a search

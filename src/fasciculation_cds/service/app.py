@@ -42,7 +42,14 @@ from .guard import BodyLimit, Guard, JsonCors, QueryTokens, parse_json_body, qui
 from .incomplete import incomplete_card
 from .models import Card, FeedbackRequest, HookRequest
 from .needs import HOOKS
-from .prefetch import FHIR_ID, IncompleteRecordError, RequestProblemError, gather, templates
+from .prefetch import (
+    FHIR_ID,
+    IncompleteRecordError,
+    Pending,
+    RequestProblemError,
+    gather,
+    templates,
+)
 from .reuse import ReadCache, reuse_key
 from .settings import ServiceSettings
 
@@ -209,13 +216,17 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
         if request.hook != hook:
             raise _problem(400, f"service {service_id} answers {hook}, not another hook")
         drafts, key = _drafts_and_key(service_id, hook, request)
+        pending = Pending()
         try:
             with anyio.fail_after(settings.request_deadline_seconds):
-                cards = await _answer(service_id, hook, request, drafts, key, len(body))
+                cards = await _answer(service_id, hook, request, drafts, key, len(body),
+                                      pending)
         except TimeoutError:
-            cards = _incomplete(hook, key, [
-                "the record could not be completed within the request deadline "
-                f"({settings.request_deadline_seconds:g} s, request_deadline_seconds)"])
+            deadline = (f"the request deadline ({settings.request_deadline_seconds:g} s, "
+                        "request_deadline_seconds) passed")
+            cards = _incomplete(hook, key, [f"'{part}' was still being read when {deadline}"
+                                            for part in sorted(pending.parts)] or [
+                f"the record could not be completed: {deadline}"])
         except IncompleteRecordError as exc:
             cards = _incomplete(hook, key, exc.parts)
         except WorkerUnavailableError as exc:
@@ -251,7 +262,8 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
                                  order_key(request.context, drafts))
 
     async def _answer(service_id: str, hook: str, request: HookRequest,
-                      drafts: list[dict[str, Any]], key: str, body_bytes: int) -> list[Card]:
+                      drafts: list[dict[str, Any]], key: str, body_bytes: int,
+                      pending: Pending) -> list[Card]:
         patient_id = str(request.context["patientId"])
         as_of = now()
         budget = CallBudget(max_bytes=settings.fhir_max_bytes,
@@ -265,7 +277,7 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
             resources, reads = await gather(
                 request.prefetch, patient_id, hook_templates[hook], client, as_of.date(),
                 no_client_reason=reason, reused=reuse.get(session) if session else None,
-                drafts=drafts)
+                drafts=drafts, pending=pending)
         except RequestProblemError as exc:
             raise _problem(400, str(exc)) from None
         finally:

@@ -85,10 +85,17 @@ class Reads:
     by_key: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
 
+@dataclass
+class Pending:
+    """The parts of a call's record still being read: what a deadline names as not read."""
+
+    parts: set[str] = field(default_factory=set)
+
+
 async def gather(prefetch: Mapping[str, Any] | None, patient_id: str, wanted: Mapping[str, str],
                  client: FhirClient | None, today: date, *, no_client_reason: str,
                  reused: Reads | None = None, drafts: list[dict[str, Any]] | None = None,
-                 ) -> tuple[list[dict[str, Any]], Reads]:
+                 pending: Pending | None = None) -> tuple[list[dict[str, Any]], Reads]:
     """Every resource the hook's rules need: from the prefetch where complete, else from the
     FHIR server (or from `reused` reads of the same session); with the Medications the draft
     orders name. Raises IncompleteRecordError naming every part that could not be had, and
@@ -134,24 +141,41 @@ async def gather(prefetch: Mapping[str, Any] | None, patient_id: str, wanted: Ma
         for _, job in jobs:
             job.close()  # never started: the record is incomplete whatever they bring
         raise IncompleteRecordError(failed)
-    reads.by_key.update(await _run(jobs))
+    reads.by_key.update(await _run(jobs, pending or Pending()))
     for found in reads.by_key.values():
         resources += found
     # an order names its drug, a report its results, by references to resources the EHR may
     # not have included (`_include` is not supported everywhere): without them the record is
     # not whole
     await _resolve_references([*resources, *(drafts or [])], reads, reused, client,
-                              no_client_reason)
+                              no_client_reason, pending or Pending())
     return _unique([*resources, *reads.by_key.get(REFERENCED, [])]), reads
 
 
 REFERENCED = "references"  # the key of resolved references in Reads (never a prefetch key)
 
 
-async def _run(jobs: list[tuple[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+async def _tracked(key: str, job: Any, pending: Pending) -> Any:
+    """`job`, with `key` in `pending` until it ends (and left there when the deadline cancels
+    it: it was not read)."""
+    pending.parts.add(key)
+    try:
+        result = await job
+    except asyncio.CancelledError:
+        raise
+    except BaseException:
+        pending.parts.discard(key)
+        raise
+    pending.parts.discard(key)
+    return result
+
+
+async def _run(jobs: list[tuple[str, Any]],
+               pending: Pending) -> dict[str, list[dict[str, Any]]]:
     """Every job's resources by key; a failure of any is raised once all have ended, naming
     every part that failed."""
-    results = await asyncio.gather(*(job for _, job in jobs), return_exceptions=True)
+    results = await asyncio.gather(*(_tracked(key, job, pending) for key, job in jobs),
+                                   return_exceptions=True)
     found: dict[str, list[dict[str, Any]]] = {}
     failed: list[str] = []
     for (key, _), result in zip(jobs, results, strict=True):
@@ -167,7 +191,8 @@ async def _run(jobs: list[tuple[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 
 
 async def _resolve_references(resources: list[dict[str, Any]], reads: Reads, reused: Reads,
-                              client: FhirClient | None, no_client_reason: str) -> None:
+                              client: FhirClient | None, no_client_reason: str,
+                              pending: Pending) -> None:
     if REFERENCED in reused.by_key:
         reads.by_key[REFERENCED] = reused.by_key[REFERENCED]
         resources = [*resources, *reused.by_key[REFERENCED]]
@@ -179,7 +204,8 @@ async def _resolve_references(resources: list[dict[str, Any]], reads: Reads, reu
     if client is None:
         raise IncompleteRecordError([f"{shown} referenced by the record but not sent, and "
                                      f"{no_client_reason}"])
-    batches = await asyncio.gather(*(client.read_ids(kind, ids)
+    batches = await asyncio.gather(*(_tracked(f"{shown} (referenced by the record)",
+                                              client.read_ids(kind, ids), pending)
                                      for kind, ids in sorted(unresolved.items())),
                                    return_exceptions=True)
     fetched: list[dict[str, Any]] = list(reads.by_key.get(REFERENCED, []))
