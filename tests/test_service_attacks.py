@@ -1061,6 +1061,27 @@ def test_feedback_database_is_private_whatever_the_umask(tmp_path: Path) -> None
         assert stat.S_IMODE(made.stat().st_mode) == 0o600, made.name
 
 
+def test_the_default_feedback_folder_is_made_private(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A default folder left 0755 (and a database 0644) by an earlier version is tightened."""
+    import stat
+
+    from fasciculation_cds.service.feedback import FeedbackStore
+    from fasciculation_cds.service.settings import default_feedback_database
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    path = default_feedback_database()
+    path.parent.mkdir(parents=True)
+    for folder in (path.parent, path.parent.parent):
+        folder.chmod(0o755)
+    path.touch()
+    path.chmod(0o644)
+    FeedbackStore(f"sqlite:///{path}").close()
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.parent.stat().st_mode) == 0o755  # nothing above it
+
+
 def test_serve_without_a_usable_home_fails_clearly(tmp_path: Path) -> None:
     """HOME is a file: the default feedback database cannot be made there. (An empty or unset
     HOME falls back to the user's home from the password database, and works.)"""

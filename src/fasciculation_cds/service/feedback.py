@@ -31,6 +31,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from .cards import OVERRIDE_REASONS as _OWN_REASONS
+from .settings import default_feedback_database
 
 log = logging.getLogger("fasciculation_cds.service.feedback")
 MAX_PENDING_CALLS = 10_000  # calls whose cards wait to be counted; beyond, counts are dropped
@@ -82,6 +83,8 @@ def _private_file(path: Path) -> None:
         missing = [folder for folder in [path.parent, *path.parent.parents]
                    if not folder.exists()]
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if path == default_feedback_database():  # the service's own folder, made 0755 before
+            missing.append(path.parent)
         for folder in missing:
             folder.chmod(0o700)
         descriptor = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
