@@ -683,7 +683,9 @@ def test_medication_references_are_resolved_in_batched_searches(keys: Keys, tmp_
         prober.join(timeout=30)
         live.stop()
     assert answer.status_code == 200, answer.text
-    _assert_responsive(took)
+    # one read per reference held /healthz 15-28 s; the evaluation of 1,200 orders shares the
+    # interpreter, so on a loaded machine a probe can wait a few switch intervals
+    _assert_responsive(took, longest=1.0)
     assert "medication.electrolyte-depleting" in {
         c["source"]["topic"]["code"] for c in answer.json()["cards"]}
     assert len(transport.requests) == 24  # 1,200 ids, 50 a search

@@ -54,6 +54,7 @@ from .reuse import ReadCache, reuse_key
 from .settings import ServiceSettings
 
 log = logging.getLogger("fasciculation_cds.service")
+SWITCH_INTERVAL = 0.001
 
 SERVICES: dict[str, tuple[str, str, str]] = {
     "patient-view": (
@@ -126,6 +127,9 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         print(f"fasciculation-cds: feedback database {store.location}", file=sys.stderr)
+        # an evaluating thread hands the interpreter back every 1 ms instead of 5: the event
+        # loop (/healthz, /readyz, other calls' I/O) waits at most that long for each step
+        sys.setswitchinterval(SWITCH_INTERVAL)
         pool.warm_up()
         # What start-up built (rules, compiled engine, models) lives as long as the service:
         # kept out of the collector's sight, a full collection no longer walks it mid-call.
