@@ -11,6 +11,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from fasciculation_cds.service.searches import prefetch_key, searched_types
 from fasciculation_cds.service.settings import ServiceSettings, TrustedIssuer
 
 ISSUER = "https://ehr.example.org"
@@ -61,15 +62,27 @@ def prefetch_from_bundle(bundle: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     resources = json.loads(text)
     patient = next(r for r in resources if r["resourceType"] == "Patient")
 
-    def search(kind: str) -> dict[str, Any]:
-        return {"resourceType": "Bundle", "type": "searchset",
-                "entry": [{"resource": r} for r in resources if r["resourceType"] == kind]}
+    return patient["id"], {"patient": patient, **complete_searches(resources)}
 
-    return patient["id"], {"patient": patient, "observations": search("Observation"),
-                           "conditions": search("Condition"),
-                           "medicationRequests": search("MedicationRequest"),
-                           "medicationStatements": search("MedicationStatement"),
-                           "procedures": search("Procedure")}
+
+def _dated(resource: dict[str, Any]) -> bool:
+    return any(key.startswith("effective") for key in resource)
+
+
+def complete_searches(resources: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every search the templates can ask for, answered whole from `resources` as an EHR that
+    follows every page sends them (the Observations split as the window search and the search
+    for those without effective[x] split them)."""
+    def search(kind: str, keep: Any = lambda r: True) -> dict[str, Any]:
+        found = [r for r in resources if r["resourceType"] == kind and keep(r)]
+        return {"resourceType": "Bundle", "type": "searchset", "total": len(found),
+                "entry": [{"resource": r} for r in found]}
+
+    searches = {prefetch_key(kind): search(kind) for kind in searched_types()}
+    searches[prefetch_key("Observation")] = search("Observation", _dated)
+    searches[f"{prefetch_key('Observation')}Undated"] = search(
+        "Observation", lambda r: not _dated(r))
+    return searches
 
 
 def hook_request(hook: str, patient_id: str, prefetch: dict[str, Any] | None,
@@ -129,3 +142,17 @@ def write_ndjson(path: Path, resources: list[dict[str, Any]]) -> Path:
 
 def card_findings(cards: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return sorted((c["source"]["topic"]["code"], c["indicator"]) for c in cards)
+
+
+INCOMPLETE = "service.record-incomplete"
+
+
+def incomplete_detail(answer: Any) -> str:
+    """The detail of the one card a call whose record could not be read completely answers
+    with; fails if the answer is anything else (another card beside it, no card, an error)."""
+    assert answer.status_code == 200, answer.text
+    [card] = answer.json()["cards"]
+    assert card["source"]["topic"]["code"] == INCOMPLETE, card
+    assert card["indicator"] == "warning"
+    assert card["summary"].startswith("Twitching assessment not available: the record could not")
+    return str(card["detail"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from importlib import resources as package_files
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,10 @@ from fastapi.testclient import TestClient
 
 from fasciculation_cds.ruleset import RuleSet
 from fasciculation_cds.service import create_app
+from fasciculation_cds.service.prefetch import templates
 
 from .conftest import REPO, shared_data
-from .service_helpers import Keys, hook_request, prefetch_from_bundle
+from .service_helpers import Keys, hook_request, incomplete_detail, prefetch_from_bundle
 
 SCHEMA = json.loads(package_files.files("fasciculation_cds.service").joinpath(
     "cds-hooks-response.schema.json").read_text())
@@ -213,9 +215,9 @@ def test_shared_cds_hooks_requests(folder: str, client: TestClient, keys: Keys,
             f"/cds-services/{service}"), json=request)
         # the examples' prefetch holds only part of what the rules need, and their fhirServer
         # is not on this service's allow-list: the service says what is missing and makes no
-        # request (SSRF) instead of guessing
-        assert answer.status_code in (400, 412), (path.name, answer.text)
-        assert answer.status_code == 400 or "missing" in answer.json()["error"]
+        # request (SSRF) instead of guessing, and shows no finding
+        assert answer.status_code in (400, 200), (path.name, answer.text)
+        assert answer.status_code == 400 or "missing" in incomplete_detail(answer)
         assert recorder.calls == []
 
 
@@ -232,15 +234,33 @@ def test_invalid_requests(client: TestClient, keys: Keys) -> None:
     assert call(client, keys, f"/cds-services/{PV}", wrong_hook).status_code == 400
 
 
-def test_fhir_server_failure_is_412(client: TestClient, keys: Keys, recorder: Recorder) -> None:
+def test_fhir_server_failure_is_one_warning_card_naming_every_part(
+        client: TestClient, keys: Keys, recorder: Recorder, ruleset: RuleSet) -> None:
     request = hook_request("patient-view", "abc", None, fhirServer="https://fhir.example.org/r4",
                            fhirAuthorization={"access_token": "secret-token-xyz",
                                               "token_type": "Bearer", "expires_in": 300,
                                               "scope": "patient/*.read", "subject": "cds"})
     answer = call(client, keys, f"/cds-services/{PV}", request)
-    assert answer.status_code == 412
+    detail = incomplete_detail(answer)
     assert recorder.calls
     assert recorder.calls[0].startswith("https://fhir.example.org/r4/")
+    for key in templates(ruleset, "patient-view"):  # every failed part, not only the first
+        assert f"'{key}' could not be fetched: FHIR server answered 500" in detail, key
+    assert "secret-token-xyz" not in answer.text
+
+
+def test_incomplete_record_412_keeps_the_error(keys: Keys, tmp_path: Path, ruleset: RuleSet,
+                                               recorder: Recorder) -> None:
+    settings = keys.settings(feedback_database_url=f"sqlite:///{tmp_path / 'feedback.db'}",
+                             fhir_servers=["https://fhir.example.org/r4"],
+                             incomplete_record="412")
+    client = TestClient(create_app(settings, ruleset=ruleset, fhir_transport=recorder))
+    request = hook_request("patient-view", "abc", None, fhirServer="https://fhir.example.org/r4")
+    answer = call(client, keys, f"/cds-services/{PV}", request)
+    assert answer.status_code == 412
+    error = answer.json()["error"]
+    assert all(f"'{key}' could not be fetched" in error
+               for key in templates(ruleset, "patient-view") if key != "patient")
 
 
 def test_request_size_is_bounded(client: TestClient, keys: Keys) -> None:
@@ -536,9 +556,16 @@ def test_medication_named_by_reference_is_fetched_or_refused(keys: Keys, tmp_pat
         order["medicationReference"] = {"reference": reference}
     assert medications
 
+    searches: list[str] = []
+
     def fhir(request: httpx.Request) -> httpx.Response:
-        found = medications.get(request.url.path.removeprefix("/r4/"))
-        return httpx.Response(200, json=found) if found else httpx.Response(404)
+        searches.append(str(request.url))
+        assert request.url.path == "/r4/Medication"  # a search by _id, never a read per id
+        ids = request.url.params["_id"].split(",")
+        found = [medications[f"Medication/{i}"] for i in ids if f"Medication/{i}" in medications]
+        return httpx.Response(200, json={"resourceType": "Bundle", "type": "searchset",
+                                         "total": len(found),
+                                         "entry": [{"resource": r} for r in found]})
 
     settings = keys.settings(feedback_database_url=f"sqlite:///{tmp_path / 'f.db'}",
                              fhir_servers=["https://fhir.example.org/r4"])
@@ -546,10 +573,167 @@ def test_medication_named_by_reference_is_fetched_or_refused(keys: Keys, tmp_pat
                                    fhir_transport=httpx.MockTransport(fhir)))
     refused = call(client, keys, f"/cds-services/{PV}",
                    hook_request("patient-view", patient_id, prefetch))
-    assert refused.status_code == 412
-    assert all(reference in refused.json()["error"] for reference in medications)
+    detail = incomplete_detail(refused)
+    assert all(reference in detail for reference in sorted(medications)[:5])
     fetched = call(client, keys, f"/cds-services/{PV}", hook_request(
         "patient-view", patient_id, prefetch, fhirServer="https://fhir.example.org/r4"))
     assert fetched.status_code == 200, fetched.text
     topics = {c["source"]["topic"]["code"] for c in fetched.json()["cards"]}
     assert "medication.electrolyte-depleting" in topics  # omeprazole, known from its Medication
+    assert len(searches) == 1  # every Medication in one search
+
+
+def test_feedback_report_shows_reason_displays(client: TestClient, keys: Keys) -> None:
+    """The sandbox sends a reason's code without its display: the report shows the display
+    (the card's own, or one the EHR sent with that code), the code only when none is known."""
+    patient_id, prefetch = prefetch_from_bundle(_example("hypomagnesemia-omeprazole.json"))
+    cards = call(client, keys, f"/cds-services/{PV}",
+                 hook_request("patient-view", patient_id, prefetch)).json()["cards"]
+
+    def overridden(code: str, display: str | None = None) -> dict[str, Any]:
+        reason = {"code": code, "system": "https://ehr.example.org/reasons",
+                  **({"display": display} if display else {})}
+        return {"card": cards[0]["uuid"], "outcome": "overridden",
+                "overrideReason": {"reason": reason}, "outcomeTimestamp": "2026-11-26T10:00:00Z"}
+
+    feedback = {"feedback": [overridden("already-addressed"), overridden("already-addressed"),
+                             overridden("ehr-own", "Patient declined"), overridden("ehr-own"),
+                             overridden("bare-code")]}
+    assert call(client, keys, f"/cds-services/{PV}/feedback", feedback).json() == {"stored": 5}
+    report = {row["rule_id"]: row for row in client.app.state.feedback.report()}  # type: ignore[attr-defined]
+    reasons = dict(report[cards[0]["source"]["topic"]["code"]]["top_override_reasons"])
+    assert reasons == {"Already addressed": 2, "Patient declined": 2, "bare-code": 1}
+
+
+def test_searches_follow_what_ingest_reads(monkeypatch: pytest.MonkeyPatch,
+                                          ruleset: RuleSet) -> None:
+    """One source: a type ingest comes to read is asked for, with the `_include` of the
+    resources it names, on every hook; the service's tables only narrow known types."""
+    from fasciculation_cds import ingest, read_elements
+
+    added = {"DiagnosticReport": ("status", "code", "effective[x]", "issued", "result"),
+             "MedicationDispense": ("status", "medication[x]", "whenHandedOver", "daysSupply"),
+             "MedicationAdministration": ("status", "medication[x]", "effective[x]"),
+             "FamilyMemberHistory": ("status", "relationship", "condition")}
+    monkeypatch.setattr(ingest, "READ_TYPES", ingest.READ_TYPES | set(added))
+    monkeypatch.setattr(ingest, "MEDICATION_USE_TYPES", ingest.MEDICATION_USE_TYPES | {
+        "MedicationDispense", "MedicationAdministration"})
+    monkeypatch.setattr(read_elements, "READ_ELEMENTS", {**read_elements.READ_ELEMENTS, **added})
+    for hook in ("patient-view", "order-select", "order-sign"):
+        asked = templates(ruleset, hook)
+        patient = "patient={{context.patientId}}"
+        assert asked["diagnosticReports"] == (
+            f"DiagnosticReport?{patient}&_include=DiagnosticReport:result&_count=100")
+        assert asked["medicationDispenses"] == (
+            f"MedicationDispense?{patient}&_include=MedicationDispense:medication&_count=100")
+        assert asked["medicationAdministrations"] == (
+            f"MedicationAdministration?{patient}&_include=MedicationAdministration:medication"
+            "&_count=100")
+        assert asked["familyMemberHistories"] == f"FamilyMemberHistory?{patient}&_count=100"
+
+
+def test_observations_without_effective_are_asked_for(ruleset: RuleSet) -> None:
+    """The `date` search covers effective[x] only: Observations dated by `issued` (or by their
+    report) come from a second search, and the service applies the look-back itself."""
+    asked = templates(ruleset, "patient-view")
+    assert "date=ge{{today() - 373 days}}" in asked["observations"]
+    assert "date:missing=true" in asked["observationsUndated"]
+    assert "date=ge" not in asked["observationsUndated"]
+    for key, template in asked.items():  # no other search is narrowed by a date
+        assert key.startswith("observations") or "date" not in template, key
+
+
+def test_order_select_reuses_reads_of_the_same_session_only(keys: Keys, tmp_path: Path,
+                                                            ruleset: RuleSet) -> None:
+    """order-select fires on every change of the order form: the same hookInstance, patient,
+    server and token reuse the reads for a short time; anything else reads again."""
+    _, prefetch = prefetch_from_bundle(_example("hypomagnesemia-omeprazole.json"))
+    pid = prefetch["patient"]["id"]
+    requests: list[str] = []
+
+    def fhir(request: httpx.Request) -> httpx.Response:
+        requests.append(str(request.url))
+        if "/Patient/" in request.url.path:
+            return httpx.Response(200, json=prefetch["patient"])
+        kind = request.url.path.rsplit("/", 1)[1]
+        key = {"Observation": "observations", "Condition": "conditions",
+               "MedicationRequest": "medicationRequests",
+               "MedicationStatement": "medicationStatements"}.get(kind)
+        if key == "observations" and "date:missing" in str(request.url):
+            key = "observationsUndated"
+        return httpx.Response(200, json=prefetch.get(key) or {
+            "resourceType": "Bundle", "type": "searchset", "total": 0})
+
+    settings = keys.settings(feedback_database_url=f"sqlite:///{tmp_path / 'f.db'}",
+                             fhir_servers=["https://fhir.example.org/r4"],
+                             fhir_reuse_seconds=1.0)
+    client = TestClient(create_app(settings, ruleset=ruleset,
+                                   fhir_transport=httpx.MockTransport(fhir)))
+    draft = {"resourceType": "MedicationRequest", "id": "draft-1", "status": "draft",
+             "intent": "order", "subject": {"reference": f"Patient/{pid}"},
+             "medicationCodeableConcept": {"text": "omeprazole"}}
+
+    def order_select(instance: str, token: str = "t-1", patient: str = pid) -> Any:
+        body = hook_request("order-select", patient, None, hookInstance=instance,
+                            fhirServer="https://fhir.example.org/r4",
+                            fhirAuthorization={"access_token": token, "token_type": "Bearer",
+                                               "expires_in": 300, "scope": "patient/*.read",
+                                               "subject": "cds"},
+                            context={"selections": ["MedicationRequest/draft-1"],
+                                     "draftOrders": {"resourceType": "Bundle", "entry": [
+                                         {"resource": draft}]}})
+        answer = call(client, keys, f"/cds-services/{OS}", body)
+        assert answer.status_code == 200, answer.text
+        return answer.json()["cards"]
+
+    first = order_select("session-1")
+    once = len(requests)
+    assert once >= 4
+    assert order_select("session-1") == first  # a re-fire: no read at all
+    assert len(requests) == once
+    order_select("session-1", token="t-2")  # another token: read again
+    assert len(requests) == 2 * once
+    order_select("session-2")  # another session
+    assert len(requests) == 3 * once
+    time.sleep(1.1)
+    order_select("session-1")  # too old
+    assert len(requests) == 4 * once
+
+
+def test_a_draft_naming_its_drug_by_reference_gets_it_or_no_finding(
+        keys: Keys, tmp_path: Path, ruleset: RuleSet) -> None:
+    """A draft order whose drug is a Medication the EHR did not send: fetched by `_id`, and the
+    order caution shows; with no server to fetch it from, the call says the record is
+    incomplete instead of evaluating an order whose drug is unknown."""
+    patient_id, prefetch = prefetch_from_bundle(_example("benign-fasciculation.json"))
+    albuterol = {"resourceType": "Medication", "id": "med-albuterol", "code": {"coding": [{
+        "system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "435",
+        "display": "albuterol"}]}}
+    searched: list[str] = []
+
+    def fhir(request: httpx.Request) -> httpx.Response:
+        searched.append(str(request.url))
+        found = [albuterol] if request.url.params.get("_id") == "med-albuterol" else []
+        return httpx.Response(200, json={"resourceType": "Bundle", "type": "searchset",
+                                         "total": len(found),
+                                         "entry": [{"resource": r} for r in found]})
+
+    settings = keys.settings(feedback_database_url=f"sqlite:///{tmp_path / 'f.db'}",
+                             fhir_servers=["https://fhir.example.org/r4"])
+    client = TestClient(create_app(settings, ruleset=ruleset,
+                                   fhir_transport=httpx.MockTransport(fhir)))
+    draft = {"resourceType": "MedicationRequest", "id": "draft-1", "status": "draft",
+             "intent": "order", "subject": {"reference": f"Patient/{patient_id}"},
+             "medicationReference": {"reference": "Medication/med-albuterol"}}
+    context = {"draftOrders": {"resourceType": "Bundle", "entry": [{"resource": draft}]},
+               "selections": ["MedicationRequest/draft-1"]}
+    unknown = call(client, keys, f"/cds-services/{OS}",
+                   hook_request("order-select", patient_id, prefetch, context=context))
+    assert "Medication/med-albuterol" in incomplete_detail(unknown)
+    fetched = call(client, keys, f"/cds-services/{OS}", hook_request(
+        "order-select", patient_id, prefetch, context=context,
+        fhirServer="https://fhir.example.org/r4"))
+    assert fetched.status_code == 200, fetched.text
+    assert [c["source"]["topic"]["code"] for c in fetched.json()["cards"]] == [
+        "medication.order-caution"]
+    assert searched == ["https://fhir.example.org/r4/Medication?_id=med-albuterol&_count=1"]

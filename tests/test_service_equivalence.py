@@ -1,7 +1,13 @@
 """Service == evaluate: the cards' rule ids and severities equal `evaluate`'s findings for the same
 record, however the record reaches the service — a complete prefetch, a prefetch paged at page
 size 1 whose other pages the service fetches, no prefetch at all (the FHIR server serves pages
-of one), or a Bundle through the CLI. Where the record cannot be completed: 412, never a card.
+of one), or a Bundle through the CLI. Where the record cannot be completed: no finding (412
+here), never a card of the partial record.
+
+The records use every way a counted resource can be dated (effective, `issued` only, Condition
+onset, `recordedDate` only, onset as an age) and every resource type the v3 rules read
+(DiagnosticReport with referenced and contained results, MedicationDispense,
+MedicationAdministration, FamilyMemberHistory, drugs named by a Medication reference).
 
 Patients: every fhir_examples/ Bundle, and hypothesis-generated records whose codes, units and
 values are drawn from the rule set itself (concepts of the value sets, thresholds of the rules).
@@ -32,7 +38,14 @@ from fasciculation_cds.service import create_app
 from fasciculation_cds.service.prefetch import fill, templates
 
 from .conftest import EXAMPLES, RULES_DIR
-from .service_helpers import FhirServer, Keys, card_findings, hook_request, prefetch_from_bundle
+from .service_helpers import (
+    FhirServer,
+    Keys,
+    card_findings,
+    complete_searches,
+    hook_request,
+    prefetch_from_bundle,
+)
 
 pytestmark = pytest.mark.fhirserver
 
@@ -60,7 +73,8 @@ def service(fhir_server: FhirServer, ruleset: RuleSet,
     folder = tmp_path_factory.mktemp("svc")
     keys = Keys(folder)
     settings_ = keys.settings(feedback_database_url=f"sqlite:///{folder / 'f.db'}",
-                              fhir_servers=[fhir_server.base], fhir_max_pages=1000)
+                              fhir_servers=[fhir_server.base], fhir_max_pages=1000,
+                              fhir_max_requests=100_000, incomplete_record="412")
     return TestClient(create_app(settings_, ruleset=ruleset, clock=lambda: NOW)), keys
 
 
@@ -80,19 +94,20 @@ def expected(records: list[dict[str, Any]], ruleset: RuleSet) -> list[tuple[str,
 
 
 def complete_prefetch(records: list[dict[str, Any]], ruleset: RuleSet) -> dict[str, Any]:
-    """What an EHR sends for our templates when it follows every page itself."""
-    by_type: dict[str, list[dict[str, Any]]] = {}
-    for resource in records:
-        by_type.setdefault(resource["resourceType"], []).append(resource)
+    """What an EHR sends for our templates when it follows every page itself (`_include`d
+    Medications and report results included)."""
+    searches = complete_searches(records)
+    medications = [r for r in records if r["resourceType"] == "Medication"]
     prefetch: dict[str, Any] = {}
     for key, template in templates(ruleset, "patient-view").items():
-        kind = template.split("?")[0].split("/")[0]
         if key == "patient":
-            prefetch[key] = by_type["Patient"][0]
-        else:
-            prefetch[key] = {"resourceType": "Bundle", "type": "searchset",
-                             "total": len(by_type.get(kind, [])),
-                             "entry": [{"resource": r} for r in by_type.get(kind, [])]}
+            prefetch[key] = next(r for r in records if r["resourceType"] == "Patient")
+            continue
+        bundle = searches[key]
+        if ":medication" in template:
+            bundle["entry"] += [{"resource": m, "search": {"mode": "include"}}
+                                for m in medications]
+        prefetch[key] = bundle
     return prefetch
 
 
@@ -159,6 +174,26 @@ def test_examples_service_equals_evaluate(example: Path, ruleset: RuleSet,
     check_every_way(records, ruleset, fhir_server, service, tmp_path)
 
 
+def test_exam_finding_dated_only_by_issued_reaches_the_rules(ruleset: RuleSet,
+                                                            fhir_server: FhirServer,
+                                                            service: tuple[TestClient, Keys],
+                                                            tmp_path: Path) -> None:
+    """Hyperreflexia recorded without effective[x], dated by `issued` only: `evaluate` counts
+    it (critical); a search by `date` alone never returns it, which made the service's answer
+    a warning."""
+    example = json.loads((EXAMPLES / "als-red-flags-critical.json").read_text())
+    old_id = _records(example)[0]["id"]
+    records = json.loads(json.dumps(_records(example)).replace(old_id, "issued-only"))
+    [sign] = [r for r in records if r["resourceType"] == "Observation"
+              and "Hyperreflexia" in json.dumps(r["code"])]
+    sign["issued"] = sign.pop("effectiveDateTime")
+    assert ("mnd.red-flags", "critical") in expected(records, ruleset)
+    without = [r for r in records if r is not sign]
+    assert ("mnd.red-flags", "critical") not in expected(without, ruleset)
+    _store(fhir_server.base, records)
+    check_every_way(records, ruleset, fhir_server, service, tmp_path)
+
+
 # --- generated records ----------------------------------------------------------------------
 
 
@@ -208,9 +243,17 @@ def patient_records(draw: st.DrawFn, ruleset: RuleSet) -> list[dict[str, Any]]:
     def when(days: int) -> str:
         return (NOW - timedelta(days=days, hours=1)).isoformat().replace("+00:00", "Z")
 
+    born = draw(st.integers(1940, 2005))
     records: list[dict[str, Any]] = [{
         "resourceType": "Patient", "id": pid, "gender": draw(st.sampled_from(["female", "male"])),
-        "birthDate": f"{draw(st.integers(1940, 2005))}-03-02"}]
+        "birthDate": f"{born}-03-02"}]
+    age_now = NOW.year - born - (1 if (NOW.month, NOW.day) < (3, 2) else 0)
+    condition_dates = st.one_of(
+        days_ago.map(lambda d: {"onsetDateTime": when(d)}),
+        days_ago.map(lambda d: {"recordedDate": when(d)}),  # no onset: recordedDate decides
+        st.sampled_from([age_now, age_now - 1, age_now - 5]).map(lambda a: {"onsetAge": {
+            "value": a, "unit": "a", "system": "http://unitsofmeasure.org", "code": "a"}}),
+        st.just({}))  # undated
     coded = _coded(ruleset, {"condition", "finding"}, {ICD10CM, SNOMED})
     for index in range(draw(st.integers(0, 4))):
         system, code, label = draw(st.sampled_from(coded))
@@ -223,14 +266,26 @@ def patient_records(draw: st.DrawFn, ruleset: RuleSet) -> list[dict[str, Any]]:
                 "system": "http://terminology.hl7.org/CodeSystem/condition-ver-status",
                 "code": draw(st.sampled_from(["confirmed", "provisional", "refuted"]))}]},
             "code": {"coding": [{"system": system, "code": code, "display": label}]},
-            "onsetDateTime": when(draw(days_ago))})
+            **draw(condition_dates)})
     signs = _coded(ruleset, {"finding"}, {SNOMED})
     for index in range(draw(st.integers(0, 2))):
         system, code, label = draw(st.sampled_from(signs))
+        # an exam finding may carry only `issued` (R4, US Core): the date search misses it
+        dated = draw(st.sampled_from(["effectiveDateTime", "issued"]))
         records.append({
             "resourceType": "Observation", "id": f"{pid}-s{index}", "status": "final",
-            "subject": subject, "effectiveDateTime": when(draw(days_ago)),
+            "subject": subject, dated: when(draw(days_ago)),
             "code": {"coding": [{"system": system, "code": code, "display": label}]}})
+    for index in range(draw(st.integers(0, 1))):  # a relative's ALS/MND, or another condition
+        system, code, label = draw(st.sampled_from(coded))
+        records.append({
+            "resourceType": "FamilyMemberHistory", "id": f"{pid}-f{index}",
+            "status": "completed", "patient": subject,
+            "relationship": {"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode",
+                "code": "MTH", "display": "mother"}]},
+            "condition": [{"code": {"coding": [{"system": system, "code": code,
+                                                "display": label}]}}]})
     thresholds = _thresholds(ruleset)
     labs = sorted(thresholds)
     for index in range(draw(st.integers(0, 5))):
@@ -241,12 +296,32 @@ def patient_records(draw: st.DrawFn, ruleset: RuleSet) -> list[dict[str, Any]]:
         bound, unit = draw(st.sampled_from(sorted(thresholds[concept])))
         factor = draw(st.sampled_from(["0.7", "0.95", "1", "1.05", "1.4"]))
         value = float(round(bound * Fraction(factor), 2))
-        records.append({
+        result = {
             "resourceType": "Observation", "id": f"{pid}-l{index}", "status": "final",
             "subject": subject, "effectiveDateTime": when(draw(days_ago)),
             "code": {"coding": [{"system": LOINC, "code": loinc[0]}]},
             "valueQuantity": {"value": value, "unit": unit,
-                              "system": "http://unitsofmeasure.org", "code": unit}})
+                              "system": "http://unitsofmeasure.org", "code": unit}}
+        way = draw(st.sampled_from(["alone", "in a report", "contained", "report-dated"]))
+        if way == "alone":
+            records.append(result)
+            continue
+        # a result inside a DiagnosticReport: referenced, contained (no subject: the
+        # report's), or without effective[x] (dated by the report)
+        report: dict[str, Any] = {
+            "resourceType": "DiagnosticReport", "id": f"{pid}-r{index}", "status": "final",
+            "subject": subject, "code": {"text": "Laboratory panel"},
+            "effectiveDateTime": when(draw(days_ago)), "issued": when(0)}
+        if way == "contained":
+            contained = {k: v for k, v in result.items() if k != "subject"}
+            report["contained"] = [{**contained, "id": "res"}]
+            report["result"] = [{"reference": "#res"}]
+        else:
+            if way == "report-dated":
+                result.pop("effectiveDateTime")
+            records.append(result)
+            report["result"] = [{"reference": f"Observation/{result['id']}"}]
+        records.append(report)
     procedures = _coded(ruleset, {"procedure"})
     for index in range(draw(st.integers(0, 1)) if procedures else 0):
         system, code, label = draw(st.sampled_from(procedures))
@@ -256,14 +331,33 @@ def patient_records(draw: st.DrawFn, ruleset: RuleSet) -> list[dict[str, Any]]:
             "code": {"coding": [{"system": system, "code": code, "display": label}]},
             "performedDateTime": when(draw(days_ago))})
     drugs = _coded(ruleset, {"medication"}, {RXNORM})
-    for index in range(draw(st.integers(0, 3))):
+    for index in range(draw(st.integers(0, 4))):
         system, code, label = draw(st.sampled_from(drugs))
-        records.append({
-            "resourceType": "MedicationRequest", "id": f"{pid}-m{index}", "subject": subject,
-            "status": draw(st.sampled_from(["active", "active", "stopped"])), "intent": "order",
-            "authoredOn": when(draw(days_ago)),
-            "medicationCodeableConcept": {"coding": [{"system": system, "code": code,
-                                                      "display": label}]}})
+        drug: dict[str, Any] = {"medicationCodeableConcept": {"coding": [{
+            "system": system, "code": code, "display": label}]}}
+        if draw(st.booleans()):  # the drug named by a Medication resource
+            records.append({"resourceType": "Medication", "id": f"{pid}-med{index}",
+                            "code": drug.pop("medicationCodeableConcept")})
+            drug["medicationReference"] = {"reference": f"Medication/{pid}-med{index}"}
+        kind = draw(st.sampled_from(["MedicationRequest", "MedicationDispense",
+                                     "MedicationAdministration"]))
+        if kind == "MedicationRequest":
+            records.append({
+                "resourceType": kind, "id": f"{pid}-m{index}", "subject": subject,
+                "status": draw(st.sampled_from(["active", "active", "stopped"])),
+                "intent": "order", "authoredOn": when(draw(days_ago)), **drug})
+        elif kind == "MedicationDispense":
+            records.append({
+                "resourceType": kind, "id": f"{pid}-m{index}", "subject": subject,
+                "status": draw(st.sampled_from(["completed", "in-progress", "cancelled"])),
+                "whenHandedOver": when(draw(days_ago)),
+                **draw(st.sampled_from([{}, {"daysSupply": {"value": 30, "unit": "d"}}])),
+                **drug})
+        else:
+            records.append({
+                "resourceType": kind, "id": f"{pid}-m{index}", "subject": subject,
+                "status": draw(st.sampled_from(["completed", "in-progress", "stopped"])),
+                "effectiveDateTime": when(draw(st.sampled_from([0, 3, 6, 8, 30]))), **drug})
     return records
 
 

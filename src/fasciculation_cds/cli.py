@@ -244,6 +244,8 @@ def serve(
     import uvicorn
 
     from .service import create_app
+    from .service.feedback import FeedbackStoreError
+    from .service.server import uvicorn_config
 
     _check_port_free(host, port)
     settings = _service_settings(config, **({"dev_insecure": True} if dev_insecure else {}))
@@ -251,8 +253,11 @@ def serve(
     if settings.dev_insecure:
         err.print("WARNING: --dev-insecure: requests from loopback are NOT authenticated. "
                   "Never use this outside a developer's machine.", style="bold red")
-    uvicorn.run(create_app(settings), host=host, port=port,
-                log_level=settings.log_level, proxy_headers=False)
+    try:
+        service = create_app(settings)
+    except FeedbackStoreError as exc:
+        _fail(f"feedback database: {exc}")
+    uvicorn.Server(uvicorn_config(service, settings, host=host, port=port)).run()
 
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")

@@ -1,8 +1,11 @@
-"""The CDS Hooks 2.0 HTTP service (FastAPI): discovery, the three hooks, feedback, health.
+"""The CDS Hooks 2.0 HTTP service (FastAPI): discovery, the three hooks, feedback, health and
+readiness.
 
-The event loop only parses, authenticates and waits: FHIR reads are asynchronous, and
-evaluation runs on worker threads that each own a compiled rule engine (durable-rules is not
-thread-safe). A whole-request deadline bounds every hook call.
+The event loop only parses small bodies, authenticates and waits: large bodies are parsed on a
+thread, FHIR reads are asynchronous and bounded per call, and evaluation runs on worker threads
+(or processes) that each own a compiled rule engine (durable-rules is not thread-safe). A
+whole-request deadline bounds every hook call. A record that cannot be read completely gives
+one warning card saying so (or 412), never a finding.
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ import anyio
 import httpx
 import orjson
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.middleware.cors import CORSMiddleware
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .._version import __version__
 from ..rule_docs import rule_page
@@ -32,17 +36,27 @@ from ..ruleset import RuleSet, load_rules
 from .auth import Authenticator, AuthError
 from .cards import card_uuid, to_cards
 from .drafts import order_key, read_draft_orders
-from .evaluation import EvaluationPool
+from .evaluation import EvaluationPool, WorkerUnavailableError
 from .feedback import FeedbackStore, FeedbackStoreError
-from .fhir_client import FhirClient, NotAllowedError, allowed_base
-from .guard import BodyLimit, Guard, parse_json, quiet_logs
+from .fhir_client import CallBudget, FhirClient, NotAllowedError, allowed_base
+from .guard import BodyLimit, Guard, JsonCors, QueryTokens, parse_json_body, quiet_logs
+from .incomplete import incomplete_card
 from .models import Card, FeedbackRequest, HookRequest
 from .needs import HOOKS
-from .prefetch import FHIR_ID, IncompleteRecordError, RequestProblemError, gather, templates
+from .prefetch import (
+    FHIR_ID,
+    IncompleteRecordError,
+    Pending,
+    RequestProblemError,
+    gather,
+    templates,
+)
+from .reuse import ReadCache, reuse_key
 from .settings import ServiceSettings
 from .smart_app import smart_router, with_summary_link
 
 log = logging.getLogger("fasciculation_cds.service")
+SWITCH_INTERVAL = 0.001
 
 SERVICES: dict[str, tuple[str, str, str]] = {
     "patient-view": (
@@ -64,8 +78,8 @@ SERVICES: dict[str, tuple[str, str, str]] = {
 USAGE = ("Send the prefetch, or fhirServer with fhirAuthorization. A prefetch that is complete "
          "(no Bundle.link next) is used as sent and fhirServer is not contacted, whatever it "
          "is; the service contacts fhirServer only for a missing or paged prefetch, and only "
-         "if it is on the service's allow-list. Otherwise it answers 412 naming what is "
-         "missing.")
+         "if it is on the service's allow-list. Otherwise it answers with one warning card "
+         "(or 412, as configured) naming what could not be read, and no finding.")
 
 
 class ORJSONBody(Response):
@@ -107,6 +121,7 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
     pool = EvaluationPool(rules, threads=settings.evaluation_workers,
                           processes=settings.evaluation_processes)
     hook_templates: dict[str, dict[str, str]] = {hook: templates(rules, hook) for hook in HOOKS}
+    reuse = ReadCache(settings.fhir_reuse_seconds, settings.fhir_max_bytes)
     service_of = {sid: hook for hook, (sid, _, _) in SERVICES.items()}
     base = settings.public_base_url
     quiet_logs()
@@ -114,6 +129,9 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         print(f"fasciculation-cds: feedback database {store.location}", file=sys.stderr)
+        # an evaluating thread hands the interpreter back every 1 ms instead of 5: the event
+        # loop (/healthz, /readyz, other calls' I/O) waits at most that long for each step
+        sys.setswitchinterval(SWITCH_INTERVAL)
         pool.warm_up()
         # What start-up built (rules, compiled engine, models) lives as long as the service:
         # kept out of the collector's sight, a full collection no longer walks it mid-call.
@@ -123,9 +141,12 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
         pool.close()
         store.close()
 
+    # /docs and /redoc load their scripts from a CDN: off unless `api_docs` asks for them
+    docs = settings.api_docs
     app = FastAPI(title="fasciculation-cds CDS Hooks service", version=__version__,
                   description="CDS Hooks 2.0 service for muscle twitching, cramps and spasms.",
-                  lifespan=lifespan)
+                  lifespan=lifespan, docs_url="/docs" if docs else None,
+                  redoc_url="/redoc" if docs else None)
 
     async def authenticate(request: Request, endpoint: str) -> None:
         """`endpoint` is the path under the public base URL: the token's `aud` must be exactly
@@ -152,13 +173,27 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
             raise _problem(404, "no such service")
         return hook
 
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": exc.detail}, exc.status_code)
+    @app.exception_handler(StarletteHTTPException)  # also 404 and 405 from the router
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else "request refused"
+        return JSONResponse({"error": message}, exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"error": "invalid request"}, 400)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
+        """The process answers (liveness)."""
         return {"status": "ok", "rules_version": rules.version}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Whether a call would be evaluated now: 503 while no evaluation worker is available
+        (starting, or replacing a worker process that died)."""
+        if pool.ready:
+            return JSONResponse({"status": "ready", "rules_version": rules.version})
+        return JSONResponse({"error": "no evaluation worker is available"}, 503)
 
     @app.get("/rules/{rule_id}", response_class=PlainTextResponse)
     async def rule_doc(rule_id: str) -> PlainTextResponse:
@@ -181,20 +216,27 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
         hook = hook_of(service_id)
         await authenticate(http_request, f"/cds-services/{service_id}")
         started = time.perf_counter()
-        request: HookRequest = _model(HookRequest, parse_json(await http_request.body()),
+        body = await http_request.body()
+        request: HookRequest = _model(HookRequest, await parse_json_body(body),
                                       "CDS Hooks request")
         if request.hook != hook:
             raise _problem(400, f"service {service_id} answers {hook}, not another hook")
+        drafts, key = _drafts_and_key(service_id, hook, request)
+        pending = Pending()
         try:
             with anyio.fail_after(settings.request_deadline_seconds):
-                cards = await _answer(service_id, hook, request)
+                cards = await _answer(service_id, hook, request, drafts, key, len(body),
+                                      pending)
         except TimeoutError:
-            raise _problem(412, "the record could not be completed within the request deadline "
-                                f"({settings.request_deadline_seconds:g} s)") from None
-        except RequestProblemError as exc:
-            raise _problem(400, str(exc)) from None
+            deadline = (f"the request deadline ({settings.request_deadline_seconds:g} s, "
+                        "request_deadline_seconds) passed")
+            cards = _incomplete(hook, key, [f"'{part}' was still being read when {deadline}"
+                                            for part in sorted(pending.parts)] or [
+                f"the record could not be completed: {deadline}"])
         except IncompleteRecordError as exc:
-            raise _problem(412, str(exc)) from None
+            cards = _incomplete(hook, key, exc.parts)
+        except WorkerUnavailableError as exc:
+            raise _problem(503, str(exc)) from None
         log.info("hook=%s cards=%d ms=%.0f", hook, len(cards),
                  (time.perf_counter() - started) * 1000)  # no patient data, no tokens
         shown = [card.to_json() for card in cards]
@@ -202,30 +244,60 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
         # a ready JSON body: FastAPI's response validation would walk every card again
         return ORJSONBody({"cards": shown})
 
-    async def _answer(service_id: str, hook: str, request: HookRequest) -> list[Card]:
+    def _incomplete(hook: str, key: str, parts: list[str]) -> list[Card]:
+        """One warning card naming every part that failed, or 412 (`incomplete_record`)."""
+        log.warning("hook=%s record incomplete (%d part(s))", hook, len(parts))
+        if settings.incomplete_record == "412":
+            raise _problem(412, "; ".join(parts))
+        return [incomplete_card(parts, key)]
+
+    def _drafts_and_key(service_id: str, hook: str,
+                        request: HookRequest) -> tuple[list[dict[str, Any]], str]:
         patient_id = request.context.get("patientId")
-        if not isinstance(patient_id, str) or not FHIR_ID.match(patient_id):
-            raise RequestProblemError("context.patientId must be a FHIR id (not a reference)")
-        drafts = read_draft_orders(request.context, hook, patient_id)
-        as_of = now()
-        client, reason = _client_for(request)
         try:
-            resources = await gather(request.prefetch, patient_id, hook_templates[hook], client,
-                                     as_of.date(), no_client_reason=reason)
+            if not isinstance(patient_id, str) or not FHIR_ID.match(patient_id):
+                raise RequestProblemError(
+                    "context.patientId must be a FHIR id (not a reference)")
+            drafts = read_draft_orders(request.context, hook, patient_id)
+        except RequestProblemError as exc:
+            raise _problem(400, str(exc)) from None
+        if hook == "patient-view":
+            return drafts, request.hook_instance  # each opening of the chart is a showing
+        # order-select re-fires on every change of the form: one showing per order
+        return drafts, card_uuid(f"{service_id}|Patient/{patient_id}",
+                                 order_key(request.context, drafts))
+
+    async def _answer(service_id: str, hook: str, request: HookRequest,
+                      drafts: list[dict[str, Any]], key: str, body_bytes: int,
+                      pending: Pending) -> list[Card]:
+        patient_id = str(request.context["patientId"])
+        as_of = now()
+        budget = CallBudget(max_bytes=settings.fhir_max_bytes,
+                            max_requests=settings.fhir_max_requests,
+                            concurrency=settings.fhir_max_concurrency, spent_bytes=body_bytes)
+        client, reason = _client_for(request, budget)
+        token = request.fhir_authorization.access_token if request.fhir_authorization else None
+        session = (reuse_key(request.hook_instance, patient_id, request.fhir_server or "", token)
+                   if hook == "order-select" else None)
+        try:
+            resources, reads = await gather(
+                request.prefetch, patient_id, hook_templates[hook], client, as_of.date(),
+                no_client_reason=reason, reused=reuse.get(session) if session else None,
+                drafts=drafts, pending=pending)
+        except RequestProblemError as exc:
+            raise _problem(400, str(exc)) from None
         finally:
             if client is not None:
                 await client.aclose()
+        if session is not None:
+            reuse.put(session, reads, settings.fhir_max_bytes - body_bytes - budget.bytes_left)
         assessment = await pool.run(resources, drafts, patient_id, as_of)
-        if hook == "patient-view":
-            key = request.hook_instance  # each opening of the chart is a showing
-        else:  # order-select re-fires on every change of the form: one showing per order
-            key = card_uuid(f"{service_id}|Patient/{patient_id}",
-                            order_key(request.context, drafts))
         draft_references = frozenset(f"{d['resourceType']}/{d['id']}" for d in drafts)
         cards = to_cards(assessment, rules, hook, key, f"{base}/rules", draft_references)
         return with_summary_link(cards, base, patient_id) if settings.smart.enabled else cards
 
-    def _client_for(request: HookRequest) -> tuple[FhirClient | None, str]:
+    def _client_for(request: HookRequest,
+                    budget: CallBudget) -> tuple[FhirClient | None, str]:
         if not request.fhir_server:
             return None, "no fhirServer was sent"
         try:
@@ -235,7 +307,7 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
         token = request.fhir_authorization.access_token if request.fhir_authorization else None
         client = FhirClient(request.fhir_server, token, allowed=settings.fhir_servers,
                             timeout=settings.fhir_timeout_seconds,
-                            max_pages=settings.fhir_max_pages, max_bytes=settings.fhir_max_bytes,
+                            max_pages=settings.fhir_max_pages, budget=budget,
                             transport=fhir_transport)
         return client, ""
 
@@ -243,7 +315,8 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
     async def receive_feedback(service_id: str, http_request: Request) -> dict[str, int]:
         hook_of(service_id)
         await authenticate(http_request, f"/cds-services/{service_id}/feedback")
-        body: FeedbackRequest = _model(FeedbackRequest, parse_json(await http_request.body()),
+        body: FeedbackRequest = _model(FeedbackRequest,
+                                       await parse_json_body(await http_request.body()),
                                        "feedback")
         items = [item.model_dump(by_alias=True, exclude_none=True) for item in body.feedback]
         try:
@@ -256,9 +329,12 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
     if settings.smart.enabled:
         app.include_router(smart_router(settings, rules, now=now, fhir_transport=fhir_transport))
     app.add_middleware(Guard)
-    app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+    app.add_middleware(JsonCors, allow_origins=settings.cors_origins,
                        allow_methods=["GET", "POST", "OPTIONS"],
                        allow_headers=["authorization", "content-type"], max_age=600)
-    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    app.add_middleware(BodyLimit, limit=settings.max_request_bytes,
+                       read_timeout=settings.request_read_timeout_seconds)
+    app.add_middleware(QueryTokens)  # outermost: a token in a URL goes no further
     app.state.feedback = store
+    app.state.evaluation = pool
     return app

@@ -34,6 +34,14 @@ def _numeric(claims: dict[str, Any], name: str) -> float:
     return float(value)
 
 
+def _exact_audience(aud: Any, audience: str) -> None:
+    """`aud` is the URL called, or a list holding it (RFC 7519 allows both); compared as whole
+    strings, never as prefixes."""
+    values = aud if isinstance(aud, list) else [aud]
+    if not values or not all(isinstance(v, str) for v in values) or audience not in values:
+        raise AuthError("token rejected: audience is not this endpoint")
+
+
 @dataclass(frozen=True)
 class UnverifiedToken:
     """A bearer token read but not yet trusted: its header, issuer and the key it names."""
@@ -75,8 +83,9 @@ class Authenticator:
         if issuer.jwks_file is not None:
             try:
                 keys = self._key_set(issuer.jwks_file)
-            except (OSError, ValueError, jwt.PyJWTError):
-                log.error("the JWKS file configured for a trusted issuer cannot be read")
+            except Exception as exc:  # unreadable, not JSON, not a key set (a list): one answer
+                log.error("the JWKS file configured for a trusted issuer cannot be read (%s)",
+                          type(exc).__name__)
                 raise AuthError("the issuer's keys are not available") from None
             for key in keys.keys:
                 if (kid is None or key.key_id == kid) and key.key_type == wanted_type:
@@ -128,12 +137,12 @@ class Authenticator:
         try:
             claims: dict[str, Any] = jwt.decode(
                 token, key, algorithms=[str(alg)], audience=audience, issuer=issuer.iss,
-                leeway=skew, options={"require": ["iss", "aud", "exp", "iat", "jti"],
-                                      "strict_aud": True})
+                leeway=skew, options={"require": ["iss", "aud", "exp", "iat", "jti"]})
         except jwt.PyJWTError as exc:
             raise AuthError(f"token rejected: {exc}") from None
         except (TypeError, ValueError):  # e.g. a key that does not fit the algorithm
             raise AuthError("token rejected: key and algorithm do not fit") from None
+        _exact_audience(claims.get("aud"), audience)
         issued, expires = _numeric(claims, "iat"), _numeric(claims, "exp")
         if issued > time.time() + skew:
             raise AuthError("token issued in the future")

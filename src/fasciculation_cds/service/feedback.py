@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from .cards import OVERRIDE_REASONS as _OWN_REASONS
+from .settings import default_feedback_database
 
 log = logging.getLogger("fasciculation_cds.service.feedback")
 MAX_PENDING_CALLS = 10_000  # calls whose cards wait to be counted; beyond, counts are dropped
@@ -68,12 +72,36 @@ class FeedbackStoreError(Exception):
     """The feedback database failed; the message never carries what was being stored."""
 
 
+def _private_file(path: Path) -> None:
+    """The SQLite file (clinicians' comments) readable by the service's user only, whatever the
+    umask: a folder the service creates is 0700, the file 0600 (SQLite gives its -wal and -shm
+    files the database file's mode)."""
+    if not path.is_absolute():
+        raise FeedbackStoreError(f"the feedback database path is not absolute ({path}); set "
+                                 "feedback_database_url (is HOME set?)")
+    try:
+        missing = [folder for folder in [path.parent, *path.parent.parents]
+                   if not folder.exists()]
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if path == default_feedback_database():  # the service's own folder, made 0755 before
+            missing.append(path.parent)
+        for folder in missing:
+            folder.chmod(0o700)
+        descriptor = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+        os.close(descriptor)
+        path.chmod(0o600)
+    except OSError as exc:
+        raise FeedbackStoreError(f"the feedback database {path} cannot be created "
+                                 f"({exc.strerror or type(exc).__name__}); set "
+                                 "feedback_database_url to a writable place") from None
+
+
 class FeedbackStore:
     def __init__(self, url: str) -> None:
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "",
                                                                             ":memory:"):
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            _private_file(Path(parsed.database).expanduser())
         # hide_parameters: a database error must never echo a comment into a log line
         self.engine: Engine = create_engine(url, future=True, hide_parameters=True)
         if parsed.get_backend_name() == "sqlite":
@@ -192,10 +220,16 @@ class FeedbackStore:
                 feedback, feedback.c.card == cards_shown.c.uuid)).all()
         outcomes: dict[str, Counter[str]] = {}
         reasons: dict[str, Counter[str]] = {}
+        # the reasons the cards offered: their display when the EHR sends a code back bare
+        displays = {r.code: r.display for r in _OWN_REASONS if r.display}
+        displays |= {code: display for *_, display, code in rows if code and display}
         for rule_id, outcome, display, code in rows:
             outcomes.setdefault(rule_id, Counter())[outcome] += 1
             if outcome == "overridden" and (display or code):
-                reasons.setdefault(rule_id, Counter())[display or code] += 1
+                # a reason by its display: as sent, else as sent with the same code elsewhere
+                # or as the card offered it; its code only when no display is known at all
+                label = display or displays.get(code) or code
+                reasons.setdefault(rule_id, Counter())[label] += 1
         report = []
         for rule_id in sorted(set(shown) | set(outcomes)):
             counts = outcomes.get(rule_id, Counter())

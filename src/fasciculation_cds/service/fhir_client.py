@@ -1,19 +1,50 @@
 """The one place the service calls a FHIR server: allow-listed base URLs only (compared as parsed
-URLs, never as string prefixes), bearer token, per-read timeouts, a size cap on every answer,
-and bounded `Bundle.link[next]` paging that never leaves the allowed server."""
+URLs, never as string prefixes), bearer token, per-read timeouts, one budget per call (bytes,
+reads, reads in flight), bounded `Bundle.link[next]` paging that never leaves the allowed server,
+and references resolved in batched searches."""
 
 from __future__ import annotations
 
+import asyncio
 import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 import orjson
 
+from .jsonparse import loads_off_loop
+
 DEFAULT_PORTS = {"http": 80, "https": 443}
+IDS_PER_SEARCH = 50  # `_id=a,b,...` per search: short enough for any server's URL limit
+_PATH_SAFE = "/-._~!$&'()*+,=:@"
+
+
+class CallBudget:
+    """What one hook call may still take from FHIR servers: bytes (the request body counted
+    first), reads (pages included) and reads in flight at once. Exceeding it makes the record
+    incomplete, never partly evaluated."""
+
+    def __init__(self, *, max_bytes: int, max_requests: int, concurrency: int,
+                 spent_bytes: int = 0) -> None:
+        self.max_bytes, self.max_requests = max_bytes, max_requests
+        self.bytes_left = max_bytes - spent_bytes
+        self.requests_left = max_requests
+        self.slots = asyncio.Semaphore(concurrency)
+
+    def take_request(self) -> None:
+        if self.requests_left <= 0:
+            raise FhirUnavailableError(f"more than {self.max_requests} FHIR reads for one call "
+                                       "(fhir_max_requests)")
+        self.requests_left -= 1
+
+    def take_bytes(self, count: int) -> None:
+        self.bytes_left -= count
+        if self.bytes_left < 0:
+            raise FhirUnavailableError(f"the call's data is larger than {self.max_bytes} bytes "
+                                       "(fhir_max_bytes)")
 
 
 class FhirUnavailableError(Exception):
@@ -48,14 +79,17 @@ class ServerUrl:
             raise NotAllowedError("URLs with user information are not allowed")
         if "\\" in url or any(ord(c) < 0x21 for c in url.strip()):
             raise NotAllowedError("URL has characters a FHIR server URL never has")
-        raw_path = unquote(parts.path)
-        segments = raw_path.split("/")
-        if ".." in segments or "." in segments:
-            raise NotAllowedError("URL paths with dot segments are not allowed")
+        raw_path = _decoded_path(parts.path)
         path = posixpath.normpath("/" + raw_path.lstrip("/")) if raw_path else "/"
         path = "" if path == "/" else path.rstrip("/")
         return cls(scheme, parts.hostname.lower().rstrip("."), port or DEFAULT_PORTS[scheme],
                    path, parts.query)
+
+    @property
+    def url(self) -> str:
+        """The URL as the service requests it: rebuilt from the checked parts, so what is
+        requested is what was checked."""
+        return f"{self.origin_and_path}{'?' if self.query else ''}{self.query}"
 
     def is_at_or_below(self, base: ServerUrl) -> bool:
         return (self.scheme, self.host, self.port) == (base.scheme, base.host, base.port) and (
@@ -65,7 +99,27 @@ class ServerUrl:
     def origin_and_path(self) -> str:
         default = DEFAULT_PORTS[self.scheme] == self.port
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}{'' if default else f':{self.port}'}{self.path}"
+        path = quote(self.path, safe=_PATH_SAFE)
+        return f"{self.scheme}://{host}{'' if default else f':{self.port}'}{path}"
+
+
+def _decoded_path(path: str) -> str:
+    """The path percent-decoded until it no longer changes (`%252e` is a dot too); dot
+    segments, also with path parameters (`..;`, which some servers read as `..`), and any `;`
+    are refused: a FHIR server's paths have none."""
+    decoded = path
+    for _ in range(3):
+        once = unquote(decoded)
+        if once == decoded:
+            break
+        decoded = once
+    else:
+        raise NotAllowedError("URL path is encoded more than twice")
+    if ";" in decoded:
+        raise NotAllowedError("URL paths with parameters (;) are not allowed")
+    if any(segment in (".", "..") for segment in decoded.split("/")):
+        raise NotAllowedError("URL paths with dot segments are not allowed")
+    return decoded
 
 
 def allowed_base(base: str, allowed: list[str]) -> ServerUrl:
@@ -84,10 +138,11 @@ def allowed_base(base: str, allowed: list[str]) -> ServerUrl:
 
 class FhirClient:
     """Reads from one allowed FHIR server. Every URL it requests, paging links included, must
-    be the base or below it; the token is only ever sent there."""
+    be the base or below it; the token is only ever sent there. All reads of one call share
+    one CallBudget."""
 
     def __init__(self, base: str, token: str | None, *, allowed: list[str], timeout: float,
-                 max_pages: int, max_bytes: int,
+                 max_pages: int, budget: CallBudget,
                  transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.base = allowed_base(base, allowed)
         headers = {"Accept": "application/fhir+json"}
@@ -96,7 +151,7 @@ class FhirClient:
         self._http = httpx.AsyncClient(headers=headers, timeout=timeout, follow_redirects=False,
                                        transport=transport, trust_env=False)
         self.max_pages = max_pages
-        self.max_bytes = max_bytes
+        self.budget = budget
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -111,26 +166,30 @@ class FhirClient:
             raise FhirUnavailableError("a paging link is not a valid URL") from None
         if not target.is_at_or_below(self.base):
             raise FhirUnavailableError("a paging link points outside the FHIR server")
+        self.budget.take_request()
+        async with self.budget.slots:
+            body = await self._body(target.url)
+        try:
+            return await loads_off_loop(body)
+        except orjson.JSONDecodeError:
+            raise FhirUnavailableError("FHIR server did not answer with JSON") from None
+
+    async def _body(self, url: str) -> bytes:
+        budget = self.budget
         try:
             async with self._http.stream("GET", url) as response:
                 if response.status_code != 200:
                     raise FhirUnavailableError(f"FHIR server answered {response.status_code}")
                 declared = response.headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > self.max_bytes:
-                    raise FhirUnavailableError(
-                        f"FHIR answer larger than {self.max_bytes} bytes")
-                body = bytearray()
+                if declared.isdigit() and int(declared) > budget.bytes_left:
+                    budget.take_bytes(int(declared))  # raises: over the call's budget
+                chunks: list[bytes] = []
                 async for chunk in response.aiter_bytes():
-                    body += chunk
-                    if len(body) > self.max_bytes:
-                        raise FhirUnavailableError(
-                            f"FHIR answer larger than {self.max_bytes} bytes")
+                    budget.take_bytes(len(chunk))
+                    chunks.append(chunk)
         except httpx.HTTPError as exc:
             raise FhirUnavailableError(f"FHIR server unreachable ({type(exc).__name__})") from None
-        try:
-            return orjson.loads(bytes(body))
-        except orjson.JSONDecodeError:
-            raise FhirUnavailableError("FHIR server did not answer with JSON") from None
+        return b"".join(chunks)
 
     async def read(self, path: str) -> list[dict[str, Any]]:
         """`Type/id` or `Type?query`: the resources, following paging up to the bound."""
@@ -142,6 +201,20 @@ class FhirClient:
                 raise FhirUnavailableError("FHIR server answered with an OperationOutcome")
             return [dict(document)]
         return await self.complete(document, pages=1)
+
+    async def read_ids(self, resource_type: str, ids: list[str]) -> list[dict[str, Any]]:
+        """Resources of one type by id, in searches of IDS_PER_SEARCH ids each (never one
+        read per id), run together within the call's budget."""
+        chunks = [ids[i:i + IDS_PER_SEARCH] for i in range(0, len(ids), IDS_PER_SEARCH)]
+        found = await asyncio.gather(*(
+            self.read(f"{resource_type}?_id={','.join(chunk)}&_count={len(chunk)}")
+            for chunk in chunks), return_exceptions=True)  # none left running on a failure
+        resources: list[dict[str, Any]] = []
+        for page in found:
+            if isinstance(page, BaseException):
+                raise page
+            resources += page
+        return resources
 
     async def complete(self, document: Mapping[str, Any], *,
                        pages: int) -> list[dict[str, Any]]:
@@ -160,7 +233,8 @@ class FhirClient:
                                                "and no link to the rest")
                 return resources
             if pages >= self.max_pages:
-                raise FhirUnavailableError(f"more than {self.max_pages} pages of results")
+                raise FhirUnavailableError(f"more than {self.max_pages} pages of results "
+                                           "(fhir_max_pages)")
             document = await self.get_json(following)
             if not isinstance(document, Mapping) or document.get("resourceType") != "Bundle":
                 raise FhirUnavailableError("a paging link did not give a Bundle")

@@ -4,7 +4,7 @@ variables prefixed FASCICULATION_CDS_ (nested with `__`)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import platformdirs
 import yaml
@@ -46,10 +46,25 @@ class ServiceSettings(BaseSettings):
                                     description="FHIR base URLs the service may call (SSRF).")
     fhir_timeout_seconds: float = Field(10.0, gt=0)
     fhir_max_pages: int = Field(10, ge=1)
-    fhir_max_bytes: int = Field(20_000_000, ge=1_000,
-                                description="The largest FHIR answer read, per page.")
+    fhir_max_bytes: int = Field(
+        20_000_000, ge=1_000,
+        description="The most bytes one hook call may read: its request body (the prefetch) "
+                    "and every FHIR answer and page together.")
+    fhir_max_requests: int = Field(
+        50, ge=1, description="The most FHIR reads one hook call may make, pages included.")
+    fhir_max_concurrency: int = Field(
+        4, ge=1, description="The most FHIR reads one hook call has in flight at once.")
+    fhir_reuse_seconds: float = Field(
+        30.0, ge=0, description="How long order-select reuses the FHIR reads of the same "
+                                "hookInstance, patient, server and token (0: never).")
+    incomplete_record: Literal["card", "412"] = Field(
+        "card", description="A record that cannot be read completely: one warning card saying "
+                            "so (`card`), or a 412 error (`412`).")
     request_deadline_seconds: float = Field(
         20.0, gt=0, description="The most time one hook call may take, FHIR paging included.")
+    request_read_timeout_seconds: float = Field(
+        10.0, gt=0, description="The most time a client may take to send a request's headers, "
+                                "and again its body.")
     max_request_bytes: int = 2_000_000
     clock_skew_seconds: int = Field(60, ge=0)
     max_token_lifetime_seconds: int = Field(
@@ -59,6 +74,8 @@ class ServiceSettings(BaseSettings):
     dev_insecure: bool = False
     rules_dir: Path | None = None
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
+    api_docs: bool = Field(
+        False, description="Serve /docs and /redoc (their pages load scripts from a CDN).")
     evaluation_workers: int = Field(
         1, ge=1, description="Threads that evaluate records; each owns its own rule engine.")
     evaluation_processes: int = Field(

@@ -37,7 +37,7 @@ from starlette.concurrency import run_in_threadpool
 from ..report import render_html
 from ..ruleset import RuleSet
 from .evaluation import EvaluationPool
-from .fhir_client import FhirClient, NotAllowedError, ServerUrl, allowed_base
+from .fhir_client import CallBudget, FhirClient, NotAllowedError, ServerUrl, allowed_base
 from .models import Card, Link
 from .prefetch import FHIR_ID, IncompleteRecordError, RequestProblemError, gather
 from .settings import ServiceSettings
@@ -276,13 +276,16 @@ def smart_router(settings: ServiceSettings, rules: RuleSet, *, now: Callable[[],
 
     async def _render(iss: str, access_token: str, patient: str) -> str:
         as_of = now()
+        budget = CallBudget(max_bytes=settings.fhir_max_bytes,
+                            max_requests=settings.fhir_max_requests,
+                            concurrency=settings.fhir_max_concurrency)
         client = FhirClient(iss, access_token,
                             allowed=settings.fhir_servers, timeout=settings.fhir_timeout_seconds,
-                            max_pages=settings.fhir_max_pages, max_bytes=settings.fhir_max_bytes,
+                            max_pages=settings.fhir_max_pages, budget=budget,
                             transport=fhir_transport)
         try:
             with anyio.fail_after(settings.request_deadline_seconds):
-                resources = await gather(None, patient, wanted, client, as_of.date(),
+                resources, _ = await gather(None, patient, wanted, client, as_of.date(),
                                          no_client_reason="the FHIR server could not be used")
         finally:
             await client.aclose()
