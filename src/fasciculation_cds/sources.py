@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import gc
 import gzip
+import json
 import re
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from .errors import InputError
+from .fhir_version import other_version_in
 from .strict_checks import bundle_problems
 
 # Bulk Data exports write an event log beside the resources; it holds no FHIR resources. A folder
@@ -32,6 +35,34 @@ READ_ERRORS = (OSError, EOFError, zlib.error)
 # Bulk Data names files by resource type: Observation.ndjson, Observation.000.ndjson.gz, ...
 _TYPE_IN_NAME = re.compile(r"^([A-Z][A-Za-z]+)(?:[._-]|$)")
 _CONTAINER_TYPES = frozenset({"Bundle", "Parameters"})  # hold resources of any type
+# A JSON number a double cannot hold as written: more than 15 significant digits, or an
+# exponent (which may overflow). Matched on the raw bytes, so a false match (digits in a
+# string) only costs a slower exact parse, never a wrong value.
+_INEXACT_NUMBER = re.compile(rb"[:,\[]\s*-?(?:\d[\d.]{16,}|[\d.]+[eE])")
+
+
+def loads_exact(data: bytes | str) -> Any:
+    """Parsed JSON whose decimals keep the value they were written with.
+
+    orjson reads every JSON number as a double: 0.69999999999999999999 would become 0.7 and
+    cross a threshold, and 1e999 would be refused as infinity. Input holding such a number is
+    parsed again with decimals kept as `Decimal` (FHIR decimals are exact: R4 2.24.0.1)."""
+    raw = data.encode() if isinstance(data, str) else data
+    if _INEXACT_NUMBER.search(raw) is None:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            if "infinity" not in str(exc):
+                raise
+    try:
+        return json.loads(raw, parse_float=Decimal, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        # the same wording as orjson for JSON that is not valid (NaN, Infinity included)
+        raise orjson.JSONDecodeError(str(exc), raw.decode("utf-8", "replace"), 0) from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 @dataclass(frozen=True)
@@ -110,7 +141,7 @@ def read_file(path: Path, *, strict: bool = False) -> Iterator[RawResource | Inp
     if not data.strip():
         raise InputError("file is empty", source=str(path))
     try:
-        document = orjson.loads(data)
+        document = loads_exact(data)
     except orjson.JSONDecodeError as exc:
         raise InputError(f"not valid JSON: {exc}", source=str(path)) from None
     yield from resources_of(document, str(path), strict=strict)
@@ -129,18 +160,42 @@ def _open_lines(path: Path) -> Iterator[bytes]:
 def _read_ndjson(path: Path) -> Iterator[RawResource | InputError]:
     for number, line in enumerate(_open_lines(path), start=1):
         if line.strip():
-            yield parse_ndjson_line(line, str(path), number)
+            yield from ndjson_line_items(line, str(path), number)
+
+
+def ndjson_line_items(line: bytes | str, source: str,
+                      number: int) -> Iterator[RawResource | InputError]:
+    """The resources of one NDJSON line: the resource, or the entries of a Bundle (some
+    exporters write one Bundle per line), each entry named `line N entry[i]`."""
+    parsed = parse_ndjson_line(line, source, number)
+    if isinstance(parsed, RawResource) and parsed.resource["resourceType"] == "Bundle":
+        entry = f"line {number}"
+        try:
+            for item in resources_of(parsed.resource, source):
+                if isinstance(item, RawResource):
+                    yield RawResource(item.resource, source, f"{entry} {item.entry}",
+                                      item.full_url)
+                else:
+                    yield InputError(item.message, source=source,
+                                     entry=f"{entry} {item.entry or ''}".strip(), path=item.path)
+        except InputError as exc:
+            yield InputError(exc.message, source=source, entry=entry, path=exc.path)
+        return
+    yield parsed
 
 
 def parse_ndjson_line(line: bytes | str, source: str, number: int) -> RawResource | InputError:
     """One NDJSON line (1-based `number`), as a resource or an error naming file and line."""
     entry = f"line {number}"
     try:
-        resource = orjson.loads(line)
+        resource = loads_exact(line)
     except orjson.JSONDecodeError as exc:
         return InputError(f"not valid JSON: {exc}", source=source, entry=entry)
     if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
         return InputError("not a FHIR resource (no resourceType)", source=source, entry=entry)
+    version = other_version_in(resource)
+    if version is not None:
+        return InputError(version, source=source, entry=entry)
     return RawResource(resource, source, entry)
 
 
@@ -158,6 +213,9 @@ def resources_of(
                          source=source)
     if not isinstance(resource_type, str):
         raise InputError("not a FHIR resource (no resourceType)", source=source)
+    version = other_version_in(document)
+    if version is not None:
+        raise InputError(version, source=source)
     if resource_type != "Bundle":
         yield RawResource(document, source, "resource")
         return
@@ -173,6 +231,8 @@ def resources_of(
             yield InputError("Bundle entry must be an object", source=source, entry=where)
             continue
         resource = entry.get("resource")
+        if resource is None and isinstance(entry.get("resourceType"), str):
+            resource = entry  # some servers list the resources themselves as entries
         if resource is None:  # e.g. a transaction DELETE: nothing to read
             continue
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):

@@ -15,7 +15,7 @@ from datetime import datetime
 from ..facts import ClinicalFact, LabResult, PatientFact
 from ..facts import PatientContext as PatientContext
 from ..fhir_time import parse_date
-from ..ingest import PatientRecord, SourcedResource
+from ..ingest import MEDICATION_USE_TYPES, PatientRecord, SourcedResource
 from ..ruleset import RuleSet
 from .calcium import with_corrected_calcium
 from .common import COUNTING_OBSERVATION_STATUS, Content, Notice, effective_time, reference_of
@@ -25,6 +25,7 @@ from .context import patient_context
 from .derived import body_site_findings, diabetes_from_hba1c
 from .labs import LabReading, lab_facts, read_lab
 from .medications import draft_order_facts, medication_facts
+from .plausible import IMPLAUSIBLE, implausible_value, unit_from_text
 from .procedures import procedure_facts
 
 __all__ = ["NormalizedPatient", "Normalizer", "Notice"]
@@ -76,7 +77,7 @@ class Normalizer:
                 performed, procedure_notices = procedure_facts(content, sourced, as_of)
                 procedures += performed
                 notices += procedure_notices
-            elif resource_type in ("MedicationRequest", "MedicationStatement"):
+            elif resource_type in MEDICATION_USE_TYPES:
                 medications += medication_facts(content, sourced, as_of)
         readings, calcium_notices = with_corrected_calcium(content, readings)
         readings, comparator_notices = resolve_comparators(content, readings)
@@ -89,8 +90,11 @@ class Normalizer:
         recorded |= recorded_concepts(content, coded)
         facts: list[ClinicalFact] = [patient, *labs, *medications, *coded, *procedures,
                                      *draft_order_facts(content, record.draft_orders)]
+        # a result that is no measurement could hold the patient's data, as an unreadable
+        # resource could: the assessment is partial either way (benign reassurance blocked)
+        implausible = any(n.code == IMPLAUSIBLE for n in notices)
         context = patient_context(content, record.reference, facts, assume_presentation,
-                                  recorded, partial=bool(record.unreadable))
+                                  recorded, partial=bool(record.unreadable) or implausible)
         return NormalizedPatient(patient, facts, context, notices)
 
     def _observation(self, sourced: SourcedResource, as_of: datetime) -> _Observed:
@@ -112,11 +116,17 @@ class Normalizer:
             return out  # not yet known at as_of
         for match in matches:
             if content.term.concepts[match.concept].kind == "lab":
+                implausible = implausible_value(content, resource, match.concept, reference)
+                if implausible is not None:  # not evaluated, named (RULES.md v3)
+                    out.notices.append(implausible)
+                    continue
                 reading, notices = read_lab(content, resource, match.concept, reference,
                                             effective)
                 out.notices += notices
                 if reading is not None:
                     out.labs.append(reading)
+                    from_text = unit_from_text(content, resource, match.concept, reference)
+                    out.notices += [from_text] if from_text is not None else []
         out.coded, notices = observation_facts(content, resource, matches, reference, effective,
                                                as_of)
         out.notices += notices
