@@ -24,14 +24,24 @@ from typing import IO, Any
 import orjson
 
 from ..errors import InputError
-from ..fhir_time import PERIOD_FIELDS, TIME_FIELDS, latest_recorded_time, parse_as_of
+from ..fhir_version import other_version_in
+from ..fhir_time import (
+    PERIOD_FIELDS,
+    TIME_FIELDS,
+    latest_recorded_time,
+    latest_valid_time,
+    parse_as_of,
+)
 from ..ingest import is_relevant
 from ..ruleset import load_rules
 from ..sources import (
     READ_ERRORS,
     RawResource,
+    dumps_exact,
     fewer_collections,
     is_ndjson,
+    loads_exact,
+    ndjson_line_items,
     parse_ndjson_line,
     read_file,
 )
@@ -93,7 +103,7 @@ def decode_record(line: bytes) -> RawResource | Skipped:
         return Skipped(key, source, entry, count,
                        datetime.fromisoformat(latest) if latest else None)
     _, _, source, entry, full_url = orjson.loads(line[:tab])
-    return RawResource(orjson.loads(line[tab + 1:]), source, entry, full_url)
+    return RawResource(loads_exact(line[tab + 1:]), source, entry, full_url)
 
 
 @dataclass
@@ -208,9 +218,10 @@ class Router:
             return
         if relevant:
             self.emit(key, encode_record(key, source, entry, full_url,
-                                         line or orjson.dumps(resource)))
+                                         line or dumps_exact(resource)))
             return
-        latest = latest_recorded_time(resource) if self.relevance.track_times else None
+        # only valid times count for as_of=auto (the evaluation refuses implausible ones)
+        latest = latest_valid_time(resource) if self.relevance.track_times else None
         seen = self.skipped.get(key)
         if seen is None:
             if len(self.skipped) == SUMMARIES_HELD:
@@ -303,18 +314,22 @@ def _ndjson(path: Path, router: Router, source: str) -> str:
                 if path.name.lower().endswith(".gz") else buffered)
             for number, line in enumerate(handle, start=1):
                 try:
-                    resource = orjson.loads(line)
+                    resource = loads_exact(line)
                 except orjson.JSONDecodeError:
                     if line.strip():
                         router.result.problems.append(
                             _line_problem(line, source, number).describe())
                     continue
                 if not isinstance(resource, dict) or \
-                        not isinstance(resource.get("resourceType"), str):
+                        not isinstance(resource.get("resourceType"), str) or \
+                        other_version_in(resource) is not None:
                     router.result.problems.append(
                         _line_problem(line, source, number).describe())
                     continue
                 try:
+                    if resource["resourceType"] == "Bundle":  # one Bundle per line: its entries
+                        _bundle_line(line, source, number, router)
+                        continue
                     router.route(patient_key(resource, None, {}), resource, source,
                                  f"line {number}", None, line.rstrip(b"\r\n"))
                 except OSError as exc:  # writing a shard, not reading the input
@@ -325,6 +340,18 @@ def _ndjson(path: Path, router: Router, source: str) -> str:
         reason = (f"the file ends early (truncated or corrupt compressed data: {exc})"
                   if isinstance(exc, EOFError) else str(exc) or type(exc).__name__)
         raise InputError(f"cannot read: {reason}", source=source) from None
+
+
+def _bundle_line(line: bytes, source: str, number: int, router: Router) -> None:
+    """An NDJSON line holding a Bundle is read as that Bundle, never skipped."""
+    items: list[RawResource] = []
+    for item in ndjson_line_items(line, source, number):
+        if isinstance(item, InputError):
+            router.result.problems.append(item.describe())
+        else:
+            items.append(item)
+    for key, raw in keyed(items):
+        router.route(key, raw.resource, raw.source, raw.entry, raw.full_url, None)
 
 
 def _line_problem(line: bytes, source: str, number: int) -> InputError:

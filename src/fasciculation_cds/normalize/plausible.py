@@ -20,7 +20,6 @@ from pydantic import BaseModel, ConfigDict
 from ..units import UnitTable, parse_number
 from .common import Content, Notice, number
 
-
 IMPLAUSIBLE = "value-implausible"
 
 
