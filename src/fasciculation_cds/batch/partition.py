@@ -24,7 +24,6 @@ from typing import IO, Any
 import orjson
 
 from ..errors import InputError
-from ..fhir_version import other_version_in
 from ..fhir_time import (
     PERIOD_FIELDS,
     TIME_FIELDS,
@@ -32,6 +31,7 @@ from ..fhir_time import (
     latest_valid_time,
     parse_as_of,
 )
+from ..fhir_version import other_version_in
 from ..ingest import is_relevant
 from ..ruleset import load_rules
 from ..sources import (
