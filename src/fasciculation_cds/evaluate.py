@@ -24,7 +24,7 @@ from .compiler import (
 from .engine import RuleEngine
 from .errors import InputError
 from .facts import ClinicalFact
-from .fhir_time import iso_day, iso_instant, latest_valid_time, parse_as_of
+from .fhir_time import iso_day, iso_instant, parse_as_of, valid_times
 from .findings import RuleHit, build_finding, sort_findings
 from .ingest import AS_OF_CLOCK_MARGIN, Grouper, IngestResult, PatientRecord
 from .normalize import Normalizer
@@ -193,11 +193,11 @@ def _instant_for(
         refused = list(record.refused_times)
         times = []
         for sourced in record.resources:
-            when = latest_valid_time(sourced.resource)
-            if when is not None and when > latest_plausible:
-                refused.append(f"{when.isoformat()} ({reference_of(sourced)})")
-            elif when is not None:
-                times.append(when)
+            for when in valid_times(sourced.resource):
+                if when > latest_plausible:
+                    refused.append(f"{when.isoformat()} ({reference_of(sourced)})")
+                else:
+                    times.append(when)
         if record.latest_time is not None:
             times.append(record.latest_time)
         notices = [Notice(

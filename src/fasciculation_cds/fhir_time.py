@@ -79,16 +79,23 @@ def parse_valid_datetime(value: Any) -> datetime | None:
     return parse_datetime(value)
 
 
-def latest_valid_time(resource: Mapping[str, Any]) -> datetime | None:
-    """As `latest_recorded_time`, from valid FHIR dateTimes only (`as_of=auto` takes "now" from
-    these: an Encounter ending "99991231" is no time at all)."""
+def valid_times(resource: Mapping[str, Any]) -> list[datetime]:
+    """The times a resource records at its top level (as `latest_recorded_time` reads them),
+    valid FHIR dateTimes only: `as_of=auto` takes "now" from these (an Encounter ending
+    "99991231" is no time at all)."""
     times = [parse_valid_datetime(resource.get(name)) for name in TIME_FIELDS]
     for name in PERIOD_FIELDS:
         period = resource.get(name)
         if isinstance(period, Mapping):
             times += [parse_valid_datetime(period.get("end")),
                       parse_valid_datetime(period.get("start"))]
-    known = [t for t in times if t is not None]
+    return [t for t in times if t is not None]
+
+
+def latest_valid_time(resource: Mapping[str, Any],
+                      not_after: datetime | None = None) -> datetime | None:
+    """The newest of `valid_times` (no later than `not_after`, when given)."""
+    known = [t for t in valid_times(resource) if not_after is None or t <= not_after]
     return max(known) if known else None
 
 

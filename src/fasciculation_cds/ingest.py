@@ -27,7 +27,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
 from .errors import InputError
-from .fhir_time import latest_recorded_time, latest_valid_time
+from .fhir_time import latest_recorded_time, valid_times
 from .fhir_validation import ShapeValidator
 from .fhir_version import other_version_in
 from .read_elements import read_part
@@ -423,24 +423,22 @@ class Grouper:
         if key not in self._first_seen:
             self._first_seen[key] = SourcedResource(resource, raw.source, raw.entry)
         if self._track_times:
-            self._note_time(subject, latest_valid_time(resource), resource, raw)
+            self._note_times(subject, valid_times(resource), resource, raw)
         self._skipped_by_ref[subject] = self._skipped_by_ref.get(subject, 0) + 1
 
-    def _note_time(self, subject: str, when: datetime | None, resource: Mapping[str, Any] | None,
-                   raw: RawResource | None) -> None:
+    def _note_times(self, subject: str, times: list[datetime],
+                    resource: Mapping[str, Any] | None, raw: RawResource | None) -> None:
         """Keep a patient's newest valid recorded time for `as_of=auto`; refuse (and note) one
         later than the run's own clock allows."""
-        if when is None:
-            return
-        if when > self._latest_plausible:
-            where = (f"{resource.get('resourceType')} at {raw.source} {raw.entry}"
-                     if resource is not None and raw is not None else "a skipped resource")
-            refused = self._refused_times.setdefault(subject, [])
-            if len(refused) < 3:
-                refused.append(f"{when.isoformat()} ({where})")
-            return
-        if subject not in self._times_by_ref or when > self._times_by_ref[subject]:
-            self._times_by_ref[subject] = when
+        for when in times:
+            if when > self._latest_plausible:
+                where = (f"{resource.get('resourceType')} at {raw.source} {raw.entry}"
+                         if resource is not None and raw is not None else "a skipped resource")
+                refused = self._refused_times.setdefault(subject, [])
+                if len(refused) < 3:
+                    refused.append(f"{when.isoformat()} ({where})")
+            elif subject not in self._times_by_ref or when > self._times_by_ref[subject]:
+                self._times_by_ref[subject] = when
 
     def note_skipped(self, reference: str, count: int, source: str, entry: str,
                      latest_time: datetime | None) -> None:
@@ -451,8 +449,8 @@ class Grouper:
         self._first_seen.setdefault(canonical_reference(reference),
                                     SourcedResource({}, source, entry))
         self._skipped_by_ref[reference] = self._skipped_by_ref.get(reference, 0) + count
-        if self._track_times:
-            self._note_time(reference, latest_time, None, None)
+        if self._track_times and latest_time is not None:
+            self._note_times(reference, [latest_time], None, None)
 
     def _owner_of(
         self, resource: Mapping[str, Any], raw: RawResource, subject: str | None

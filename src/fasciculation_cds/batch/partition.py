@@ -17,7 +17,7 @@ import io
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO, Any
 
@@ -32,7 +32,7 @@ from ..fhir_time import (
     parse_as_of,
 )
 from ..fhir_version import other_version_in
-from ..ingest import is_relevant
+from ..ingest import AS_OF_CLOCK_MARGIN, is_relevant
 from ..ruleset import load_rules
 from ..sources import (
     READ_ERRORS,
@@ -152,6 +152,7 @@ class Relevance:
         ruleset = load_rules(settings.rules_dir)
         self.terminology: Terminology | None = None if settings.strict else ruleset.terminology
         self.track_times = settings.as_of == "auto"
+        self.latest_plausible = datetime.now(timezone.utc) + AS_OF_CLOCK_MARGIN
         self.since: datetime | None = None
         if settings.as_of not in (None, "auto"):
             self.since = parse_as_of(settings.as_of) - timedelta(days=ruleset.max_lookback_days)
@@ -220,8 +221,9 @@ class Router:
             self.emit(key, encode_record(key, source, entry, full_url,
                                          line or dumps_exact(resource)))
             return
-        # only valid times count for as_of=auto (the evaluation refuses implausible ones)
-        latest = latest_valid_time(resource) if self.relevance.track_times else None
+        # only valid, plausible times count for as_of=auto (as the evaluation takes them)
+        latest = latest_valid_time(resource, self.relevance.latest_plausible) \
+            if self.relevance.track_times else None
         seen = self.skipped.get(key)
         if seen is None:
             if len(self.skipped) == SUMMARIES_HELD:
