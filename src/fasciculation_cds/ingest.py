@@ -31,7 +31,7 @@ from .fhir_time import latest_recorded_time, valid_times
 from .fhir_validation import ShapeValidator
 from .fhir_version import other_version_in
 from .read_elements import read_part
-from .report_results import REPORT_TYPE, ReportResults
+from .report_results import CODE_UNREADABLE, REPORT_TYPE, ReportResults
 from .sources import RawResource
 from .strict_checks import read_problems, strict_problems
 from .terminology import Terminology
@@ -136,11 +136,30 @@ def relevance_of(resource: Mapping[str, Any], terminology: Terminology) -> Relev
 
 def _code_relevance(codeable: Any, terminology: Terminology) -> Relevance:
     if well_formed_codeable(codeable):
-        return "relevant" if _has_relevant_code(codeable, terminology) else "not-relevant"
-    salvaged = salvage_codeable(codeable)
-    if salvaged and not terminology.has_relevant_code(salvaged):
-        return "not-relevant"  # what can be read of it says no rule uses it
+        if _has_relevant_code(codeable, terminology):
+            return "relevant"
+        # "HTTP://LOINC.ORG" or ICD-10 "r25.3": a known code in the wrong case is no code the
+        # rules can read, but it says what the resource is
+        variant = _case_variant(codeable)
+        if variant is not None and _has_relevant_code(variant, terminology):
+            return "unreadable"
+        return "not-relevant"
+    salvaged, complete = salvage_codeable(codeable)
+    if salvaged and complete and not terminology.has_relevant_code(salvaged):
+        return "not-relevant"  # every coding and text can be read: no rule uses it
     return "unreadable"
+
+
+def _case_variant(codeable: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The codings with their systems in lower case and codes in upper case (as every code
+    system the rules read writes them), when that changes any; else None."""
+    codings = []
+    for coding in codeable.get("coding", []):
+        system, code = coding.get("system"), coding.get("code")
+        codings.append({**coding, "system": system.lower() if system else system,
+                        "code": code.upper() if code else code})
+    changed = codings != codeable.get("coding", [])
+    return {"coding": codings} if changed else None
 
 
 def _report_relevance(report: Mapping[str, Any], terminology: Terminology) -> Relevance:
@@ -177,27 +196,33 @@ def well_formed_codeable(codeable: Any) -> bool:
     return bool(coding or text)
 
 
-def salvage_codeable(codeable: Any) -> dict[str, Any] | None:
-    """What a malformed CodeableConcept still says: codings written as an object or with
-    numbers for strings, a text; None when nothing can be read."""
+def salvage_codeable(codeable: Any) -> tuple[dict[str, Any] | None, bool]:
+    """What a malformed CodeableConcept still says (codings written as an object instead of a
+    list, a text), and whether all of it could be read: each coding's system and code strings,
+    its display and the text strings where present."""
     if isinstance(codeable, str) and codeable.strip():
-        return {"text": codeable}
+        return {"text": codeable}, False  # a bare string: what it names is not known
     if not isinstance(codeable, Mapping):
-        return None
-    found = codeable.get("coding")
+        return None, False
+    found = codeable.get("coding", [])
     items = found if isinstance(found, list) else [found]
-    codings = []
+    codings, complete = [], True
     for item in items:
-        if isinstance(item, Mapping):
-            coding = {key: str(item[key]) for key in ("system", "code", "display")
-                      if isinstance(item.get(key), (str, int, float)) and
-                      not isinstance(item.get(key), bool)}
-            if coding:
-                codings.append(coding)
+        if not isinstance(item, Mapping):
+            complete = False
+            continue
+        coding = {key: item[key] for key in ("system", "code", "display")
+                  if isinstance(item.get(key), str)}
+        complete &= "system" in coding and "code" in coding and all(
+            isinstance(item[key], str) for key in ("display", "version") if key in item)
+        if coding:
+            codings.append(coding)
     salvaged: dict[str, Any] = {"coding": codings} if codings else {}
-    if isinstance(codeable.get("text"), str) and codeable["text"].strip():
-        salvaged["text"] = codeable["text"]
-    return salvaged or None
+    text = codeable.get("text")
+    if isinstance(text, str) and text.strip():
+        salvaged["text"] = text
+    complete &= text is None or isinstance(text, str)
+    return salvaged or None, complete
 
 
 def loose_subject(resource: Mapping[str, Any]) -> str | None:
@@ -359,8 +384,8 @@ class Grouper:
             if error is None and self._strict:
                 error = _strict_error(raw)
             if error is None and relevance == "unreadable":
-                error = InputError("its code cannot be read as FHIR R4", source=raw.source,
-                                   entry=raw.entry, resource=resource_name(sourced))
+                error = InputError(CODE_UNREADABLE, source=raw.source, entry=raw.entry,
+                                   resource=resource_name(sourced))
             if error is not None:
                 self._unreadable(error, resource, raw, subject)
                 return
@@ -380,6 +405,12 @@ class Grouper:
             self._by_ref.setdefault(subject, []).append(sourced)
             if resource_type == "Observation":
                 self._reports.add_observation(sourced, self._keys_of(resource, raw.full_url))
+        elif relevant and resource_type in READ_TYPES:
+            # a resource a rule would read that names no patient cannot be charged to one:
+            # a problem of the input, never dropped without a word
+            self.errors.append(InputError(
+                "names no patient (no subject), so no patient's assessment can use it",
+                source=raw.source, entry=raw.entry, resource=resource_name(sourced)))
         else:
             self._skip(resource, raw, subject)
 

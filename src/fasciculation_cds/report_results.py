@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from .ingest import SourcedResource
 
 REPORT_TYPE = "DiagnosticReport"
+CODE_UNREADABLE = ("its code cannot be read as FHIR R4 (a malformed CodeableConcept, or a code "
+                   "system or code in the wrong case)")
 _EFFECTIVE = ("effectiveDateTime", "effectivePeriod", "effectiveInstant", "effectiveTiming")
 
 
@@ -101,7 +103,7 @@ class ReportResults:
                                  medication_code=None)
                 problem = validate(result)
                 if problem is None and found == "unreadable":
-                    problem = InputError("its code cannot be read as FHIR R4",
+                    problem = InputError(CODE_UNREADABLE,
                                          source=result.source, entry=result.entry,
                                          resource=result.reference)
                 yield (subject, None, problem) if problem else (subject, result, None)

@@ -131,6 +131,10 @@ def read_problems(resource: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
         if not is_read(resource_type, key):
             continue
         path = f"{resource_type}.{key}"
+        null = _null_in(value, path)
+        if null is not None:  # FHIR JSON has no null element: present with a value, or absent
+            yield null, "null is not a value in FHIR JSON"
+            continue
         codes = _REQUIRED_CODES.get((resource_type, key))
         if codes is not None:
             yield from _code_problems(value, codes, _BOUND_SYSTEMS.get((resource_type, key)),
@@ -153,6 +157,24 @@ def read_problems(resource: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
         elif key in _CODEABLE_ELEMENTS and isinstance(value, Mapping) \
                 and not value.get("coding") and not value.get("text"):
             yield path, "a CodeableConcept needs a coding or a text"
+
+
+def _null_in(value: Any, path: str) -> str | None:
+    """The path of the first null in an element (a null in a list of primitives that has a
+    `_name` extension list beside it is allowed, but nothing the rules read is such a list)."""
+    if value is None:
+        return path
+    if isinstance(value, Mapping):
+        for key, inner in value.items():
+            found = _null_in(inner, f"{path}.{key}")
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, inner in enumerate(value):
+            found = _null_in(inner, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
 
 
 def _code_problems(value: Any, codes: frozenset[str], system: str | None,

@@ -15,7 +15,7 @@ from fractions import Fraction
 from typing import Any
 
 _ANNOTATION = re.compile(r"\{[^}]*\}")
-_EXPONENT = re.compile(r"[eE]")
+_EXPONENT = re.compile(r"^\s*[+-]?(?:\d+\.?\d*|\.\d+)[eE][+-]?\d+\s*$")
 _SIGNIFICANT = 15  # digits a double holds for any decimal (DBL_DIG)
 # Beyond this magnitude (or below its inverse) a number is no measurement: parsing "1e999" exactly
 # would build an integer of a thousand digits for nothing (and 1e999999999 would never finish).
@@ -59,7 +59,7 @@ def parse_number(text: str | int | float | Decimal) -> Fraction:
         return Fraction(text)
     if isinstance(text, (int, float)):
         return Fraction(repr(text)) if isinstance(text, float) else Fraction(text)
-    if _EXPONENT.search(text):
+    if _EXPONENT.match(text):
         return parse_number(Decimal(text.strip()))
     numerator, _, denominator = text.partition("/")
     value = Fraction(numerator.strip())

@@ -32,7 +32,7 @@ from ..fhir_time import (
     parse_as_of,
 )
 from ..fhir_version import other_version_in
-from ..ingest import AS_OF_CLOCK_MARGIN, is_relevant
+from ..ingest import AS_OF_CLOCK_MARGIN, READ_TYPES, is_relevant
 from ..ruleset import load_rules
 from ..sources import (
     READ_ERRORS,
@@ -213,6 +213,14 @@ class Router:
         self.result.resources += 1
         if key == UNOWNED:
             self.result.skipped_unowned += 1
+            if resource.get("resourceType") in READ_TYPES and self.relevance.keeps(resource):
+                # a resource a rule would read that names no patient (or a Patient without
+                # id): a problem of the run, never dropped without a word
+                what = ("Patient has neither id nor fullUrl" if resource["resourceType"] ==
+                        "Patient" else "names no patient (no subject), so no patient's "
+                        "assessment can use it")
+                self.result.problems.append(InputError(what, source=source,
+                                                       entry=entry).describe())
             return
         relevant = self.relevance.keeps(resource)
         if key == MEDICATION and not relevant:
