@@ -60,8 +60,8 @@ def _leaves(node: Any, path: Path_ = ()) -> Iterator[Path_]:
 
 def _corruptions(value: Any) -> list[tuple[str, Any]]:
     """(kind, corrupted value) for one element."""
-    found: list[tuple[str, Any]] = [("type", v) for v in (17, True, "x", [], {"x": 1}, None) if
-                                    type(v) is not type(value)]
+    others: tuple[Any, ...] = (17, True, "x", [], {"x": 1}, None)  # None: a JSON null
+    found: list[tuple[str, Any]] = [("type", v) for v in others if type(v) is not type(value)]
     if isinstance(value, str):
         if value.upper() != value:
             found.append(("case", value.upper()))
