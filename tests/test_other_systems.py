@@ -627,3 +627,25 @@ def test_every_brand_relation_has_a_source(ruleset: RuleSet) -> None:
         assert ruleset.terminology.concepts[concept].kind == "medication"
         for brand in brands:
             assert f"[{brand['name']}]" in brand["source"], brand
+
+
+# --- the service's evaluation --------------------------------------------------------------------
+
+def test_the_service_evaluation_names_an_unreadable_result(ruleset: RuleSet) -> None:
+    """The service evaluates a prefetch through the same ingest: a malformed result makes the
+    assessment partial there too, where it used to be an error answer or a silent gap."""
+    from fasciculation_cds.evaluate import evaluator_for
+    from fasciculation_cds.service.evaluation import assess_one
+
+    from .service_helpers import prefetch_from_bundle
+
+    bundle = _bundle()
+    _status_upper(_resource(bundle, MG))
+    patient_id, prefetch = prefetch_from_bundle(bundle)
+    resources = [prefetch["patient"]] + [e["resource"] for key, search in prefetch.items()
+                                         if key != "patient" for e in search["entry"]]
+    outcome = assess_one(evaluator_for(ruleset), resources, [], patient_id,
+                         datetime(2026, 11, 26, tzinfo=timezone.utc))
+    assert outcome.partial is True
+    assert [n.reference for n in outcome.notices if n.code == "resource-unreadable"] == [
+        f"Observation/{MG}"]
