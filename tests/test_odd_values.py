@@ -63,7 +63,7 @@ def test_values_written_in_exponent_form_or_beyond_a_double(
 @pytest.mark.parametrize("value", [1e-05, 1e20, -1e308, 1.5e308, -0.5])
 def test_values_no_measurement_can_be_are_named_never_a_card(value: float,
                                                               ruleset: RuleSet) -> None:
-    """RULES.md v3: outside rules/plausible-ranges.yaml a value is not evaluated and named
+    """docs/clinical-basis.md: outside rules/plausible-ranges.yaml a value is not evaluated and named
     (value-implausible); the assessment is partial, so nothing reassures either."""
     bundle = _bundle()
     _magnesium(bundle)["valueQuantity"]["value"] = value

@@ -1,4 +1,4 @@
-"""Records as other systems write them (RULES.md v3 Definitions, issue 17 item 1): what is read,
+"""Records as other systems write them (docs/clinical-basis.md): what is read,
 and what cannot be read is named (the assessment is partial), never dropped as "not relevant".
 
 Every malformed shape goes through the Python API, `evaluate` (CLI) and `batch`.
@@ -172,7 +172,7 @@ def test_a_code_that_cannot_be_read_at_all_is_unreadable(ruleset: RuleSet) -> No
 
 
 def test_an_unreadable_resource_makes_the_context_partial(ruleset: RuleSet) -> None:
-    """PatientContext.partial is what blocks the benign pattern (RULES.md v3)."""
+    """PatientContext.partial is what blocks the benign pattern (docs/clinical-basis.md)."""
     bundle = _bundle()
     _status_upper(_resource(bundle, MG))
     (record,) = ingest(bundle, ruleset).patients

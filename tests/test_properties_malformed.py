@@ -1,6 +1,6 @@
-"""Property (issue 17): corrupting any element of a relevant resource (wrong JSON type, wrong
+"""Property: corrupting any element of a relevant resource (wrong JSON type, wrong
 case, wrong date form, reversed period, absurd number) never yields a quieter assessment that is
-not marked partial or refused. Malformed is never "not relevant" (RULES.md v3)."""
+not marked partial or refused. Malformed is never "not relevant" (docs/clinical-basis.md)."""
 
 from __future__ import annotations
 

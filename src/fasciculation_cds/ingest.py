@@ -7,7 +7,7 @@ holding results; and of those, the elements something reads (read_elements.py), 
 fhir.resources leaves out (strict_checks.read_problems). Everything else is counted and skipped
 without validation, unless `strict` asks for every element of every resource to be validated.
 
-Malformed is never "not relevant" (RULES.md v3 "Unreadable resources"): relevance is decided on a
+Malformed is never "not relevant" (docs/clinical-basis.md, "Unreadable resources"): relevance is decided on a
 resource's type and whatever of its code or text can be read; a resource of a type the rules read
 that fails validation is kept as unreadable on its patient's record (named on the assessment,
 which is then partial), and makes the patient an error row only with `strict`.
@@ -78,7 +78,7 @@ class PatientRecord:
     skipped: int = 0
     latest_time: datetime | None = None
     unreadable: list[InputError] = field(default_factory=list)
-    """Resources of a type the rules read that could not be read as FHIR R4 (RULES.md v3
+    """Resources of a type the rules read that could not be read as FHIR R4 (docs/clinical-basis.md,
     "Unreadable resources"): named on the assessment, which is then `partial`."""
     notes: list[tuple[str, str, str]] = field(default_factory=list)
     """(notice code, reference, message) that ingest has to say about this record."""
@@ -329,7 +329,7 @@ class Grouper:
         self._observations_since = observations_since
         self._strict = strict
         self._track_times = track_times
-        # `as_of=auto` takes no recorded time later than this (RULES.md: implausible)
+        # `as_of=auto` takes no recorded time later than this (implausible)
         self._latest_plausible = datetime.now(timezone.utc) + AS_OF_CLOCK_MARGIN
         self._times_by_ref: dict[str, datetime] = {}
         self._refused_times: dict[str, list[str]] = {}
@@ -423,7 +423,7 @@ class Grouper:
     def _unreadable(self, error: InputError, resource: Mapping[str, Any], raw: RawResource,
                     subject: str | None) -> None:
         """A resource that fails validation: an error of its patient with `strict`, else named
-        on the patient's record as unreadable (RULES.md v3). A Patient that cannot be
+        on the patient's record as unreadable (docs/clinical-basis.md). A Patient that cannot be
         identified, or a resource naming no patient at all, is a problem of the input."""
         resource_type = resource.get("resourceType")
         if resource_type == "Medication":

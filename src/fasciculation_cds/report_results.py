@@ -1,6 +1,6 @@
 """Results inside DiagnosticReports, resolved so that normalization sees ordinary Observations.
 
-RULES.md v3 "Results inside reports": an Observation referenced by a report's `result` (in the
+docs/clinical-basis.md "Results inside reports": an Observation referenced by a report's `result` (in the
 same Bundle or export) or contained in the report counts like any Observation; a contained one
 takes the report's subject; one without effective[x] takes the report's effective[x], then its
 own `issued`, then the report's; its own status decides. A contained result is named after the

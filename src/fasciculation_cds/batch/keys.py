@@ -35,7 +35,7 @@ def patient_key(resource: Mapping[str, Any], full_url: str | None,
     if resource_type == "Medication":
         return MEDICATION
     # a malformed subject still names its patient: the resource is unreadable on that
-    # patient's record (RULES.md v3), never dropped as nobody's
+    # patient's record (docs/clinical-basis.md), never dropped as nobody's
     reference = patient_reference_of(resource) or loose_subject(resource)
     if reference is None:
         return UNOWNED

@@ -117,7 +117,7 @@ class Normalizer:
         for match in matches:
             if content.term.concepts[match.concept].kind == "lab":
                 implausible = implausible_value(content, resource, match.concept, reference)
-                if implausible is not None:  # not evaluated, named (RULES.md v3)
+                if implausible is not None:  # not evaluated, named (docs/clinical-basis.md)
                     out.notices.append(implausible)
                     continue
                 reading, notices = read_lab(content, resource, match.concept, reference,

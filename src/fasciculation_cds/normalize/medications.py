@@ -1,9 +1,9 @@
 """Medication uses to Medication facts; draft orders to DraftOrder facts.
 
-Requests and statements by their status and dates; dispenses and administrations by RULES.md v3
+Requests and statements by their status and dates; dispenses and administrations by docs/clinical-basis.md
 "Dispensed and administered drugs" (active for a window after the drug was handed over or
 given). `medicationReference` was resolved by ingest (`SourcedResource.medication_code`). A
-class that counts only systemic forms (RULES.md v3 "Route") does not count a product whose
+class that counts only systemic forms (docs/clinical-basis.md, Route) does not count a product whose
 display, dose form or route text names a local form (rules/valuesets/routes.yaml).
 """
 
@@ -29,7 +29,7 @@ ACTIVE_REQUEST_STATUS = frozenset({"active", "on-hold"})
 ACTIVE_REQUEST_INTENT = frozenset({"order", "original-order", "instance-order", "plan"})
 ACTIVE_STATEMENT_STATUS = frozenset({"active", "intended"})
 ACTIVE_SUPPLY_STATUS = frozenset({"completed", "in-progress"})  # dispenses, administrations
-# RULES.md v3: a dispense is active for daysSupply + 30 days, or 90 days without a daysSupply;
+# docs/clinical-basis.md: a dispense is active for daysSupply + 30 days, or 90 days without a daysSupply;
 # an administration while D <= its UTC date + 7 days.
 DISPENSE_EXTRA_DAYS = 30
 DISPENSE_DEFAULT_DAYS = 90
@@ -82,7 +82,7 @@ def medication_facts(
 
 def _supply_window(resource: Mapping[str, Any],
                    as_of: datetime) -> tuple[bool, datetime | None, datetime | None]:
-    """(active, start, end) of a dispense or administration (RULES.md v3)."""
+    """(active, start, end) of a dispense or administration (docs/clinical-basis.md)."""
     if resource.get("status") not in ACTIVE_SUPPLY_STATUS:
         return False, None, None
     if resource["resourceType"] == "MedicationDispense":
@@ -135,7 +135,7 @@ def _route_words(directory: Path) -> _RouteWords:
 
 def _local_form(content: Content, sourced: SourcedResource) -> frozenset[str] | None:
     """The concepts that count only in systemic forms (members of a systemic-only class, in
-    every class they have: codes.yaml v3 notes), when the product names a local form in its
+    every class they have: valuesets/codes.yaml notes), when the product names a local form in its
     display, dose form or route text; None when it names none (oral, injectable, rectal and
     unnamed forms count)."""
     words = _route_words(content.ruleset.directory)
