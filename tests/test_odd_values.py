@@ -52,7 +52,8 @@ def test_values_written_in_exponent_form_or_beyond_a_double(
     path = tmp_path / "bundle.json"
     path.write_text(json.dumps(bundle).replace("123456.25", literal))
     outcomes = list(evaluate_each(path, as_of=AS_OF, rules=ruleset))
-    assert len(outcomes) == 1 and isinstance(outcomes[0], Assessment), outcomes
+    assert len(outcomes) == 1, outcomes
+    assert isinstance(outcomes[0], Assessment), outcomes
     found = {f.rule_id: f.severity for f in outcomes[0].findings}
     if rule is None:  # just inside the normal range: neither low nor high
         assert not {"electrolyte.hypomagnesemia", "electrolyte.hypermagnesemia"} & set(found)
@@ -63,8 +64,8 @@ def test_values_written_in_exponent_form_or_beyond_a_double(
 @pytest.mark.parametrize("value", [1e-05, 1e20, -1e308, 1.5e308, -0.5])
 def test_values_no_measurement_can_be_are_named_never_a_card(value: float,
                                                               ruleset: RuleSet) -> None:
-    """docs/clinical-basis.md: outside rules/plausible-ranges.yaml a value is not evaluated and named
-    (value-implausible); the assessment is partial, so nothing reassures either."""
+    """docs/clinical-basis.md: outside rules/plausible-ranges.yaml a value is not evaluated and
+    named (value-implausible); the assessment is partial, so nothing reassures either."""
     bundle = _bundle()
     _magnesium(bundle)["valueQuantity"]["value"] = value
     (outcome,) = list(evaluate_each(bundle, as_of=AS_OF, rules=ruleset))

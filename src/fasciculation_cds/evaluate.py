@@ -173,7 +173,8 @@ def evaluator_for(ruleset: RuleSet) -> Evaluator:
 
 def record_notices(record: PatientRecord) -> list[Notice]:
     """What ingest says of a record: its unreadable resources (docs/clinical-basis.md
-    "Records as other systems write them") and its notes (a medication read from a reference's display...)."""
+    "Records as other systems write them") and its notes (a medication read from a
+    reference's display...)."""
     notices = [Notice(code="resource-unreadable",
                       reference=error.resource or error.entry or record.reference,
                       message=f"{error.describe()}: not read; this assessment is partial")

@@ -1,10 +1,11 @@
 """Medication uses to Medication facts; draft orders to DraftOrder facts.
 
-Requests and statements by their status and dates; dispenses and administrations by docs/clinical-basis.md
-"Dispensed and administered drugs" (active for a window after the drug was handed over or
-given). `medicationReference` was resolved by ingest (`SourcedResource.medication_code`). A
-class that counts only systemic forms (docs/clinical-basis.md, Route) does not count a product whose
-display, dose form or route text names a local form (rules/valuesets/routes.yaml).
+Requests and statements by their status and dates; dispenses and administrations by
+docs/clinical-basis.md "Dispensed and administered drugs" (active for a window after the drug
+was handed over or given). `medicationReference` was resolved by ingest
+(`SourcedResource.medication_code`). A class that counts only systemic forms
+(docs/clinical-basis.md, Route) does not count a product whose display, dose form or route text
+names a local form (rules/valuesets/routes.yaml).
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ ACTIVE_REQUEST_STATUS = frozenset({"active", "on-hold"})
 ACTIVE_REQUEST_INTENT = frozenset({"order", "original-order", "instance-order", "plan"})
 ACTIVE_STATEMENT_STATUS = frozenset({"active", "intended"})
 ACTIVE_SUPPLY_STATUS = frozenset({"completed", "in-progress"})  # dispenses, administrations
-# docs/clinical-basis.md: a dispense is active for daysSupply + 30 days, or 90 days without a daysSupply;
-# an administration while D <= its UTC date + 7 days.
+# docs/clinical-basis.md: a dispense is active for daysSupply + 30 days, or 90 days without a
+# daysSupply; an administration while D <= its UTC date + 7 days.
 DISPENSE_EXTRA_DAYS = 30
 DISPENSE_DEFAULT_DAYS = 90
 ADMINISTRATION_DAYS = 7
