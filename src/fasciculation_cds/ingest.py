@@ -8,9 +8,9 @@ fhir.resources leaves out (strict_checks.read_problems). Everything else is coun
 without validation, unless `strict` asks for every element of every resource to be validated.
 
 Malformed is never "not relevant" (docs/clinical-basis.md, "Unreadable resources"): relevance is
-decided on a resource's type and whatever of its code or text can be read; a resource of a type the rules read
-that fails validation is kept as unreadable on its patient's record (named on the assessment,
-which is then partial), and makes the patient an error row only with `strict`.
+decided on a resource's type and whatever of its code or text can be read; a resource of a type
+the rules read that fails validation is kept as unreadable on its patient's record (named on the
+assessment, which is then partial), and makes the patient an error row only with `strict`.
 """
 
 from __future__ import annotations

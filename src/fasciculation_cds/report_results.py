@@ -1,9 +1,9 @@
 """Results inside DiagnosticReports, resolved so that normalization sees ordinary Observations.
 
 docs/clinical-basis.md "Results inside reports": an Observation referenced by a report's
-`result` (in the same Bundle or export) or contained in the report counts like any Observation; a contained one
-takes the report's subject; one without effective[x] takes the report's effective[x], then its
-own `issued`, then the report's; its own status decides. A contained result is named after the
+`result` (in the same Bundle or export) or contained in the report counts like any Observation;
+a contained one takes the report's subject; one without effective[x] takes the report's
+effective[x], then its own `issued`, then the report's; its own status decides. A contained result is named after the
 report that holds it (`DiagnosticReport/x#obs`), as it has no identity of its own.
 """
 
