@@ -3,8 +3,9 @@
 docs/clinical-basis.md "Results inside reports": an Observation referenced by a report's
 `result` (in the same Bundle or export) or contained in the report counts like any Observation;
 a contained one takes the report's subject; one without effective[x] takes the report's
-effective[x], then its own `issued`, then the report's; its own status decides. A contained result is named after the
-report that holds it (`DiagnosticReport/x#obs`), as it has no identity of its own.
+effective[x], then its own `issued`, then the report's; its own status decides. A contained
+result is named after the report that holds it (`DiagnosticReport/x#obs`), as it has no identity
+of its own.
 """
 
 from __future__ import annotations
