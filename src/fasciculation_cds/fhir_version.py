@@ -62,6 +62,19 @@ _STRING_ELEMENTS: Mapping[tuple[str, str], str] = {
 }
 
 
+def _by_type(table: Mapping[tuple[str, str], str]) -> dict[str, frozenset[str]]:
+    found: dict[str, set[str]] = {}
+    for resource_type, element in table:
+        found.setdefault(resource_type, set()).add(element)
+    return {key: frozenset(value) for key, value in found.items()}
+
+
+# The same tables by type, so that a resource of a type with no marker costs one look-up.
+_ELEMENTS_BY_TYPE = _by_type(_ELEMENTS)
+_STRINGS_BY_TYPE = _by_type(_STRING_ELEMENTS)
+_EMPTY: frozenset[str] = frozenset()
+
+
 def other_version(resource: Mapping[str, Any]) -> tuple[str, str] | None:
     """(version, marker) when `resource` is written in another FHIR version than R4."""
     resource_type = resource.get("resourceType")
@@ -69,11 +82,12 @@ def other_version(resource: Mapping[str, Any]) -> tuple[str, str] | None:
         return None
     if resource_type in _TYPES:
         return _TYPES[resource_type], f"resource type {resource_type}"
-    for key, value in resource.items():
-        found = _ELEMENTS.get((resource_type, key))
-        if found is not None:
-            return found, f"{resource_type}.{key}"
-        if isinstance(value, str) and (resource_type, key) in _STRING_ELEMENTS:
+    present = resource.keys() & _ELEMENTS_BY_TYPE.get(resource_type, _EMPTY)
+    if present:
+        key = min(present)
+        return _ELEMENTS[resource_type, key], f"{resource_type}.{key}"
+    for key in sorted(resource.keys() & _STRINGS_BY_TYPE.get(resource_type, _EMPTY)):
+        if isinstance(resource[key], str):
             return _STRING_ELEMENTS[resource_type, key], f"{resource_type}.{key} as a code"
     return None
 

@@ -135,6 +135,25 @@ def relevance_of(resource: Mapping[str, Any], terminology: Terminology) -> Relev
 
 
 def _code_relevance(codeable: Any, terminology: Terminology) -> Relevance:
+    """The relevance of a code element: a pure function of its JSON, so kept per concept (a
+    population repeats the same few hundred)."""
+    held = _relevance_memos.get(id(terminology))
+    if held is None or held[0] is not terminology:
+        held = _relevance_memos[id(terminology)] = (terminology, {})
+    memo = held[1]
+    try:
+        key = orjson.dumps(codeable)
+    except TypeError:  # not plain JSON (exact decimals, a caller's objects): no memo
+        return _decide_code_relevance(codeable, terminology)
+    found = memo.get(key)
+    if found is None:
+        if len(memo) >= _MEMO_LIMIT:
+            memo.clear()
+        found = memo[key] = _decide_code_relevance(codeable, terminology)
+    return found
+
+
+def _decide_code_relevance(codeable: Any, terminology: Terminology) -> Relevance:
     if well_formed_codeable(codeable):
         if _has_relevant_code(codeable, terminology):
             return "relevant"
@@ -243,6 +262,7 @@ def loose_subject(resource: Mapping[str, Any]) -> str | None:
 # hundreds of thousands of times: the answer, a pure function of the concept's JSON, is kept.
 _MEMO_LIMIT = 1 << 16
 _memos: dict[int, tuple[Terminology, dict[bytes, bool]]] = {}
+_relevance_memos: dict[int, tuple[Terminology, dict[bytes, Relevance]]] = {}
 
 
 def _has_relevant_code(codeable: dict[str, Any], terminology: Terminology) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import gzip
 import json
+import math
 import re
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
@@ -35,10 +36,27 @@ READ_ERRORS = (OSError, EOFError, zlib.error)
 # Bulk Data names files by resource type: Observation.ndjson, Observation.000.ndjson.gz, ...
 _TYPE_IN_NAME = re.compile(r"^([A-Z][A-Za-z]+)(?:[._-]|$)")
 _CONTAINER_TYPES = frozenset({"Bundle", "Parameters"})  # hold resources of any type
-# A JSON number a double cannot hold as written: more than 15 significant digits, or an
-# exponent (which may overflow). Matched on the raw bytes, so a false match (digits in a
-# string) only costs a slower exact parse, never a wrong value.
-_INEXACT_NUMBER = re.compile(rb"[:,\[]\s*-?(?:\d[\d.]{16,}|[\d.]+[eE])")
+# Quantity values (`"value": 0.69999999999999999999`: what the rules compare with thresholds,
+# in results, reference ranges and supplies) that a double may not hold as written: 16 or more
+# digits, or an exponent. The literal key makes this a fast search of the raw bytes.
+_LONG_VALUE = re.compile(
+    rb'"value"\s*:\s*(-?(?:\d[\d.]{15,}(?:[eE][+-]?\d+)?|[\d.]+[eE][+-]?\d+))')
+
+
+def _doubles_hold(raw: bytes) -> bool:
+    """Whether every such value in `raw` is exactly the double it parses to (Synthea writes
+    doubles with 17 digits, which they hold; 0.69999999999999999999 is not)."""
+    for match in _LONG_VALUE.finditer(raw):
+        token = match[1].decode()
+        try:
+            value = float(token)
+            if repr(value) == token:
+                continue
+            if not math.isfinite(value) or Decimal(token) != Decimal(repr(value)):
+                return False
+        except (ValueError, ArithmeticError):
+            continue  # not a number after all: orjson decides
+    return True
 
 
 def loads_exact(data: bytes | str) -> Any:
@@ -48,7 +66,7 @@ def loads_exact(data: bytes | str) -> Any:
     cross a threshold, and 1e999 would be refused as infinity. Input holding such a number is
     parsed again with decimals kept as `Decimal` (FHIR decimals are exact: R4 2.24.0.1)."""
     raw = data.encode() if isinstance(data, str) else data
-    if _INEXACT_NUMBER.search(raw) is None:
+    if _doubles_hold(raw):
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
