@@ -649,3 +649,36 @@ def test_the_service_evaluation_names_an_unreadable_result(ruleset: RuleSet) -> 
     assert outcome.partial is True
     assert [n.reference for n in outcome.notices if n.code == "resource-unreadable"] == [
         f"Observation/{MG}"]
+
+
+def test_no_other_version_marker_is_r4() -> None:
+    """A marker that R4 (or R4B, which the models follow) also has would refuse R4 records."""
+    from fhir.resources.R4B import get_fhir_model_class
+
+    from fasciculation_cds.fhir_validation import element_fields
+    from fasciculation_cds.fhir_version import _ELEMENTS, _STRING_ELEMENTS, _TYPES
+
+    for resource_type in _TYPES:
+        with pytest.raises((ValueError, KeyError)):
+            get_fhir_model_class(resource_type)
+    for resource_type, element in _ELEMENTS:
+        assert element not in element_fields(resource_type), (resource_type, element)
+    for resource_type, element in _STRING_ELEMENTS:
+        assert element in element_fields(resource_type), (resource_type, element)
+
+
+def test_a_result_naming_no_patient_counts_for_the_report_that_lists_it(
+        ruleset: RuleSet) -> None:
+    report = _report(effectiveDateTime="2026-11-20T08:00:00Z",
+                     result=[{"reference": "Observation/k"}])
+    orphan = _k("k")  # no subject: _patient_bundle adds one only to what it is given
+    bundle = _patient_bundle(report)
+    bundle["entry"].append({"resource": orphan})
+    (outcome,) = list(evaluate_each(bundle, as_of=AS_OF, rules=ruleset))
+    [potassium] = _labs(outcome, "potassium")
+    assert potassium.effective.isoformat().startswith("2026-11-20T08:00:00")
+    unlisted = _patient_bundle()
+    unlisted["entry"].append({"resource": orphan})
+    outcomes = list(evaluate_each(unlisted, as_of=AS_OF, rules=ruleset))
+    assert any(isinstance(o, InputProblem) and "names no patient" in o.message
+               for o in outcomes)

@@ -325,6 +325,12 @@ def resource_name(raw: SourcedResource) -> str:
     return f"{resource.get('resourceType')} at {raw.source} {raw.entry}"
 
 
+def _no_patient(sourced: SourcedResource) -> InputError:
+    return InputError("names no patient by reference (subject), so no patient's assessment can "
+                      "use it", source=sourced.source, entry=sourced.entry,
+                      resource=resource_name(sourced))
+
+
 def _strict_error(raw: RawResource) -> InputError | None:
     if raw.full_url and ":" not in raw.full_url:
         return InputError(f"fullUrl must be an absolute URL (not {raw.full_url!r})",
@@ -425,12 +431,11 @@ class Grouper:
             self._by_ref.setdefault(subject, []).append(sourced)
             if resource_type == "Observation":
                 self._reports.add_observation(sourced, self._keys_of(resource, raw.full_url))
+        elif relevant and resource_type == "Observation":
+            # a result naming no patient counts for the patient of a report listing it
+            self._reports.add_orphan(sourced, self._keys_of(resource, raw.full_url))
         elif relevant and resource_type in READ_TYPES:
-            # a resource a rule would read that names no patient cannot be charged to one:
-            # a problem of the input, never dropped without a word
-            self.errors.append(InputError(
-                "names no patient (no subject), so no patient's assessment can use it",
-                source=raw.source, entry=raw.entry, resource=resource_name(sourced)))
+            self.errors.append(_no_patient(sourced))
         else:
             self._skip(resource, raw, subject)
 
@@ -610,6 +615,17 @@ class Grouper:
                 rec.unreadable.append(problem)
             elif sourced is not None:
                 rec.resources.append(sourced)
+        claimed, orphans = self._reports.claim_orphans()
+        for reference, sourced in claimed:
+            rec = record(reference)
+            error = validate(sourced)
+            if error is None:
+                rec.resources.append(sourced)
+            else:
+                rec.unreadable.append(error)
+        # a resource a rule would read that names no patient cannot be charged to one: a
+        # problem of the input, never dropped without a word
+        self.errors += [_no_patient(o) for o in orphans]
         for reference, drafts in self._drafts_by_ref.items():
             rec = record(reference)
             rec.draft_orders.extend(self._with_medication(d, rec) for d in drafts)

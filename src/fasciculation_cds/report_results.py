@@ -53,6 +53,8 @@ class ReportResults:
     def __init__(self) -> None:
         self._reports: list[tuple[SourcedResource, str]] = []
         self._undated: dict[str, SourcedResource] = {}
+        self._orphans: dict[str, SourcedResource] = {}
+        self._orphan_order: list[SourcedResource] = []
 
     def add_report(self, sourced: SourcedResource, subject: str) -> None:
         self._reports.append((sourced, subject))
@@ -62,6 +64,31 @@ class ReportResults:
         if not has_own_time(sourced.resource):
             for key in keys:
                 self._undated[key] = sourced
+
+    def add_orphan(self, sourced: SourcedResource, keys: list[str]) -> None:
+        """An Observation a rule would read that names no patient: it counts for the patient
+        of a report that lists it (`claim_orphans`), else it is a problem of the input."""
+        self._orphan_order.append(sourced)
+        for key in keys:
+            self._orphans[key] = sourced
+
+    def claim_orphans(self) -> tuple[list[tuple[str, SourcedResource]], list[SourcedResource]]:
+        """(report subject, dated Observation) for each orphan a report lists; and the
+        orphans no report claims."""
+        from .ingest import canonical_reference
+
+        claimed: list[tuple[str, SourcedResource]] = []
+        seen: set[int] = set()
+        for sourced, subject in self._reports:
+            for target in _result_targets(sourced.resource):
+                found = self._orphans.get(target) or self._orphans.get(
+                    canonical_reference(target))
+                if found is not None and id(found) not in seen:
+                    seen.add(id(found))
+                    observation = dated(found.resource, sourced.resource)
+                    observation["subject"] = sourced.resource.get("subject")
+                    claimed.append((subject, replace(found, resource=observation)))
+        return claimed, [o for o in self._orphan_order if id(o) not in seen]
 
     def dated_results(self) -> dict[int, SourcedResource]:
         """id(Observation as added) -> the Observation dated by the report that lists it."""

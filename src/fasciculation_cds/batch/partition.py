@@ -217,8 +217,8 @@ class Router:
                 # a resource a rule would read that names no patient (or a Patient without
                 # id): a problem of the run, never dropped without a word
                 what = ("Patient has neither id nor fullUrl" if resource["resourceType"] ==
-                        "Patient" else "names no patient (no subject), so no patient's "
-                        "assessment can use it")
+                        "Patient" else "names no patient by reference (subject), so no "
+                        "patient's assessment can use it")
                 self.result.problems.append(InputError(what, source=source,
                                                        entry=entry).describe())
             return
