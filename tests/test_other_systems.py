@@ -557,6 +557,7 @@ def test_as_of_auto_refuses_a_time_after_the_clock_with_a_notice(tmp_path: Path)
     assert printed[0]["as_of"].startswith("2026-11-2")
     rows, _ = _batch(path, tmp_path / "out", as_of="auto")
     assert str(rows[0]["as_of"]).startswith("2026-11-2")
+    assert "time-implausible" in str(rows[0]["assessment"])
 
 
 # --- numbers and units ----------------------------------------------------------------------------

@@ -92,13 +92,6 @@ def valid_times(resource: Mapping[str, Any]) -> list[datetime]:
     return [t for t in times if t is not None]
 
 
-def latest_valid_time(resource: Mapping[str, Any],
-                      not_after: datetime | None = None) -> datetime | None:
-    """The newest of `valid_times` (no later than `not_after`, when given)."""
-    known = [t for t in valid_times(resource) if not_after is None or t <= not_after]
-    return max(known) if known else None
-
-
 def iso_day(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).date().isoformat()
 

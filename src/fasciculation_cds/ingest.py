@@ -497,7 +497,7 @@ class Grouper:
                 self._times_by_ref[subject] = when
 
     def note_skipped(self, reference: str, count: int, source: str, entry: str,
-                     latest_time: datetime | None) -> None:
+                     latest_time: datetime | None, refused: Iterable[str] = ()) -> None:
         """`count` resources of `reference` that no rule can use, summarised where they were
         read (batch): counted, and their latest time kept for `as_of=auto`, as `add` would."""
         self.counts["resources"] += count
@@ -507,6 +507,9 @@ class Grouper:
         self._skipped_by_ref[reference] = self._skipped_by_ref.get(reference, 0) + count
         if self._track_times and latest_time is not None:
             self._note_times(reference, [latest_time], None, None)
+        if refused:
+            held = self._refused_times.setdefault(reference, [])
+            held.extend(list(refused)[:max(0, 3 - len(held))])
 
     def _owner_of(
         self, resource: Mapping[str, Any], raw: RawResource, subject: str | None

@@ -28,8 +28,8 @@ from ..fhir_time import (
     PERIOD_FIELDS,
     TIME_FIELDS,
     latest_recorded_time,
-    latest_valid_time,
     parse_as_of,
+    valid_times,
 )
 from ..fhir_version import other_version_in
 from ..ingest import AS_OF_CLOCK_MARGIN, READ_TYPES, is_relevant
@@ -74,9 +74,9 @@ def encode_record(key: str, source: str, entry: str, full_url: str | None,
 
 
 def encode_skipped(key: str, source: str, entry: str, count: int,
-                   latest: datetime | None) -> bytes:
+                   latest: datetime | None, refused: list[str] | None = None) -> bytes:
     return orjson.dumps([SKIPPED, key, source, entry, count,
-                         latest.isoformat() if latest else None]) + b"\n"
+                         latest.isoformat() if latest else None, refused or []]) + b"\n"
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,8 @@ class Skipped:
     entry: str
     count: int
     latest: datetime | None
+    refused: tuple[str, ...] = ()
+    """Times `as_of=auto` refused as later than the run's clock (a few, for the notice)."""
 
 
 def decode_key(line: bytes) -> str:
@@ -99,9 +101,9 @@ def decode_key(line: bytes) -> str:
 def decode_record(line: bytes) -> RawResource | Skipped:
     tab = line.find(b"\t")
     if tab < 0:
-        _, key, source, entry, count, latest = orjson.loads(line)
+        _, key, source, entry, count, latest, refused = orjson.loads(line)
         return Skipped(key, source, entry, count,
-                       datetime.fromisoformat(latest) if latest else None)
+                       datetime.fromisoformat(latest) if latest else None, tuple(refused))
     _, _, source, entry, full_url = orjson.loads(line[:tab])
     return RawResource(loads_exact(line[tab + 1:]), source, entry, full_url)
 
@@ -229,23 +231,31 @@ class Router:
             self.emit(key, encode_record(key, source, entry, full_url,
                                          line or dumps_exact(resource)))
             return
-        # only valid, plausible times count for as_of=auto (as the evaluation takes them)
-        latest = latest_valid_time(resource, self.relevance.latest_plausible) \
-            if self.relevance.track_times else None
+        # only valid, plausible times count for as_of=auto (as the evaluation takes them); a
+        # few refused ones are kept for the patient's notice
+        latest, refused = None, []
+        if self.relevance.track_times:
+            limit = self.relevance.latest_plausible
+            times = valid_times(resource)
+            latest = max((t for t in times if t <= limit), default=None)
+            refused = [f"{t.isoformat()} ({resource.get('resourceType')} at {source} {entry})"
+                       for t in times if t > limit]
         seen = self.skipped.get(key)
         if seen is None:
             if len(self.skipped) == SUMMARIES_HELD:
                 self.close()
-            self.skipped[key] = [source, entry, 1, latest]
+            self.skipped[key] = [source, entry, 1, latest, refused[:3]]
             return
         seen[2] += 1
         if latest is not None and (seen[3] is None or latest > seen[3]):
             seen[3] = latest
+        if refused and len(seen[4]) < 3:
+            seen[4] += refused[:3 - len(seen[4])]
 
     def close(self) -> None:
         """Write out the summaries held (at the end of the file, or to make room)."""
-        for key, (source, entry, count, latest) in self.skipped.items():
-            self.emit_summary(key, encode_skipped(key, source, entry, count, latest))
+        for key, (source, entry, count, latest, refused) in self.skipped.items():
+            self.emit_summary(key, encode_skipped(key, source, entry, count, latest, refused))
         self.skipped.clear()
 
 
