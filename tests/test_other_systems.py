@@ -402,6 +402,9 @@ def test_a_medication_that_is_not_there_is_named(ruleset: RuleSet) -> None:
     assert ("resource-unreadable", "MedicationDispense/d2") in codes
     assert [f.reference for f in outcome.facts if f.kind == "medication"] == [
         "MedicationDispense/d1"]
+    strict = list(evaluate_each(_patient_bundle(shown, unnamed), as_of="2026-01-02",
+                                rules=ruleset, strict=True))
+    assert [type(o) for o in strict] == [PatientError]
 
 
 def test_the_inferno_export_reads_its_dispenses(ruleset: RuleSet) -> None:

@@ -645,6 +645,9 @@ class Grouper:
         for reference, refused in self._refused_times.items():
             record(reference).refused_times.extend(refused)
         for rec in records.values():
+            if self._strict and rec.unreadable:  # with strict, what is unreadable is an error
+                rec.errors += rec.unreadable
+                rec.unreadable = []
             if rec.patient is None and not rec.errors:
                 count = len(rec.resources) + rec.skipped + len(rec.unreadable)
                 first = self._first_seen.get(rec.reference)
