@@ -686,3 +686,19 @@ def test_a_result_naming_no_patient_counts_for_the_report_that_lists_it(
     outcomes = list(evaluate_each(unlisted, as_of=AS_OF, rules=ruleset))
     assert any(isinstance(o, InputProblem) and "names no patient" in o.message
                for o in outcomes)
+
+
+def test_an_absurd_reference_range_is_named_and_not_used(ruleset: RuleSet) -> None:
+    """1.5e308 g/dL does not convert to a double: the range is left out, never a crash."""
+    bundle = _bundle()
+    albumin = next(e["resource"] for e in bundle["entry"]
+                   if e["resource"]["resourceType"] == "Observation"
+                   and e["resource"]["code"]["coding"][0]["code"] == "1751-7")
+    albumin["referenceRange"] = [{"high": {"value": 1.5e308, "unit": "g/dL", "code": "g/dL",
+                                           "system": "http://unitsofmeasure.org"}}]
+    (outcome,) = list(evaluate_each(bundle, as_of=AS_OF, rules=ruleset))
+    assert isinstance(outcome, Assessment), outcome
+    assert outcome.partial is True
+    assert "electrolyte.hypomagnesemia" in {f.rule_id for f in outcome.findings}
+    assert any(n.code == "value-implausible" and "reference range" in n.message
+               for n in outcome.notices)

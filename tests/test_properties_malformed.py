@@ -32,9 +32,14 @@ DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
 
 
 def _bundle(name: str) -> dict[str, Any]:
-    """The example, its results timed by a Period (start = end) in the potassium example, so
-    that periods are corrupted too."""
+    """The example, its results with a (wide) reference range and, in the potassium example,
+    timed by a Period (start = end), so that those are corrupted too."""
     bundle: dict[str, Any] = json.loads((REPO / "fhir_examples" / name).read_text())
+    for entry in bundle["entry"]:  # and reference ranges, whose bounds are numbers too
+        quantity = entry["resource"].get("valueQuantity")
+        if quantity and "referenceRange" not in entry["resource"]:
+            entry["resource"]["referenceRange"] = [{
+                "low": {**quantity, "value": 0.001}, "high": {**quantity, "value": 1000}}]
     if name.startswith("hypokalemia"):
         for entry in bundle["entry"]:
             resource = entry["resource"]

@@ -25,7 +25,7 @@ from .context import patient_context
 from .derived import body_site_findings, diabetes_from_hba1c
 from .labs import LabReading, lab_facts, read_lab
 from .medications import draft_order_facts, medication_facts
-from .plausible import IMPLAUSIBLE, implausible_value, unit_from_text
+from .plausible import IMPLAUSIBLE, implausible_value, plausible_ranges_only, unit_from_text
 from .procedures import procedure_facts
 
 __all__ = ["NormalizedPatient", "Normalizer", "Notice"]
@@ -120,7 +120,10 @@ class Normalizer:
                 if implausible is not None:  # not evaluated, named (docs/clinical-basis.md)
                     out.notices.append(implausible)
                     continue
-                reading, notices = read_lab(content, resource, match.concept, reference,
+                read, range_notices = plausible_ranges_only(content, resource, match.concept,
+                                                            reference)
+                out.notices += range_notices
+                reading, notices = read_lab(content, read, match.concept, reference,
                                             effective)
                 out.notices += notices
                 if reading is not None:

@@ -88,6 +88,42 @@ def implausible_value(content: Content, resource: Mapping[str, Any], concept: st
                   "not used")
 
 
+def plausible_ranges_only(content: Content, resource: Mapping[str, Any], concept: str,
+                          reference: str) -> tuple[Mapping[str, Any], list[Notice]]:
+    """The result without reference range bounds no measurement can be (a bound of 1.5e308
+    g/dL would not even convert to a number), and the notice naming them."""
+    ranges = resource.get("referenceRange")
+    if not isinstance(ranges, list):
+        return resource, []
+    found = _ranges(content.ruleset.directory, content.units).get(concept)
+    kept, dropped = [], []
+    for item in ranges:
+        if isinstance(item, Mapping) and found is not None and any(
+                _absurd_bound(content.units, concept, item.get(bound), found[1])
+                for bound in ("low", "high")):
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if not dropped:
+        return resource, []
+    label = content.term.concepts[concept].label
+    return {**resource, "referenceRange": kept}, [Notice(
+        IMPLAUSIBLE, reference, f"{label} result {reference} has a reference range no "
+        "measurement can bound; the range was not used")]
+
+
+def _absurd_bound(units: UnitTable, concept: str, quantity: Any, high: Fraction) -> bool:
+    if not isinstance(quantity, Mapping) or quantity.get("value") is None:
+        return False
+    value = number(quantity["value"])
+    if value is None:
+        return True
+    unit, _ = reading_unit(units, concept, value, quantity)
+    canonical = units.to_canonical(concept, value, unit or units.canonical_unit(concept) or "")
+    # a bound may lie somewhat beyond the plausible values, never a thousand times beyond
+    return canonical is not None and not (-high * 1000 <= canonical <= high * 1000)
+
+
 def reading_unit(units: UnitTable, concept: str, value: Fraction,
                  quantity: Mapping[str, Any]) -> tuple[str | None, bool]:
     """The unit a result is read in, as labs reads it (the UCUM code, else the printed unit),
