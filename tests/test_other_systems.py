@@ -702,3 +702,17 @@ def test_an_absurd_reference_range_is_named_and_not_used(ruleset: RuleSet) -> No
     assert "electrolyte.hypomagnesemia" in {f.rule_id for f in outcome.findings}
     assert any(n.code == "value-implausible" and "reference range" in n.message
                for n in outcome.notices)
+
+
+@pytest.mark.parametrize("fields", [
+    {"daysSupply": {"value": 1e300, "unit": "days", "system": "http://unitsofmeasure.org",
+                    "code": "d"}},
+    {"whenHandedOver": "9999-12-31T23:00:00Z"},
+])
+def test_a_dispense_at_the_end_of_time_is_no_crash(fields: Resource, ruleset: RuleSet) -> None:
+    administration = {"resourceType": "MedicationAdministration", "id": "a1",
+                      "status": "completed", "medicationCodeableConcept": FUROSEMIDE,
+                      "effectiveDateTime": "9999-12-31T23:00:00Z"}
+    bundle = _patient_bundle(_dispense(**fields), administration)
+    assert [type(o) for o in evaluate_each(bundle, as_of="2026-01-02", rules=ruleset)] == [
+        Assessment]

@@ -92,7 +92,7 @@ def _supply_window(resource: Mapping[str, Any],
             return False, None, None  # v3: no whenHandedOver, not active
         supply = _days(resource.get("daysSupply"))
         days = supply + DISPENSE_EXTRA_DAYS if supply is not None else DISPENSE_DEFAULT_DAYS
-        end = started + timedelta(days=days)
+        end = _after(started, days)
         return started <= as_of <= end, started, end
     period = resource.get("effectivePeriod")
     started = parse_datetime(resource.get("effectiveDateTime"))
@@ -103,9 +103,18 @@ def _supply_window(resource: Mapping[str, Any],
     if given is None:
         return False, None, None
     # active while the evaluation day is at most N days after the UTC day it was given
-    last_day = given.astimezone(as_of.tzinfo).date() + timedelta(days=ADMINISTRATION_DAYS)
+    last_day = _after(given.astimezone(as_of.tzinfo), ADMINISTRATION_DAYS).date()
     active = (started or given) <= as_of and as_of.date() <= last_day
     return active, started or given, None
+
+
+def _after(moment: datetime, days: float) -> datetime:
+    """`moment` plus `days`, or the last representable instant (a supply of 1e300 days, or a
+    date in the year 9999, is active to the end of time rather than a crash)."""
+    try:
+        return moment + timedelta(days=days)
+    except OverflowError:
+        return datetime.max.replace(tzinfo=moment.tzinfo)
 
 
 def _days(quantity: Any) -> float | None:
