@@ -146,11 +146,13 @@ def test_a_bad_element_a_rule_reads_is_unreadable_or_with_strict_an_error_row(
                        and "valueQuantity" in e["resource"])
     observation["valueQuantity"]["value"] = "low"
     (outcome,) = list(evaluate_each(bundle, as_of="auto", rules=ruleset))
-    assert isinstance(outcome, Assessment) and outcome.partial is True
+    assert isinstance(outcome, Assessment)
+    assert outcome.partial is True
     (notice,) = [n for n in outcome.notices if n.code == "resource-unreadable"]
     assert notice.reference == f"Observation/{observation['id']}"
     assert "valueQuantity" in notice.message
     errors = [o for o in evaluate_each(bundle, as_of="auto", rules=ruleset, strict=True)
               if not isinstance(o, Assessment)]
-    assert errors and "valueQuantity" in errors[0].message
+    assert errors
+    assert "valueQuantity" in errors[0].message
 
