@@ -33,16 +33,46 @@ def _rules_of(bundle: dict[str, Any], ruleset: RuleSet) -> dict[str, str]:
     return {f.rule_id: f.severity for f in outcome.findings}
 
 
-@pytest.mark.parametrize(("value", "rule", "severity"), [
-    (1e-05, "electrolyte.hypomagnesemia", "critical"),
-    (1e20, "electrolyte.hypermagnesemia", "critical"),
-    (-1e308, "electrolyte.hypomagnesemia", "critical"),
+@pytest.mark.parametrize(("literal", "rule", "severity"), [
+    ("4e-1", "electrolyte.hypomagnesemia", "critical"),
+    ("0.00004E4", "electrolyte.hypomagnesemia", "critical"),
+    ("0.69999999999999999999", "electrolyte.hypomagnesemia", "warning"),
+    ("0.49999999999999999999", "electrolyte.hypomagnesemia", "critical"),
+    ("1.10000000000000000001", "electrolyte.hypermagnesemia", "warning"),
+    ("0.70000000000000000001", None, None),
+    ("1.09999999999999999999", None, None),
 ])
-def test_values_python_writes_in_exponent_form(value: float, rule: str, severity: str,
-                                               ruleset: RuleSet) -> None:
+def test_values_written_in_exponent_form_or_beyond_a_double(
+        literal: str, rule: str | None, severity: str | None, ruleset: RuleSet,
+        tmp_path: Path) -> None:
+    """Read from the JSON text as exact decimals: beyond a double's digits a value is not
+    rounded across a threshold (0.69999999999999999999 is below 0.70)."""
+    bundle = _bundle()
+    _magnesium(bundle)["valueQuantity"]["value"] = 123456.25
+    path = tmp_path / "bundle.json"
+    path.write_text(json.dumps(bundle).replace("123456.25", literal))
+    outcomes = list(evaluate_each(path, as_of=AS_OF, rules=ruleset))
+    assert len(outcomes) == 1, outcomes
+    assert isinstance(outcomes[0], Assessment), outcomes
+    found = {f.rule_id: f.severity for f in outcomes[0].findings}
+    if rule is None:  # just inside the normal range: neither low nor high
+        assert not {"electrolyte.hypomagnesemia", "electrolyte.hypermagnesemia"} & set(found)
+    else:
+        assert found[rule] == severity
+
+
+@pytest.mark.parametrize("value", [1e-05, 1e20, -1e308, 1.5e308, -0.5])
+def test_values_no_measurement_can_be_are_named_never_a_card(value: float,
+                                                              ruleset: RuleSet) -> None:
+    """docs/clinical-basis.md: outside rules/plausible-ranges.yaml a value is not evaluated and
+    named (value-implausible); the assessment is partial, so nothing reassures either."""
     bundle = _bundle()
     _magnesium(bundle)["valueQuantity"]["value"] = value
-    assert _rules_of(bundle, ruleset)[rule] == severity
+    (outcome,) = list(evaluate_each(bundle, as_of=AS_OF, rules=ruleset))
+    assert isinstance(outcome, Assessment)
+    assert not any(f.rule_id.startswith("electrolyte.hyp") for f in outcome.findings)
+    assert [n.code for n in outcome.notices if n.code == "value-implausible"]
+    assert outcome.partial is True
 
 
 def test_a_result_a_second_before_as_of(ruleset: RuleSet) -> None:

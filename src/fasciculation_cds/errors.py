@@ -22,11 +22,14 @@ class InputError(FasciculationCdsError):
         source: str | None = None,
         entry: str | None = None,
         path: str | None = None,
+        resource: str | None = None,
     ) -> None:
         self.message = message
         self.source = source
         self.entry = entry
         self.path = path
+        self.resource = resource
+        """The resource it concerns (`Observation/x`), when known."""
         super().__init__(self.describe())
 
     def describe(self) -> str:

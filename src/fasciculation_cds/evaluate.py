@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,10 +26,11 @@ from .engine import RuleEngine
 from .errors import InputError
 from .evidence_dates import mark_condition_dates
 from .facts import ClinicalFact
-from .fhir_time import iso_day, iso_instant, latest_recorded_time, parse_as_of
+from .fhir_time import iso_day, iso_instant, parse_as_of, valid_times
 from .findings import RuleHit, build_finding, fired_views, sort_findings
-from .ingest import Grouper, IngestResult, PatientRecord
+from .ingest import AS_OF_CLOCK_MARGIN, Grouper, IngestResult, PatientRecord
 from .normalize import Normalizer
+from .normalize.common import reference_of
 from .presentation import priority_of
 from .ruleset import RuleSet, load_rules
 from .sources import RawResource, expand_paths, fewer_collections, read_file, resources_of
@@ -96,7 +97,7 @@ class Evaluator:
         if record.errors:
             return PatientError(record.reference, "; ".join(e.describe() for e in record.errors))
         try:
-            instant, label = _instant_for(record, as_of)
+            instant, label, time_notices = _instant_for(record, as_of)
         except ValueError as exc:
             return PatientError(record.reference, str(exc))
         normalized = self._normalizer.run(record, instant,
@@ -107,7 +108,9 @@ class Evaluator:
             findings = self._run_stages(normalized.facts, normalized.context)
         patient = normalized.patient
         notices = [Notice(code=n.code, reference=n.reference, message=n.message)
-                   for n in sorted(normalized.notices, key=lambda n: (n.reference, n.code))]
+                   for n in normalized.notices]
+        notices += [*time_notices, *record_notices(record)]
+        notices.sort(key=lambda n: (n.reference, n.code))
         assessment = Assessment(
             patient=PatientSummary(reference=record.reference, age=patient.age, sex=patient.sex),
             as_of=label,
@@ -118,6 +121,7 @@ class Evaluator:
             rules_version=self.ruleset.version,
             checked=build_checked(self.ruleset, normalized.facts, notices, record.resources,
                                   instant),
+            partial=True if record.unreadable or normalized.context.partial else None,
         )
         assessment._facts = tuple(normalized.facts)
         return assessment
@@ -180,19 +184,50 @@ def evaluator_for(ruleset: RuleSet) -> Evaluator:
     return Evaluator(ruleset)
 
 
-def _instant_for(record: PatientRecord, as_of: AsOf | Literal["auto"]) -> tuple[datetime, str]:
+def record_notices(record: PatientRecord) -> list[Notice]:
+    """What ingest says of a record: its unreadable resources (docs/clinical-basis.md
+    "Records as other systems write them") and its notes (a medication read from a
+    reference's display...)."""
+    notices = [Notice(code="resource-unreadable",
+                      reference=error.resource or error.entry or record.reference,
+                      message=f"{error.describe()}: not read; this assessment is partial")
+               for error in record.unreadable]
+    notices += [Notice(code=code, reference=reference, message=message)
+                for code, reference, message in record.notes]
+    return notices
+
+
+def _instant_for(
+    record: PatientRecord, as_of: AsOf | Literal["auto"]
+) -> tuple[datetime, str, list[Notice]]:
     if as_of == "auto":
-        times = [t for t in (latest_recorded_time(r.resource) for r in record.resources) if t]
+        # "now" is taken from valid FHIR times only, and never from one later than the run's
+        # own clock (plus a margin): an Encounter ending in 9999 is refused, with a notice
+        latest_plausible = datetime.now(timezone.utc) + AS_OF_CLOCK_MARGIN
+        refused = list(record.refused_times)
+        times = []
+        for sourced in record.resources:
+            for when in valid_times(sourced.resource):
+                if when > latest_plausible:
+                    refused.append(f"{when.isoformat()} ({reference_of(sourced)})")
+                else:
+                    times.append(when)
         if record.latest_time is not None:
             times.append(record.latest_time)
+        notices = [Notice(
+            code="time-implausible", reference=record.reference,
+            message=f"as_of=auto did not take {', '.join(refused[:3])}"
+                    f"{f' (and {len(refused) - 3} more)' if len(refused) > 3 else ''}: "
+                    "later than this run's clock")] if refused else []
         if not times:
-            raise ValueError("as_of=auto: the record has no dated resource to take a time from")
+            raise ValueError("as_of=auto: the record has no validly dated resource to take a "
+                             "time from" + (f" ({notices[0].message})" if notices else ""))
         instant = max(times)
-        return instant, iso_instant(instant)
+        return instant, iso_instant(instant), notices
     instant = parse_as_of(as_of)
     is_day = (isinstance(as_of, date) and not isinstance(as_of, datetime)) or (
         isinstance(as_of, str) and len(as_of) == 10)
-    return instant, iso_day(instant) if is_day else iso_instant(instant)
+    return instant, iso_day(instant) if is_day else iso_instant(instant), []
 
 
 def ingest(

@@ -10,6 +10,11 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 _PARTIAL = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
+# FHIR R4 dateTime / instant as the specification's regex writes them (a time needs a zone).
+_FHIR_DATETIME = re.compile(
+    r"^([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2][0-9]|"
+    r"3[0-1])(T([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?(Z|(\+|-)((0[0-9]|"
+    r"1[0-3]):[0-5][0-9]|14:00)))?)?)?$")
 
 # Top-level elements that carry when something happened, for `as_of=auto`.
 TIME_FIELDS = ("effectiveDateTime", "effectiveInstant", "issued", "onsetDateTime",
@@ -152,6 +157,26 @@ def latest_recorded_time(resource: Mapping[str, Any]) -> datetime | None:
             times += [parse_datetime(period.get("end")), parse_datetime(period.get("start"))]
     known = [t for t in times if t is not None]
     return max(known) if known else None
+
+
+def parse_valid_datetime(value: Any) -> datetime | None:
+    """As `parse_datetime`, for a value that is a valid FHIR R4 dateTime only."""
+    if not isinstance(value, str) or _FHIR_DATETIME.match(value) is None:
+        return None
+    return parse_datetime(value)
+
+
+def valid_times(resource: Mapping[str, Any]) -> list[datetime]:
+    """The times a resource records at its top level (as `latest_recorded_time` reads them),
+    valid FHIR dateTimes only: `as_of=auto` takes "now" from these (an Encounter ending
+    "99991231" is no time at all)."""
+    times = [parse_valid_datetime(resource.get(name)) for name in TIME_FIELDS]
+    for name in PERIOD_FIELDS:
+        period = resource.get(name)
+        if isinstance(period, Mapping):
+            times += [parse_valid_datetime(period.get("end")),
+                      parse_valid_datetime(period.get("start"))]
+    return [t for t in times if t is not None]
 
 
 def iso_day(moment: datetime) -> str:

@@ -32,9 +32,14 @@ READ_ELEMENTS: Mapping[str, tuple[str, ...]] = {
     "Condition": ("clinicalStatus", "verificationStatus", "code", "onset[x]", "abatement[x]",
                   "recordedDate", "bodySite"),
     "Procedure": ("status", "code", "performed[x]"),
-    "MedicationRequest": ("status", "intent", "medication[x]", "authoredOn", "dispenseRequest"),
-    "MedicationStatement": ("status", "medication[x]", "effective[x]", "dateAsserted"),
-    "Medication": ("code",),
+    "MedicationRequest": ("status", "intent", "medication[x]", "authoredOn", "dispenseRequest",
+                          "dosageInstruction"),
+    "MedicationStatement": ("status", "medication[x]", "effective[x]", "dateAsserted", "dosage"),
+    "MedicationDispense": ("status", "medication[x]", "whenHandedOver", "daysSupply",
+                           "dosageInstruction"),
+    "MedicationAdministration": ("status", "medication[x]", "effective[x]", "dosage"),
+    "DiagnosticReport": ("status", "code", "effective[x]", "issued", "result"),
+    "Medication": ("code", "form"),
     "FamilyMemberHistory": ("status", "relationship", "condition"),  # relationship: required
 }
 

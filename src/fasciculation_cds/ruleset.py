@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from .brand_names import BrandNames, with_brand_names
 from .content_schema import (
     DerivedFile,
     PresentationFile,
@@ -32,7 +33,8 @@ from .thresholds import ThresholdLadder, ValueTest, rule_ladders
 from .units import UnitTable, parse_number
 
 CONTENT_FILES = ("valuesets/codes.yaml", "valuesets/systems.yaml", "units.yaml", "derived.yaml",
-                 "text-matches.yaml", "presentation.yaml")
+                 "text-matches.yaml", "presentation.yaml", "valuesets/brand-names.yaml",
+                 "valuesets/routes.yaml", "plausible-ranges.yaml")
 
 
 def default_rules_dir() -> Path:
@@ -172,7 +174,9 @@ def _load_rules_cached(directory: Path) -> RuleSet:
         raise RuleFileError("rules folder does not exist", file=str(directory))
     codes = read_content(directory / "valuesets/codes.yaml", ValueSets)
     systems = read_content(directory / "valuesets/systems.yaml", Systems)
-    text_matches = read_content(directory / "text-matches.yaml", TextMatches)
+    text_matches = with_brand_names(
+        read_content(directory / "text-matches.yaml", TextMatches),
+        read_content(directory / "valuesets/brand-names.yaml", BrandNames))
     derived = read_content(directory / "derived.yaml", DerivedFile)
     try:
         terminology = Terminology.build(codes, systems.root, text_matches,

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import gc
 import gzip
+import json
+import math
 import re
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from .errors import InputError
+from .fhir_version import other_version_in
 from .strict_checks import bundle_problems
 
 # Bulk Data exports write an event log beside the resources; it holds no FHIR resources. A folder
@@ -32,6 +36,62 @@ READ_ERRORS = (OSError, EOFError, zlib.error)
 # Bulk Data names files by resource type: Observation.ndjson, Observation.000.ndjson.gz, ...
 _TYPE_IN_NAME = re.compile(r"^([A-Z][A-Za-z]+)(?:[._-]|$)")
 _CONTAINER_TYPES = frozenset({"Bundle", "Parameters"})  # hold resources of any type
+# Quantity values (`"value": 0.69999999999999999999`: what the rules compare with thresholds,
+# in results, reference ranges and supplies) that a double may not hold as written: 16 or more
+# digits, or an exponent. The literal key makes this a fast search of the raw bytes.
+_LONG_VALUE = re.compile(
+    rb'"value"\s*:\s*(-?(?:\d[\d.]{15,}(?:[eE][+-]?\d+)?|[\d.]+[eE][+-]?\d+))')
+
+
+def _doubles_hold(raw: bytes) -> bool:
+    """Whether every such value in `raw` is exactly the double it parses to (Synthea writes
+    doubles with 17 digits, which they hold; 0.69999999999999999999 is not)."""
+    for match in _LONG_VALUE.finditer(raw):
+        token = match[1].decode()
+        try:
+            value = float(token)
+            if repr(value) == token:
+                continue
+            if not math.isfinite(value) or Decimal(token) != Decimal(repr(value)):
+                return False
+        except (ValueError, ArithmeticError):
+            continue  # not a number after all: orjson decides
+    return True
+
+
+def loads_exact(data: bytes | str) -> Any:
+    """Parsed JSON whose decimals keep the value they were written with.
+
+    orjson reads every JSON number as a double: 0.69999999999999999999 would become 0.7 and
+    cross a threshold, and 1e999 would be refused as infinity. Input holding such a number is
+    parsed again with decimals kept as `Decimal` (FHIR decimals are exact: R4 2.24.0.1)."""
+    raw = data.encode() if isinstance(data, str) else data
+    if _doubles_hold(raw):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            if "infinity" not in str(exc):
+                raise
+    try:
+        return json.loads(raw, parse_float=Decimal, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        # the same wording as orjson for JSON that is not valid (NaN, Infinity included)
+        raise orjson.JSONDecodeError(str(exc), raw.decode("utf-8", "replace"), 0) from None
+
+
+def dumps_exact(document: Any) -> bytes:
+    """JSON of a document `loads_exact` read, its exact decimals written as they were read."""
+    return orjson.dumps(document, default=_exact_default)
+
+
+def _exact_default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return orjson.Fragment(str(value))
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 @dataclass(frozen=True)
@@ -110,7 +170,7 @@ def read_file(path: Path, *, strict: bool = False) -> Iterator[RawResource | Inp
     if not data.strip():
         raise InputError("file is empty", source=str(path))
     try:
-        document = orjson.loads(data)
+        document = loads_exact(data)
     except orjson.JSONDecodeError as exc:
         raise InputError(f"not valid JSON: {exc}", source=str(path)) from None
     yield from resources_of(document, str(path), strict=strict)
@@ -129,18 +189,42 @@ def _open_lines(path: Path) -> Iterator[bytes]:
 def _read_ndjson(path: Path) -> Iterator[RawResource | InputError]:
     for number, line in enumerate(_open_lines(path), start=1):
         if line.strip():
-            yield parse_ndjson_line(line, str(path), number)
+            yield from ndjson_line_items(line, str(path), number)
+
+
+def ndjson_line_items(line: bytes | str, source: str,
+                      number: int) -> Iterator[RawResource | InputError]:
+    """The resources of one NDJSON line: the resource, or the entries of a Bundle (some
+    exporters write one Bundle per line), each entry named `line N entry[i]`."""
+    parsed = parse_ndjson_line(line, source, number)
+    if isinstance(parsed, RawResource) and parsed.resource["resourceType"] == "Bundle":
+        entry = f"line {number}"
+        try:
+            for item in resources_of(parsed.resource, source):
+                if isinstance(item, RawResource):
+                    yield RawResource(item.resource, source, f"{entry} {item.entry}",
+                                      item.full_url)
+                else:
+                    yield InputError(item.message, source=source,
+                                     entry=f"{entry} {item.entry or ''}".strip(), path=item.path)
+        except InputError as exc:
+            yield InputError(exc.message, source=source, entry=entry, path=exc.path)
+        return
+    yield parsed
 
 
 def parse_ndjson_line(line: bytes | str, source: str, number: int) -> RawResource | InputError:
     """One NDJSON line (1-based `number`), as a resource or an error naming file and line."""
     entry = f"line {number}"
     try:
-        resource = orjson.loads(line)
+        resource = loads_exact(line)
     except orjson.JSONDecodeError as exc:
         return InputError(f"not valid JSON: {exc}", source=source, entry=entry)
     if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
         return InputError("not a FHIR resource (no resourceType)", source=source, entry=entry)
+    version = other_version_in(resource)
+    if version is not None:
+        return InputError(version, source=source, entry=entry)
     return RawResource(resource, source, entry)
 
 
@@ -158,6 +242,9 @@ def resources_of(
                          source=source)
     if not isinstance(resource_type, str):
         raise InputError("not a FHIR resource (no resourceType)", source=source)
+    version = other_version_in(document)
+    if version is not None:
+        raise InputError(version, source=source)
     if resource_type != "Bundle":
         yield RawResource(document, source, "resource")
         return
@@ -173,6 +260,8 @@ def resources_of(
             yield InputError("Bundle entry must be an object", source=source, entry=where)
             continue
         resource = entry.get("resource")
+        if resource is None and isinstance(entry.get("resourceType"), str):
+            resource = entry  # some servers list the resources themselves as entries
         if resource is None:  # e.g. a transaction DELETE: nothing to read
             continue
         if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):

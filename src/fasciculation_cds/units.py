@@ -6,19 +6,61 @@ to the very same number (unit invariance), and a value at a threshold stays at i
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
 _ANNOTATION = re.compile(r"\{[^}]*\}")
+_EXPONENT = re.compile(r"^\s*[+-]?(?:\d+\.?\d*|\.\d+)[eE][+-]?\d+\s*$")
+_SIGNIFICANT = 15  # digits a double holds for any decimal (DBL_DIG)
+# Beyond this magnitude (or below its inverse) a number is no measurement: parsing "1e999" exactly
+# would build an integer of a thousand digits for nothing (and 1e999999999 would never finish).
+MAX_EXPONENT = 300
 
 
-def parse_number(text: str | int | float) -> Fraction:
-    """Exact value of a number written in a rule file or a FHIR decimal ("1/4.008", 0.7, "2.15")."""
+def ordered_float(value: Fraction) -> float:
+    """A double for `value` that any threshold written with at most 15 significant digits
+    compares with as the exact value would: 0.69999999999999999999 reads as the double just
+    below 0.7, never as 0.7. (Such a threshold is one double exactly; a value with more digits
+    lies strictly between two of them, s1 < value < s2, and so does the double returned.)"""
+    nearest = float(value)
+    if value == 0 or Fraction(nearest) == value:
+        return nearest
+    magnitude = abs(value)
+    exponent = math.floor(math.log10(magnitude))  # may be off by one; corrected below
+    if Fraction(10) ** exponent > magnitude:
+        exponent -= 1
+    elif Fraction(10) ** (exponent + 1) <= magnitude:
+        exponent += 1
+    step = Fraction(10) ** (exponent - _SIGNIFICANT + 1)
+    low = math.floor(value / step) * step
+    if low == value:
+        return nearest  # a short decimal: its double is the threshold's own
+    below, above = float(low), float(low + step)
+    if nearest <= below:
+        return math.nextafter(below, math.inf)
+    if nearest >= above:
+        return math.nextafter(above, -math.inf)
+    return nearest
+
+
+def parse_number(text: str | int | float | Decimal) -> Fraction:
+    """Exact value of a number written in a rule file or a FHIR decimal ("1/4.008", 0.7, "2.15",
+    a `Decimal` read with all its digits). ValueError for a non-finite or absurdly large one."""
+    if isinstance(text, float) and not math.isfinite(text):
+        raise ValueError(f"not a finite number: {text!r}")
+    if isinstance(text, Decimal):
+        if not text.is_finite() or (text and abs(text.adjusted()) > MAX_EXPONENT):
+            raise ValueError(f"not a plausible number: {text}")
+        return Fraction(text)
     if isinstance(text, (int, float)):
         return Fraction(repr(text)) if isinstance(text, float) else Fraction(text)
+    if _EXPONENT.match(text):
+        return parse_number(Decimal(text.strip()))
     numerator, _, denominator = text.partition("/")
     value = Fraction(numerator.strip())
     return value / Fraction(denominator.strip()) if denominator else value

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from ..ingest import canonical_reference, patient_reference_of
+from ..ingest import canonical_reference, loose_subject, patient_reference_of
 from ..sources import RawResource
 
 MEDICATION = "\x00medication"  # not a patient: shared by every patient that refers to it
@@ -34,7 +34,9 @@ def patient_key(resource: Mapping[str, Any], full_url: str | None,
         return full_url or UNOWNED
     if resource_type == "Medication":
         return MEDICATION
-    reference = patient_reference_of(resource)
+    # a malformed subject still names its patient: the resource is unreadable on that
+    # patient's record (docs/clinical-basis.md), never dropped as nobody's
+    reference = patient_reference_of(resource) or loose_subject(resource)
     if reference is None:
         return UNOWNED
     return aliases.get(reference) or canonical_reference(reference)

@@ -17,21 +17,31 @@ import io
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 
 from ..errors import InputError
-from ..fhir_time import PERIOD_FIELDS, TIME_FIELDS, latest_recorded_time, parse_as_of
-from ..ingest import is_relevant
+from ..fhir_time import (
+    PERIOD_FIELDS,
+    TIME_FIELDS,
+    latest_recorded_time,
+    parse_as_of,
+    valid_times,
+)
+from ..fhir_version import other_version_in
+from ..ingest import AS_OF_CLOCK_MARGIN, READ_TYPES, is_relevant
 from ..ruleset import load_rules
 from ..sources import (
     READ_ERRORS,
     RawResource,
+    dumps_exact,
     fewer_collections,
     is_ndjson,
+    loads_exact,
+    ndjson_line_items,
     parse_ndjson_line,
     read_file,
 )
@@ -64,9 +74,9 @@ def encode_record(key: str, source: str, entry: str, full_url: str | None,
 
 
 def encode_skipped(key: str, source: str, entry: str, count: int,
-                   latest: datetime | None) -> bytes:
+                   latest: datetime | None, refused: list[str] | None = None) -> bytes:
     return orjson.dumps([SKIPPED, key, source, entry, count,
-                         latest.isoformat() if latest else None]) + b"\n"
+                         latest.isoformat() if latest else None, refused or []]) + b"\n"
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,8 @@ class Skipped:
     entry: str
     count: int
     latest: datetime | None
+    refused: tuple[str, ...] = ()
+    """Times `as_of=auto` refused as later than the run's clock (a few, for the notice)."""
 
 
 def decode_key(line: bytes) -> str:
@@ -89,11 +101,11 @@ def decode_key(line: bytes) -> str:
 def decode_record(line: bytes) -> RawResource | Skipped:
     tab = line.find(b"\t")
     if tab < 0:
-        _, key, source, entry, count, latest = orjson.loads(line)
+        _, key, source, entry, count, latest, refused = orjson.loads(line)
         return Skipped(key, source, entry, count,
-                       datetime.fromisoformat(latest) if latest else None)
+                       datetime.fromisoformat(latest) if latest else None, tuple(refused))
     _, _, source, entry, full_url = orjson.loads(line[:tab])
-    return RawResource(orjson.loads(line[tab + 1:]), source, entry, full_url)
+    return RawResource(loads_exact(line[tab + 1:]), source, entry, full_url)
 
 
 @dataclass
@@ -142,6 +154,7 @@ class Relevance:
         ruleset = load_rules(settings.rules_dir)
         self.terminology: Terminology | None = None if settings.strict else ruleset.terminology
         self.track_times = settings.as_of == "auto"
+        self.latest_plausible = datetime.now(timezone.utc) + AS_OF_CLOCK_MARGIN
         self.since: datetime | None = None
         if settings.as_of not in (None, "auto"):
             self.since = parse_as_of(settings.as_of) - timedelta(days=ruleset.max_lookback_days)
@@ -202,29 +215,47 @@ class Router:
         self.result.resources += 1
         if key == UNOWNED:
             self.result.skipped_unowned += 1
+            if resource.get("resourceType") in READ_TYPES and self.relevance.keeps(resource):
+                # a resource a rule would read that names no patient (or a Patient without
+                # id): a problem of the run, never dropped without a word
+                what = ("Patient has neither id nor fullUrl" if resource["resourceType"] ==
+                        "Patient" else "names no patient by reference (subject), so no "
+                        "patient's assessment can use it")
+                self.result.problems.append(InputError(what, source=source,
+                                                       entry=entry).describe())
             return
         relevant = self.relevance.keeps(resource)
         if key == MEDICATION and not relevant:
             return
         if relevant:
             self.emit(key, encode_record(key, source, entry, full_url,
-                                         line or orjson.dumps(resource)))
+                                         line or dumps_exact(resource)))
             return
-        latest = latest_recorded_time(resource) if self.relevance.track_times else None
+        # only valid, plausible times count for as_of=auto (as the evaluation takes them); a
+        # few refused ones are kept for the patient's notice
+        latest, refused = None, []
+        if self.relevance.track_times:
+            limit = self.relevance.latest_plausible
+            times = valid_times(resource)
+            latest = max((t for t in times if t <= limit), default=None)
+            refused = [f"{t.isoformat()} ({resource.get('resourceType')} at {source} {entry})"
+                       for t in times if t > limit]
         seen = self.skipped.get(key)
         if seen is None:
             if len(self.skipped) == SUMMARIES_HELD:
                 self.close()
-            self.skipped[key] = [source, entry, 1, latest]
+            self.skipped[key] = [source, entry, 1, latest, refused[:3]]
             return
         seen[2] += 1
         if latest is not None and (seen[3] is None or latest > seen[3]):
             seen[3] = latest
+        if refused and len(seen[4]) < 3:
+            seen[4] += refused[:3 - len(seen[4])]
 
     def close(self) -> None:
         """Write out the summaries held (at the end of the file, or to make room)."""
-        for key, (source, entry, count, latest) in self.skipped.items():
-            self.emit_summary(key, encode_skipped(key, source, entry, count, latest))
+        for key, (source, entry, count, latest, refused) in self.skipped.items():
+            self.emit_summary(key, encode_skipped(key, source, entry, count, latest, refused))
         self.skipped.clear()
 
 
@@ -303,18 +334,22 @@ def _ndjson(path: Path, router: Router, source: str) -> str:
                 if path.name.lower().endswith(".gz") else buffered)
             for number, line in enumerate(handle, start=1):
                 try:
-                    resource = orjson.loads(line)
+                    resource = loads_exact(line)
                 except orjson.JSONDecodeError:
                     if line.strip():
                         router.result.problems.append(
                             _line_problem(line, source, number).describe())
                     continue
                 if not isinstance(resource, dict) or \
-                        not isinstance(resource.get("resourceType"), str):
+                        not isinstance(resource.get("resourceType"), str) or \
+                        other_version_in(resource) is not None:
                     router.result.problems.append(
                         _line_problem(line, source, number).describe())
                     continue
                 try:
+                    if resource["resourceType"] == "Bundle":  # one Bundle per line: its entries
+                        _bundle_line(line, source, number, router)
+                        continue
                     router.route(patient_key(resource, None, {}), resource, source,
                                  f"line {number}", None, line.rstrip(b"\r\n"))
                 except OSError as exc:  # writing a shard, not reading the input
@@ -325,6 +360,18 @@ def _ndjson(path: Path, router: Router, source: str) -> str:
         reason = (f"the file ends early (truncated or corrupt compressed data: {exc})"
                   if isinstance(exc, EOFError) else str(exc) or type(exc).__name__)
         raise InputError(f"cannot read: {reason}", source=source) from None
+
+
+def _bundle_line(line: bytes, source: str, number: int, router: Router) -> None:
+    """An NDJSON line holding a Bundle is read as that Bundle, never skipped."""
+    items: list[RawResource] = []
+    for item in ndjson_line_items(line, source, number):
+        if isinstance(item, InputError):
+            router.result.problems.append(item.describe())
+        else:
+            items.append(item)
+    for key, raw in keyed(items):
+        router.route(key, raw.resource, raw.source, raw.entry, raw.full_url, None)
 
 
 def _line_problem(line: bytes, source: str, number: int) -> InputError:

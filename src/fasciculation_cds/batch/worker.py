@@ -47,7 +47,7 @@ def evaluate_group(records: Iterable[RawResource | Skipped], medications: Iterab
         for record in records:
             if isinstance(record, Skipped):
                 grouper.note_skipped(record.key, record.count, record.source, record.entry,
-                                     record.latest)
+                                     record.latest, record.refused)
             else:
                 grouper.add(record)
     return list(assess_all(grouper.finish(), ruleset, settings.as_of,

@@ -17,7 +17,7 @@ from typing import Any
 from ..facts import ClinicalFact, LabResult, PatientFact
 from ..facts import PatientContext as PatientContext
 from ..fhir_time import age_in_years, birth_date, utc_day
-from ..ingest import PatientRecord, SourcedResource
+from ..ingest import MEDICATION_USE_TYPES, PatientRecord, SourcedResource
 from ..ruleset import RuleSet
 from .ages import with_ages
 from .calcium import with_corrected_calcium
@@ -32,6 +32,7 @@ from .labs import UNIT_ASSUMED, LabReading, lab_facts, read_lab
 from .medications import draft_order_facts, medication_facts
 from .named_together import without_ambiguous_groups
 from .onset import onset_notices
+from .plausible import IMPLAUSIBLE, implausible_value, plausible_ranges_only, unit_from_text
 from .procedures import procedure_facts
 from .questions import question_facts
 from .sign_groups import counted_sign_groups
@@ -93,7 +94,7 @@ class Normalizer:
                 performed, procedure_notices = procedure_facts(content, sourced, as_of)
                 procedures += performed
                 notices += procedure_notices
-            elif resource_type in ("MedicationRequest", "MedicationStatement"):
+            elif resource_type in MEDICATION_USE_TYPES:
                 medications += medication_facts(content, sourced, as_of)
         readings, calcium_notices = with_corrected_calcium(content, readings)
         readings, comparator_notices = resolve_comparators(content, readings)
@@ -112,8 +113,11 @@ class Normalizer:
         recorded |= recorded_concepts(content, coded) | from_signs
         facts: list[ClinicalFact] = [patient, *labs, *medications, *coded, *procedures,
                                      *draft_order_facts(content, record.draft_orders)]
+        # a result that is no measurement could hold the patient's data, as an unreadable
+        # resource could: the assessment is partial either way (benign reassurance blocked)
+        implausible = any(n.code == IMPLAUSIBLE for n in notices)
         context = patient_context(content, record.reference, facts, assume_presentation,
-                                  recorded, partial=bool(record.unreadable) or any(
+                                  recorded, partial=bool(record.unreadable) or implausible or any(
                                       n.code == "resource-unreadable" for n in notices),
                                   as_of=as_of, conflicting=made.conflicting)
         return NormalizedPatient(patient, facts, context, notices)
@@ -145,11 +149,20 @@ class Normalizer:
         effective = span.order if span.order <= as_of else as_of
         for match in matches:
             if content.term.concepts[match.concept].kind == "lab":
-                reading, notices = read_lab(content, resource, match.concept, reference,
+                implausible = implausible_value(content, resource, match.concept, reference)
+                if implausible is not None:  # not evaluated, named (docs/clinical-basis.md)
+                    out.notices.append(implausible)
+                    continue
+                read, range_notices = plausible_ranges_only(content, resource, match.concept,
+                                                            reference)
+                out.notices += range_notices
+                reading, notices = read_lab(content, read, match.concept, reference,
                                             effective)
                 out.notices += notices
                 if reading is not None:
                     out.labs.append(replace(reading, last=span.until(as_of)))
+                    from_text = unit_from_text(content, resource, match.concept, reference)
+                    out.notices += [from_text] if from_text is not None else []
         out.coded, notices = observation_facts(content, resource, reference, effective, as_of)
         out.coded += question_facts(content, resource, matches, reference, effective, as_of, sex)
         out.notices += notices

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
@@ -35,6 +36,8 @@ def status_code(codeable: Any) -> str | None:
 
 
 def reference_of(sourced: SourcedResource) -> str:
+    if sourced.reference:  # a result contained in a report: `DiagnosticReport/x#obs`
+        return sourced.reference
     resource = sourced.resource
     if isinstance(resource.get("id"), str):
         return f"{resource['resourceType']}/{resource['id']}"
@@ -42,11 +45,11 @@ def reference_of(sourced: SourcedResource) -> str:
 
 
 def number(value: Any) -> Fraction | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+    if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
         return None
     try:
         return parse_number(value)
-    except (ValueError, ZeroDivisionError):
+    except (ValueError, ZeroDivisionError, ArithmeticError):
         return None
 
 

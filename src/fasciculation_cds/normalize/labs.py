@@ -9,6 +9,7 @@ from fractions import Fraction
 from typing import Any, Literal
 
 from ..facts import LabResult
+from ..units import ordered_float
 from .common import Content, Notice, days_between, number, status_code
 
 Provenance = Literal["measured", "corrected", "lab-corrected"]
@@ -173,7 +174,7 @@ def lab_facts(content: Content, readings: list[LabReading], as_of: datetime) -> 
             limit = upper_limit(content, lab)
             facts.append(LabResult(
                 reference=lab.reference, concept=concept, label=label,
-                value=float(lab.value), unit=unit, original_value=lab.original_value,
+                value=ordered_float(lab.value), unit=unit, original_value=lab.original_value,
                 original_unit=lab.original_unit, comparator=lab.comparator,
                 effective=lab.effective, age_days=days_between(lab.until, as_of),
                 is_latest=(lab.reference, lab.value) in latest,
