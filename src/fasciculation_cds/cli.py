@@ -239,16 +239,23 @@ def serve(
     = None,
     dev_insecure: Annotated[bool, typer.Option(
         "--dev-insecure", help="No JWT check, and only for callers on loopback.")] = False,
+    log_format: Annotated[LogFormatChoice | None, typer.Option(
+        "--log-format", help="text, or json (one object per line, for log collectors); "
+        "default: the log_format setting.")] = None,
 ) -> None:
     """Run the CDS Hooks 2.0 service (patient-view, order-select, order-sign)."""
     import uvicorn
 
     from .service import create_app
     from .service.feedback import FeedbackStoreError
+    from .service.observability import configure_logging, uvicorn_log_config
     from .service.server import uvicorn_config
 
     _check_port_free(host, port)
-    settings = _service_settings(config, **({"dev_insecure": True} if dev_insecure else {}))
+    overrides: dict[str, object] = {"dev_insecure": True} if dev_insecure else {}
+    if log_format is not None:
+        overrides["log_format"] = log_format.value
+    settings = _service_settings(config, **overrides)
     _check_database_driver(settings.feedback_database_url)
     if settings.dev_insecure:
         err.print("WARNING: --dev-insecure: requests from loopback are NOT authenticated. "
@@ -257,7 +264,11 @@ def serve(
         service = create_app(settings)
     except FeedbackStoreError as exc:
         _fail(f"feedback database: {exc}")
-    uvicorn.Server(uvicorn_config(service, settings, host=host, port=port)).run()
+    logging = ({"log_config": uvicorn_log_config(settings.log_format)}
+               if settings.log_format == "json" else {})
+    server = uvicorn.Server(uvicorn_config(service, settings, host=host, port=port, **logging))
+    configure_logging(settings.log_level, settings.log_format)  # after uvicorn's own set-up
+    server.run()
 
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
@@ -461,6 +472,11 @@ def examples(
         err.print(f"error: {out}: {exc.strerror or exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     err.print(f"wrote {len(files)} files to {out}", highlight=False, soft_wrap=True)
+
+
+class LogFormatChoice(str, Enum):
+    text = "text"
+    json = "json"
 
 
 class HookName(str, Enum):

@@ -43,6 +43,7 @@ from .guard import BodyLimit, Guard, JsonCors, QueryTokens, parse_json_body, qui
 from .incomplete import incomplete_card
 from .models import Card, FeedbackRequest, HookRequest
 from .needs import HOOKS
+from .observability import CallLog, Metrics
 from .prefetch import (
     FHIR_ID,
     IncompleteRecordError,
@@ -124,6 +125,7 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
     reuse = ReadCache(settings.fhir_reuse_seconds, settings.fhir_max_bytes)
     service_of = {sid: hook for hook, (sid, _, _) in SERVICES.items()}
     base = settings.public_base_url
+    metrics = Metrics()
     quiet_logs()
 
     @asynccontextmanager
@@ -187,6 +189,15 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
         """The process answers (liveness)."""
         return {"status": "ok", "rules_version": rules.version}
 
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_page() -> Response:
+        """Prometheus metrics (counts and timings, no patient data), as /healthz unauthenticated:
+        expose the port to the scraper only."""
+        if not settings.metrics:
+            raise _problem(404, "metrics are off (metrics: false)")
+        body, kind = metrics.exposition()
+        return Response(body, media_type=kind)
+
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
         """Whether a call would be evaluated now: 503 while no evaluation worker is available
@@ -214,6 +225,15 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
     @app.post("/cds-services/{service_id}")
     async def call(service_id: str, http_request: Request) -> Response:
         hook = hook_of(service_id)
+        try:
+            return await _call(service_id, hook, http_request)
+        except StarletteHTTPException as exc:
+            metrics.calls.labels(hook=hook, status=str(exc.status_code)).inc()
+            log.info("hook=%s status=%d cards=0", hook, exc.status_code,
+                     extra={"hook": hook, "status": exc.status_code, "cards": 0})
+            raise
+
+    async def _call(service_id: str, hook: str, http_request: Request) -> Response:
         await authenticate(http_request, f"/cds-services/{service_id}")
         started = time.perf_counter()
         body = await http_request.body()
@@ -237,9 +257,15 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
             cards = _incomplete(hook, key, exc.parts)
         except WorkerUnavailableError as exc:
             raise _problem(503, str(exc)) from None
-        log.info("hook=%s cards=%d ms=%.0f", hook, len(cards),
-                 (time.perf_counter() - started) * 1000)  # no patient data, no tokens
+        elapsed = time.perf_counter() - started
+        log.info("hook=%s status=200 cards=%d ms=%.0f", hook, len(cards), elapsed * 1000,
+                 extra={"hook": hook, "status": 200, "cards": len(cards),
+                        "ms": round(elapsed * 1000, 1)})  # no patient data, no tokens
         shown = [card.to_json() for card in cards]
+        metrics.calls.labels(hook=hook, status="200").inc()
+        metrics.call_seconds.labels(hook=hook).observe(elapsed)
+        for card in shown:
+            metrics.card(card)
         store.count_shown(service_id, shown)
         # a ready JSON body: FastAPI's response validation would walk every card again
         return ORJSONBody({"cards": shown})
@@ -308,7 +334,7 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
         client = FhirClient(request.fhir_server, token, allowed=settings.fhir_servers,
                             timeout=settings.fhir_timeout_seconds,
                             max_pages=settings.fhir_max_pages, budget=budget,
-                            transport=fhir_transport)
+                            transport=fhir_transport, observe=metrics.fhir_read)
         return client, ""
 
     @app.post("/cds-services/{service_id}/feedback")
@@ -324,6 +350,8 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
         except FeedbackStoreError as exc:
             log.error("feedback not stored: %s", exc)
             raise _problem(503, "feedback could not be stored") from None
+        for item in items:
+            metrics.feedback.labels(outcome=str(item.get("outcome", "unknown"))).inc()
         return {"stored": stored}
 
     if settings.smart.enabled:
@@ -334,7 +362,8 @@ def create_app(settings: ServiceSettings | None = None, *, ruleset: RuleSet | No
                        allow_headers=["authorization", "content-type"], max_age=600)
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes,
                        read_timeout=settings.request_read_timeout_seconds)
-    app.add_middleware(QueryTokens)  # outermost: a token in a URL goes no further
+    app.add_middleware(QueryTokens)  # a token in a URL goes no further
+    app.add_middleware(CallLog, metrics=metrics)  # outermost: every answer counted and logged
     app.state.feedback = store
     app.state.evaluation = pool
     return app

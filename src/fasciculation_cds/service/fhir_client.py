@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import posixpath
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -143,7 +144,8 @@ class FhirClient:
 
     def __init__(self, base: str, token: str | None, *, allowed: list[str], timeout: float,
                  max_pages: int, budget: CallBudget,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 observe: Callable[[float, str], None] | None = None) -> None:
         self.base = allowed_base(base, allowed)
         headers = {"Accept": "application/fhir+json"}
         if token:
@@ -152,6 +154,7 @@ class FhirClient:
                                        transport=transport, trust_env=False)
         self.max_pages = max_pages
         self.budget = budget
+        self.observe = observe  # (seconds, outcome) of each read, for the service's metrics
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -168,7 +171,15 @@ class FhirClient:
             raise FhirUnavailableError("a paging link points outside the FHIR server")
         self.budget.take_request()
         async with self.budget.slots:
-            body = await self._body(target.url)
+            started = time.perf_counter()
+            try:
+                body = await self._body(target.url)
+            except FhirUnavailableError:
+                if self.observe is not None:
+                    self.observe(time.perf_counter() - started, "failed")
+                raise
+            if self.observe is not None:
+                self.observe(time.perf_counter() - started, "ok")
         try:
             return await loads_off_loop(body)
         except orjson.JSONDecodeError:

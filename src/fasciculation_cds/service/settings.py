@@ -71,6 +71,11 @@ class ServiceSettings(BaseSettings):
         300, ge=1, description="A JWT's `exp` may be at most this long after its `iat`.")
     feedback_database_url: str = Field(default_factory=_default_feedback_url)
     log_level: str = "info"
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines as text, or as one JSON object per line (`serve "
+                            "--log-format json`).")
+    metrics: bool = Field(True, description="Prometheus metrics at /metrics (counts and "
+                                            "timings only: no patient data).")
     dev_insecure: bool = False
     rules_dir: Path | None = None
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
