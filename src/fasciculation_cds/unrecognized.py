@@ -98,6 +98,10 @@ class Unmatched:
 
     keys: tuple[CodingKey, ...]
     looks_relevant: bool
+    recognized: bool = False
+    """Ingest's relevance test says the value sets know the element: batch, which sees only
+    what it did not keep, leaves such a resource (an Observation older than every look-back)
+    out of the table."""
 
 
 class CodingClassifier:
@@ -106,6 +110,7 @@ class CodingClassifier:
 
     def __init__(self, ruleset: RuleSet) -> None:
         self._looks = looks_like_for(ruleset)
+        self._terminology = ruleset.terminology
         self._memo: dict[bytes, Unmatched] = {}
 
     def unmatched(self, resource_type: str, element: str, codeable: Any) -> Unmatched:
@@ -139,7 +144,8 @@ class CodingClassifier:
         if not keys:  # text only (or nothing): the text is what was not understood
             keys.append(CodingKey(NO_VALUE_SET, resource_type, element, None, None, text,
                                   text_looks))
-        return Unmatched(tuple(keys), any(k.looks_like for k in keys))
+        return Unmatched(tuple(keys), any(k.looks_like for k in keys),
+                         recognized=self._terminology.has_relevant_code(codeable))
 
     def looks_like(self, text: str | None) -> str | None:
         return self._looks.of(text) if text else None

@@ -38,6 +38,7 @@ from ..sources import (
 from ..terminology import Terminology
 from .keys import MEDICATION, UNOWNED, keyed, patient_key
 from .options import OutputError, Settings
+from .unrecognized import TALLY_FILE, PartitionTally
 
 MEDICATIONS_FILE = "medications.ndjson"
 SPILL_FILE = "summaries.spill"  # a task's summaries until its shard files are complete
@@ -194,6 +195,8 @@ class Router:
                  emit_summary: Callable[[str, bytes], None]) -> None:
         self.relevance = Relevance(settings)
         self.emit, self.emit_summary = emit, emit_summary
+        # what is not kept, by coding (docs/coverage.md); with --strict everything is kept
+        self.tally = None if settings.strict else PartitionTally(settings)
         self.skipped: dict[str, list[Any]] = {}  # key -> [source, entry, count, latest]
         self.result = FilePartition()
 
@@ -204,6 +207,8 @@ class Router:
             self.result.skipped_unowned += 1
             return
         relevant = self.relevance.keeps(resource)
+        if not relevant and self.tally is not None:
+            self.tally.note(key, resource)
         if key == MEDICATION and not relevant:
             return
         if relevant:
@@ -376,6 +381,8 @@ def partition_file(task: PartitionTask) -> FilePartition:
             router.result.sha256 = route_file(Path(task.path), router)
         router.close()
         writer.finish()
+        if router.tally is not None:
+            router.tally.write(folder / TALLY_FILE)
     except OSError as exc:
         raise OutputError(f"cannot write {folder}: {exc}") from None
     finally:
