@@ -18,16 +18,24 @@ they are read and decides after the evaluation, so the evaluation itself does no
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from . import ingest
 from .assessment import Assessment, UnrecognizedCoding
 from .errors import InputError
 from .ingest import IngestResult, PatientRecord, SourcedResource, canonical_reference
-from .normalize.common import COUNTING_OBSERVATION_STATUS, Content, status_code
+from .normalize.common import (
+    COUNTING_OBSERVATION_STATUS,
+    Content,
+    reference_of,
+    status_code,
+)
 from .normalize.conditions import ACTIVE_CONDITION_STATUS, EXCLUDED_VERIFICATION
 from .normalize.medications import (
     ACTIVE_REQUEST_INTENT,
@@ -54,6 +62,8 @@ OLDER_THAN_LOOK_BACK = "older-than-look-back"
 NOT_COUNTED = "not-counted"
 NOT_EVALUATED = "patient-not-evaluated"
 NO_PATIENT = "no-patient"
+_MEMO_LIMIT = 1 << 16
+_CODED = frozenset({"Observation", "Condition", "Procedure", "Medication"})  # by `code`
 
 
 @dataclass(slots=True)
@@ -105,6 +115,8 @@ def _sort_key(key: CodingKey) -> tuple[str, ...]:
 
 def coded_element(resource: Mapping[str, Any]) -> tuple[str, Any]:
     """The element a resource says what it is by: a drug's medication[x], else `code`."""
+    if resource.get("resourceType") in _CODED:
+        return "code", resource.get("code")
     for element in ("medicationCodeableConcept", "medicationReference"):
         if element in resource:
             return element, resource[element] if element.endswith("Concept") else None
@@ -136,10 +148,13 @@ class Accountant:
     """Watches the resources a run reads, then accounts for each after the evaluation."""
 
     def __init__(self, ruleset: RuleSet) -> None:
-        self.content = Content.of(ruleset)
+        self.content = _content(ruleset)
         self.classifier = CodingClassifier(ruleset)
         self.seen: list[Seen] = []
         self._aliases: dict[str, str] = {}
+        # a population repeats the same few hundred drugs and codes: matched once each
+        self._matched: dict[bytes, tuple[str, ...]] = {}
+        self._keys: dict[bytes, CodingKey] = {}
 
     def watch(self, items: Iterable[RawResource | InputError]) -> Iterator[
             RawResource | InputError]:
@@ -240,11 +255,7 @@ class Accountant:
                 ref = sourced.resource.get("medicationReference")
                 if not isinstance(ref, Mapping) or not isinstance(ref.get("reference"), str):
                     continue
-                resource = sourced.resource
-                own = (f"{resource['resourceType']}/{resource['id']}"
-                       if isinstance(resource.get("id"), str)
-                       else f"{resource['resourceType']} at {sourced.source} {sourced.entry}")
-                if (record.reference, own) in used:
+                if (record.reference, reference_of(sourced)) in used:
                     named |= {ref["reference"], canonical_reference(ref["reference"])}
         return named
 
@@ -260,7 +271,7 @@ class Accountant:
             unmatched = self.classifier.unmatched(seen.resource_type, seen.element, codeable)
             coverage.accounted.append(Accounted(
                 seen, UNRECOGNIZED if unmatched.looks_relevant else NOT_RELEVANT))
-            for unmatched_key in set(unmatched.keys):
+            for unmatched_key in unmatched.keys:
                 coverage.codings[unmatched_key] += 1
             return
         if reason is None and resource is not None:
@@ -276,16 +287,29 @@ class Accountant:
                 reason = notice or NOT_COUNTED
         coverage.accounted.append(Accounted(seen, SKIPPED, reason or NOT_COUNTED))
 
-    def _concepts(self, seen: Seen, codeable: Any) -> list[str]:
-        content = self.content
+    def _concepts(self, seen: Seen, codeable: Any) -> tuple[str, ...]:
         if not isinstance(codeable, Mapping):
-            return []
-        if seen.element.startswith("medication") or seen.resource_type == "Medication":
-            return [m.concept for m in ingredient_matches(content, codeable)]
-        return [m.concept for m in content.term.match_codeable(codeable)]
+            return ()
+        drug = seen.element.startswith("medication") or seen.resource_type == "Medication"
+        try:
+            key = orjson.dumps([drug, codeable])
+        except TypeError:  # not JSON (a caller's own objects): no memo
+            return self._match(drug, codeable)
+        found = self._matched.get(key)
+        if found is None:
+            if len(self._matched) >= _MEMO_LIMIT:
+                self._matched.clear()
+            found = self._matched[key] = self._match(drug, codeable)
+        return found
+
+    def _match(self, drug: bool, codeable: Mapping[str, Any]) -> tuple[str, ...]:
+        content = self.content
+        if drug:
+            return tuple(m.concept for m in ingredient_matches(content, codeable))
+        return tuple(m.concept for m in content.term.match_codeable(codeable))
 
     def _status_key(self, seen: Seen, resource: Mapping[str, Any],
-                    concepts: list[str]) -> CodingKey | None:
+                    concepts: tuple[str, ...]) -> CodingKey | None:
         """The status that kept a recognized resource out, if that is what did."""
         kind = seen.resource_type
         checks: list[tuple[str, Any, frozenset[str]]] = []
@@ -312,7 +336,23 @@ class Accountant:
                 return self._key(seen, element, value, concepts)
         return None
 
-    def _key(self, seen: Seen, element: str, value: Any, concepts: list[str]) -> CodingKey:
+    def _key(self, seen: Seen, element: str, value: Any,
+             concepts: tuple[str, ...]) -> CodingKey:
+        try:
+            memo = orjson.dumps([seen.resource_type, element, value, concepts])
+        except TypeError:
+            return self._new_key(seen.resource_type, element, value, concepts)
+        found = self._keys.get(memo)
+        if found is None:
+            if len(self._keys) >= _MEMO_LIMIT:
+                self._keys.clear()
+            found = self._keys[memo] = self._new_key(seen.resource_type, element, value,
+                                                     concepts)
+        return found
+
+    @staticmethod
+    def _new_key(resource_type: str, element: str, value: Any,
+                 concepts: tuple[str, ...]) -> CodingKey:
         system = code = display = None
         if isinstance(value, Mapping):
             first = next(iter(codings_of(value)), {})
@@ -320,16 +360,21 @@ class Accountant:
             display = first.get("display") or value.get("text")
         elif value is not None:
             code = value if isinstance(value, str) else str(value)
-        return CodingKey(STATUS_NOT_COUNTED, seen.resource_type, element,
+        return CodingKey(STATUS_NOT_COUNTED, resource_type, element,
                          _text(system), _text(code), _text(display), " ".join(sorted(concepts)))
 
     def _unit_key(self, seen: Seen, resource: Mapping[str, Any],
-                  concepts: list[str]) -> CodingKey:
+                  concepts: tuple[str, ...]) -> CodingKey:
         quantity = resource.get("valueQuantity")
         quantity = quantity if isinstance(quantity, Mapping) else {}
         return CodingKey(UNIT_NOT_CONVERTIBLE, seen.resource_type, "valueQuantity",
                          _text(quantity.get("system")), _text(quantity.get("code")),
                          _text(quantity.get("unit")), " ".join(sorted(concepts)))
+
+
+@functools.lru_cache(maxsize=8)
+def _content(ruleset: RuleSet) -> Content:
+    return Content.of(ruleset)
 
 
 def _text(value: Any) -> str | None:

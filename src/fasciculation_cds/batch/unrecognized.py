@@ -67,24 +67,32 @@ def _tally_order(item: tuple[tuple[CodingKey, str | None], int]) -> tuple[str, .
 class PartitionTally(Tally):
     """What the partitioner does not keep, by coding: resources of a read type whose code no
     value set knows (a recognized one left out is an Observation older than every look-back,
-    not a coding to add)."""
+    not a coding to add). Counted per distinct element and patient on the hot path, expanded
+    to codings when written."""
 
     def __init__(self, settings: Settings) -> None:
         super().__init__()
         self.classifier = CodingClassifier(load_rules(settings.rules_dir))
-        self.read_types = ingest.READ_TYPES
+        self.read_types = ingest.READ_TYPES - {"Patient"}
+        self.by_entry: dict[tuple[int, str | None], int] = {}
 
     def note(self, key: str, resource: dict[str, Any]) -> None:
         resource_type = resource.get("resourceType")
-        if resource_type not in self.read_types or resource_type == "Patient":
+        if resource_type not in self.read_types:
             return
         element, codeable = coded_element(resource)
-        unmatched = self.classifier.unmatched(str(resource_type), element, codeable)
-        if unmatched.recognized:
-            return
-        patient = None if key == MEDICATION else key
-        for coding in set(unmatched.keys):
-            self.counts[(coding, patient)] += 1
+        index = self.classifier.index(str(resource_type), element, codeable)
+        if index >= 0:
+            entry = (index, None if key == MEDICATION else key)
+            self.by_entry[entry] = self.by_entry.get(entry, 0) + 1
+
+    def write(self, path: Path) -> None:
+        entries = self.classifier.entries
+        for (index, patient), count in self.by_entry.items():
+            for coding in entries[index].keys:
+                self.counts[(coding, patient)] += count
+        self.by_entry.clear()
+        super().write(path)
 
 
 def tally_files(work: Path) -> list[Path]:
