@@ -214,6 +214,20 @@ def test_looks_like_is_whole_words_and_text_counts_too(ruleset: RuleSet) -> None
     assert found.keys[0].display == "Leg cramps at night"
 
 
+def test_looks_like_only_names_concepts_of_the_elements_kind(ruleset: RuleSet) -> None:
+    classifier = CodingClassifier(ruleset)
+    naproxen = {"coding": [{"system": RXNORM, "code": "849574",
+                            "display": "Naproxen sodium 220 MG Oral Tablet"}]}
+    drug = classifier.unmatched("MedicationRequest", "medicationCodeableConcept", naproxen)
+    assert not drug.looks_relevant  # a drug is never the sodium result
+    urine = {"coding": [{"system": LOINC, "code": "2955-3",
+                         "display": "Sodium [Moles/volume] in Urine"}]}
+    assert classifier.unmatched("Observation", "code", urine).keys[0].looks_like == "sodium"
+    lasix = {"coding": [{"system": RXNORM, "code": "1", "display": "Frusemide 40 mg"}]}
+    assert classifier.unmatched("Condition", "code", lasix).keys[0].looks_like is None
+    assert classifier.unmatched("Medication", "code", lasix).keys[0].looks_like == "furosemide"
+
+
 def test_the_api_adds_the_section_only_when_asked(ruleset: RuleSet) -> None:
     document = bundle(observation(URINE_POTASSIUM))
     [plain] = evaluate(document, as_of=AS_OF, rules=ruleset)

@@ -79,10 +79,24 @@ class LooksLike:
         self._phrases = Phrases(phrases)
 
     @functools.lru_cache(maxsize=_MEMO_LIMIT)  # noqa: B019 - one instance per rule set
-    def of(self, text: str) -> str | None:
+    def of(self, text: str) -> tuple[str, ...]:
         tokens = re.findall(r"[a-z0-9]+|:", text.lower())
-        found = sorted({cid for _, _, cid in self._phrases.find(tokens)})
-        return " ".join(found) if found else None
+        return tuple(sorted({cid for _, _, cid in self._phrases.find(tokens)}))
+
+
+def _kinds(resource_type: str, element: str) -> frozenset[str] | None:
+    """The concept kinds an element can be (None: any): a drug is never a lab ("Naproxen
+    sodium" does not look like the sodium result), a Condition never a drug."""
+    if element.startswith("medication") or resource_type == "Medication":
+        return frozenset({"medication"})
+    return _KINDS_BY_TYPE.get(resource_type)
+
+
+_KINDS_BY_TYPE = {
+    "Observation": frozenset({"lab", "finding", "condition", "question"}),
+    "Condition": frozenset({"condition", "finding"}),
+    "Procedure": frozenset({"procedure"}),
+}
 
 
 @functools.lru_cache(maxsize=8)
@@ -150,14 +164,15 @@ class CodingClassifier:
             key = CodingKey(NO_VALUE_SET, resource_type, element, None, None,
                             None if codeable is None else _short(codeable), None)
             return Unmatched((key,), False)
+        kinds = _kinds(resource_type, element)
         text = codeable.get("text")
         text = text if isinstance(text, str) and text.strip() else None
-        text_looks = self._looks.of(text) if text else None
+        text_looks = self._looks_like(text, kinds)
         keys = []
         for coding in codings_of(codeable):
             display = coding.get("display")
             display = display if isinstance(display, str) else None
-            looks = (self._looks.of(display) if display else None) or text_looks
+            looks = self._looks_like(display, kinds) or text_looks
             keys.append(CodingKey(NO_VALUE_SET, resource_type, element,
                                   _string(coding.get("system")), _string(coding.get("code")),
                                   display or text, looks))
@@ -168,8 +183,17 @@ class CodingClassifier:
         return Unmatched(tuple(keys), any(k.looks_like for k in keys),
                          recognized=self._terminology.has_relevant_code(codeable))
 
-    def looks_like(self, text: str | None) -> str | None:
-        return self._looks.of(text) if text else None
+    def looks_like(self, text: str | None, kinds: frozenset[str] | None = None) -> str | None:
+        """The concept ids (space-separated) `text` names, of the given kinds (None: any)."""
+        return self._looks_like(text, kinds)
+
+    def _looks_like(self, text: str | None, kinds: frozenset[str] | None) -> str | None:
+        if not text:
+            return None
+        concepts = self._terminology.concepts
+        found = [cid for cid in self._looks.of(text)
+                 if kinds is None or concepts[cid].kind in kinds]
+        return " ".join(found) if found else None
 
 
 def _string(value: Any) -> str | None:
