@@ -8,14 +8,17 @@ import csv
 import io
 import json
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from fasciculation_cds import evaluate
 from fasciculation_cds.assessment import Assessment, dumps_assessments
+from fasciculation_cds.batch import BatchOptions, run_batch
 from fasciculation_cds.cli import app
 from fasciculation_cds.coverage import (
     NOT_RELEVANT,
@@ -410,3 +413,32 @@ def test_every_resource_of_a_read_type_is_accounted_for_exactly_once(
     totals = report.totals()
     assert totals["read"] == sum(expected.values())
     assert totals["read"] == sum(v for k, v in totals.items() if k != "read")
+
+
+# --- batch --------------------------------------------------------------------------------------
+
+REAL = Path(__file__).parent / "data" / "real-world"
+
+
+def test_batch_writes_the_same_table_as_the_coverage_command(tmp_path: Path,
+                                                             ruleset: RuleSet) -> None:
+    """Counted where batch partitions (what it does not keep) and where it evaluates (what it
+    keeps): together exactly the report's rows, but for Medication resources' own codes."""
+    export = REAL / "inferno-bulk"
+    assert (export / "Observation.000.ndjson").is_file(), "tests/data/real-world is missing"
+    summary = run_batch(BatchOptions(inputs=[export], out=tmp_path / "out", as_of=AS_OF,
+                                     workers=1, shards=3))
+    rows = pq.read_table(tmp_path / "out" / "unrecognized.parquet").to_pylist()
+    expected = [r for r in coverage_of(export, as_of=AS_OF, rules=ruleset).rows()
+                if r["resource_type"] != "Medication"]
+    assert rows == expected
+    assert {r["reason"] for r in rows} == {"no-value-set", "status-not-counted"}
+    assert summary.unrecognized == rows[:10]
+    assert summary.unrecognized_codings == len(rows)
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["counts"]["unrecognized_codings"] == len(rows)
+    again = run_batch(BatchOptions(inputs=[export], out=tmp_path / "nd", as_of=AS_OF,
+                                   workers=1, shards=1, output_format="ndjson"))
+    lines = (tmp_path / "nd" / "unrecognized.ndjson").read_text().splitlines()
+    assert [json.loads(line) for line in lines] == rows
+    assert again.unrecognized_codings == len(rows)

@@ -138,15 +138,19 @@ class CoverageFormat(str, Enum):
 def coverage(
     paths: Annotated[list[Path], typer.Argument(
         help="Bundles, resources, NDJSON(.gz), folders or Bulk Data exports.")],
-    output_format: Annotated[CoverageFormat, typer.Option("--format")] = CoverageFormat.text,
+    output_format: Annotated[CoverageFormat, typer.Option(
+        "--format", help="text: counts and a table; csv: the table; json: both.")] = (
+        CoverageFormat.text),
     as_of: Annotated[str | None, typer.Option(
         "--as-of", help="Evaluation instant, as for `evaluate` (decides what is too old to "
         "count).")] = None,
-    assume_presentation: Annotated[bool, typer.Option("--assume-presentation")] = False,
+    assume_presentation: Annotated[bool, typer.Option(
+        "--assume-presentation", help="Evaluate every patient as presenting.")] = False,
     limit: Annotated[int | None, typer.Option(
         "--limit", min=1, help="Only the first N codings.")] = None,
     rules_dir: Annotated[Path | None, typer.Option("--rules", help="Rules folder.")] = None,
-    output: Annotated[Path | None, typer.Option("--output", "-o")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Write to a file instead of standard output.")] = None,
 ) -> None:
     """What the rules did not understand in PATHS: every resource of a type the rules read
     accounted for (used, skipped, unrecognized, not relevant, unreadable), and the codings no
