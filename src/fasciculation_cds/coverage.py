@@ -63,7 +63,7 @@ NOT_COUNTED = "not-counted"
 NOT_EVALUATED = "patient-not-evaluated"
 NO_PATIENT = "no-patient"
 _MEMO_LIMIT = 1 << 16
-_CODED = frozenset({"Observation", "Condition", "Procedure", "Medication"})  # by `code`
+CODED = frozenset({"Observation", "Condition", "Procedure", "Medication"})  # by `code`
 
 
 @dataclass(slots=True)
@@ -115,7 +115,7 @@ def _sort_key(key: CodingKey) -> tuple[str, ...]:
 
 def coded_element(resource: Mapping[str, Any]) -> tuple[str, Any]:
     """The element a resource says what it is by: a drug's medication[x], else `code`."""
-    if resource.get("resourceType") in _CODED:
+    if resource.get("resourceType") in CODED:
         return "code", resource.get("code")
     for element in ("medicationCodeableConcept", "medicationReference"):
         if element in resource:

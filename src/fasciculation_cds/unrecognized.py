@@ -126,26 +126,6 @@ class CodingClassifier:
         self._looks = looks_like_for(ruleset)
         self._terminology = ruleset.terminology
         self._memo: dict[bytes, Unmatched] = {}
-        self._indexes: dict[bytes, int] = {}
-        self.entries: list[Unmatched] = []
-        """What `index` numbers: each distinct element not recognized, once."""
-
-    def index(self, resource_type: str, element: str, codeable: Any) -> int:
-        """The number of this element's entry in `entries`, or -1 when the value sets know it
-        (the partitioner's fast path: a population repeats the same few hundred elements)."""
-        try:
-            key = orjson.dumps([resource_type, element, codeable])
-        except TypeError:
-            key = repr([resource_type, element, codeable]).encode()
-        found = self._indexes.get(key)
-        if found is None:
-            unmatched = self._unmatched(resource_type, element, codeable)
-            found = -1 if unmatched.recognized else len(self.entries)
-            if found >= 0:
-                self.entries.append(unmatched)
-            if len(self._indexes) < _MEMO_LIMIT:
-                self._indexes[key] = found
-        return found
 
     def unmatched(self, resource_type: str, element: str, codeable: Any) -> Unmatched:
         try:

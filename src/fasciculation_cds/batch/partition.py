@@ -192,12 +192,13 @@ class Router:
     """
 
     def __init__(self, settings: Settings, emit: Callable[[str, bytes], None],
-                 emit_summary: Callable[[str, bytes], None]) -> None:
+                 emit_summary: Callable[[str, bytes], None], *, count: bool = True) -> None:
         self.relevance = Relevance(settings)
         self.emit, self.emit_summary = emit, emit_summary
         # what is not kept, by coding (docs/coverage.md); with --strict everything is kept
-        self.tally = None if settings.strict else PartitionTally(settings)
-        self.skipped: dict[str, list[Any]] = {}  # key -> [source, entry, count, latest]
+        self.tally = PartitionTally(settings) if count and not settings.strict else None
+        # key -> [source, entry, count, latest, {element: count}]
+        self.skipped: dict[str, list[Any]] = {}
         self.result = FilePartition()
 
     def route(self, key: str, resource: dict[str, Any], source: str, entry: str,
@@ -207,9 +208,9 @@ class Router:
             self.result.skipped_unowned += 1
             return
         relevant = self.relevance.keeps(resource)
-        if not relevant and self.tally is not None:
-            self.tally.note(key, resource)
         if key == MEDICATION and not relevant:
+            if self.tally is not None:
+                self.tally.note(self.tally.medications, resource)
             return
         if relevant:
             self.emit(key, encode_record(key, source, entry, full_url,
@@ -220,16 +221,19 @@ class Router:
         if seen is None:
             if len(self.skipped) == SUMMARIES_HELD:
                 self.close()
-            self.skipped[key] = [source, entry, 1, latest]
-            return
-        seen[2] += 1
-        if latest is not None and (seen[3] is None or latest > seen[3]):
+            seen = self.skipped[key] = [source, entry, 0, latest, {}]
+        elif latest is not None and (seen[3] is None or latest > seen[3]):
             seen[3] = latest
+        seen[2] += 1
+        if self.tally is not None:  # by element, in the patient's summary (docs/coverage.md)
+            self.tally.note(seen[4], resource)
 
     def close(self) -> None:
         """Write out the summaries held (at the end of the file, or to make room)."""
-        for key, (source, entry, count, latest) in self.skipped.items():
+        for key, (source, entry, count, latest, elements) in self.skipped.items():
             self.emit_summary(key, encode_skipped(key, source, entry, count, latest))
+            if self.tally is not None:
+                self.tally.add(key, elements)
         self.skipped.clear()
 
 

@@ -19,10 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import ingest
-from ..coverage import PatientCoverage, coded_element
+from ..coverage import CODED, PatientCoverage, coded_element
 from ..ruleset import load_rules
 from ..unrecognized import CodingClassifier, CodingKey
-from .keys import MEDICATION
 from .options import Settings
 
 TALLY_FILE = "unrecognized.ndjson"  # in each task folder (partition) and parts folder (shards)
@@ -42,56 +41,82 @@ _KEY_FIELDS = SCHEMA.names[2:]
 TOP = 10  # codings printed in the summary
 
 
+NO_PATIENT = ""  # in a tally file, the patient of a resource of no patient (a Medication)
+
+
 class Tally:
-    """Resources per (coding, patient); a patient of None: a resource of no patient."""
+    """Resources per coding and patient (NO_PATIENT: a resource of no patient). A tally file
+    holds one line per coding: its key fields, then {patient: resources}."""
 
     def __init__(self) -> None:
-        self.counts: Counter[tuple[CodingKey, str | None]] = Counter()
+        self.by_coding: dict[CodingKey, dict[str, int]] = {}
 
     def add_coverage(self, coverage: PatientCoverage) -> None:
+        patient = coverage.reference or NO_PATIENT
         for key, count in coverage.codings.items():
-            self.counts[(key, coverage.reference)] += count
+            found = self.by_coding.setdefault(key, {})
+            found[patient] = found.get(patient, 0) + count
 
     def write(self, path: Path) -> None:
-        payload = b"".join(
-            orjson.dumps([patient, *(getattr(key, f) for f in _KEY_FIELDS), count]) + b"\n"
-            for (key, patient), count in sorted(self.counts.items(), key=_tally_order))
-        path.write_bytes(payload)
-
-
-def _tally_order(item: tuple[tuple[CodingKey, str | None], int]) -> tuple[str, ...]:
-    (key, patient), _ = item
-    return (patient or "", *(str(getattr(key, f) or "") for f in _KEY_FIELDS))
+        lines = sorted(orjson.dumps([*(getattr(key, f) for f in _KEY_FIELDS), patients])
+                       for key, patients in self.by_coding.items())
+        path.write_bytes(b"".join(line + b"\n" for line in lines))
 
 
 class PartitionTally(Tally):
     """What the partitioner does not keep, by coding: resources of a read type whose code no
     value set knows (a recognized one left out is an Observation older than every look-back,
-    not a coding to add). Counted per distinct element and patient on the hot path, expanded
-    to codings when written."""
+    not a coding to add).
+
+    `note` runs for every resource the partitioner does not keep, so it only counts each
+    element as it is, serialized, in the patient's summary the router holds anyway; `add`
+    takes a patient's counts when the router writes its summary, and each distinct element is
+    classified once, when the tally is written."""
 
     def __init__(self, settings: Settings) -> None:
         super().__init__()
         self.classifier = CodingClassifier(load_rules(settings.rules_dir))
-        self.read_types = ingest.READ_TYPES - {"Patient"}
-        self.by_entry: dict[tuple[int, str | None], int] = {}
+        self.other_types = ingest.READ_TYPES - CODED - {"Patient"}
+        self.seen: dict[bytes, dict[str, int]] = {}
+        self.medications: dict[bytes, int] = {}
+        """The counts of Medication resources: they belong to no patient."""
 
-    def note(self, key: str, resource: dict[str, Any]) -> None:
+    def note(self, elements: dict[bytes, int], resource: dict[str, Any]) -> None:
         resource_type = resource.get("resourceType")
-        if resource_type not in self.read_types:
-            return
-        element, codeable = coded_element(resource)
-        index = self.classifier.index(str(resource_type), element, codeable)
-        if index >= 0:
-            entry = (index, None if key == MEDICATION else key)
-            self.by_entry[entry] = self.by_entry.get(entry, 0) + 1
+        try:
+            if resource_type in CODED:
+                found = orjson.dumps((resource_type, "code", resource.get("code")))
+            elif resource_type in self.other_types:
+                found = orjson.dumps((resource_type, *coded_element(resource)))
+            else:
+                return
+        except TypeError:  # not JSON (a caller's own objects): as near as it can be
+            found = orjson.dumps((resource_type, *coded_element(resource)), default=repr)
+        elements[found] = elements.get(found, 0) + 1
+
+    def add(self, patient: str, elements: dict[bytes, int]) -> None:
+        for found, count in elements.items():
+            patients = self.seen.get(found)
+            if patients is None:
+                patients = self.seen[found] = {}
+            patients[patient] = patients.get(patient, 0) + count
 
     def write(self, path: Path) -> None:
-        entries = self.classifier.entries
-        for (index, patient), count in self.by_entry.items():
-            for coding in entries[index].keys:
-                self.counts[(coding, patient)] += count
-        self.by_entry.clear()
+        self.add(NO_PATIENT, self.medications)
+        self.medications = {}
+        for found, patients in self.seen.items():
+            resource_type, element, codeable = orjson.loads(found)
+            unmatched = self.classifier.unmatched(resource_type, element, codeable)
+            if unmatched.recognized:
+                continue
+            for coding in unmatched.keys:
+                into = self.by_coding.get(coding)
+                if into is None:
+                    self.by_coding[coding] = dict(patients)
+                    continue
+                for patient, count in patients.items():
+                    into[patient] = into.get(patient, 0) + count
+        self.seen.clear()
         super().write(path)
 
 
@@ -108,12 +133,13 @@ def merged_rows(paths: Iterable[Path]) -> list[dict[str, Any]]:
     for path in paths:
         with path.open("rb") as handle:
             for line in handle:
-                patient, *fields, count = orjson.loads(line)
+                *fields, counts = orjson.loads(line)
                 key = tuple(fields)
-                resources[key] += count
+                resources[key] += sum(counts.values())
                 found = patients.setdefault(key, set())
-                if patient is not None:
-                    found.add(patient)
+                found.update(counts)
+    for found in patients.values():
+        found.discard(NO_PATIENT)
     rows = [{"patients": len(patients[key]), "resources": count,
              **dict(zip(_KEY_FIELDS, key, strict=True))} for key, count in resources.items()]
     rows.sort(key=lambda r: (-r["patients"], -r["resources"],
