@@ -246,6 +246,33 @@ class Accountant:
                              NOT_EVALUATED if patient is not None and not evaluated else reason)
         return by_patient
 
+    def record_codings(self, record: PatientRecord,
+                       assessment: Assessment | None) -> PatientCoverage:
+        """The codings of the resources a record kept that produced no fact: what `batch`
+        counts where it evaluates (it counts what it did not keep where it partitions), with
+        no resource noted on the way in. `assessment` None: the record was not evaluated."""
+        coverage = PatientCoverage(record.reference)
+        used: set[str] = set()
+        notices: dict[str, str] = {}
+        if assessment is not None:
+            for fact in assessment.facts:
+                used.add(fact.reference)
+                used.update(getattr(fact, "derived_from", ()))
+            notices = {n.reference: n.code for n in assessment.notices}
+        for sourced in record.resources:
+            reference = reference_of(sourced)
+            if reference in used:
+                continue
+            resource = sourced.resource
+            element, codeable = coded_element(resource)
+            if element == "medicationReference":
+                codeable = medication_code(sourced)[0]
+            seen = Seen(str(resource["resourceType"]), sourced.source, sourced.entry, reference,
+                        record.reference, element, codeable)
+            self._decide(coverage, seen, codeable, False, notices.get(reference), resource,
+                         None if assessment is not None else NOT_EVALUATED)
+        return coverage
+
     def _medications_named(self, records: list[PatientRecord],
                            used: set[tuple[str, str]]) -> set[str]:
         """Keys of the Medications named by medication uses that produced a fact."""

@@ -25,7 +25,7 @@ import orjson
 
 from ..errors import InputError
 from ..fhir_time import PERIOD_FIELDS, TIME_FIELDS, latest_recorded_time, parse_as_of
-from ..ingest import is_relevant
+from ..ingest import CODED_TYPES, is_relevant
 from ..ruleset import load_rules
 from ..sources import (
     READ_ERRORS,
@@ -132,6 +132,7 @@ class _HashingReader(io.RawIOBase):
 
 
 TIMED_FIELDS = (*TIME_FIELDS, *PERIOD_FIELDS)  # all that latest_recorded_time reads
+BY_CODE = frozenset(t for t, element in CODED_TYPES.items() if element == "code")
 RECENT_MEMO_LIMIT = 1 << 16
 
 
@@ -150,15 +151,38 @@ class Relevance:
         # the answer for each distinct set of time elements: the Observations of one panel
         # or visit share theirs, so most are decided by one dictionary look-up
         self.recent: dict[bytes, bool] = {}
+        self.by_code: dict[bytes, bool] = {}
 
     def keeps(self, resource: dict[str, Any]) -> bool:
+        return self.decide(resource)[0]
+
+    def decide(self, resource: dict[str, Any]) -> tuple[bool, bytes | None]:
+        """Whether the shard keeps the resource; and for a type whose relevance ingest decides
+        by its `code` alone (`ingest.CODED_TYPES`), that element serialized: the key of this
+        memo of `is_relevant`, and of the unrecognized tally (one serialization serves both)."""
         if self.terminology is None:
-            return True
-        if not is_relevant(resource, self.terminology):
-            return False
-        if self.since is not None and resource.get("resourceType") == "Observation":
-            return self._recent(resource)  # else the grouper would skip it unvalidated too
-        return True
+            return True, None
+        resource_type = resource.get("resourceType")
+        found = None
+        if resource_type in BY_CODE:
+            try:
+                found = orjson.dumps((resource_type, "code", resource.get("code")))
+            except TypeError:  # not JSON (a caller's own objects): no memo
+                found = None
+        if found is None:
+            relevant = is_relevant(resource, self.terminology)
+        else:
+            known = self.by_code.get(found)
+            if known is None:
+                known = is_relevant(resource, self.terminology)
+                if len(self.by_code) < RECENT_MEMO_LIMIT:
+                    self.by_code[found] = known
+            relevant = known
+        if not relevant:
+            return False, found
+        if self.since is not None and resource_type == "Observation":
+            return self._recent(resource), found  # else the grouper would skip it unvalidated
+        return True, found
 
     def _recent(self, resource: dict[str, Any]) -> bool:
         try:
@@ -207,10 +231,10 @@ class Router:
         if key == UNOWNED:
             self.result.skipped_unowned += 1
             return
-        relevant = self.relevance.keeps(resource)
+        relevant, found = self.relevance.decide(resource)
         if key == MEDICATION and not relevant:
             if self.tally is not None:
-                self.tally.note(self.tally.medications, resource)
+                self.tally.note(self.tally.medications, resource, found)
             return
         if relevant:
             self.emit(key, encode_record(key, source, entry, full_url,
@@ -226,7 +250,7 @@ class Router:
             seen[3] = latest
         seen[2] += 1
         if self.tally is not None:  # by element, in the patient's summary (docs/coverage.md)
-            self.tally.note(seen[4], resource)
+            self.tally.note(seen[4], resource, found)
 
     def close(self) -> None:
         """Write out the summaries held (at the end of the file, or to make room)."""

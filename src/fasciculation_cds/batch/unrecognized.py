@@ -81,7 +81,13 @@ class PartitionTally(Tally):
         self.medications: dict[bytes, int] = {}
         """The counts of Medication resources: they belong to no patient."""
 
-    def note(self, elements: dict[bytes, int], resource: dict[str, Any]) -> None:
+    def note(self, elements: dict[bytes, int], resource: dict[str, Any],
+             found: bytes | None = None) -> None:
+        """Count the resource's element in `elements`; `found`: the element already serialized
+        as `(type, "code", code)` (the partitioner's relevance memo key)."""
+        if found is not None:
+            elements[found] = elements.get(found, 0) + 1
+            return
         resource_type = resource.get("resourceType")
         try:
             if resource_type in CODED:

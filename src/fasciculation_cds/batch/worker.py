@@ -11,8 +11,8 @@ from pathlib import Path
 
 from fhir.resources.R4B import get_fhir_model_class
 
+from ..assessment import Assessment
 from ..coverage import Accountant
-from ..coverage_report import accounted
 from ..evaluate import InputProblem, Outcome, assess_all, evaluator_for, new_grouper
 from ..ingest import READ_TYPES
 from ..parent_watch import watch_parent
@@ -47,7 +47,6 @@ def evaluate_group(records: Iterable[RawResource | Skipped], medications: Iterab
     `tally`, the codings of the kept resources the rules did not understand are added to it
     (the Medications every shard shares are not: their uses are)."""
     grouper = new_grouper(ruleset, settings.as_of, strict=settings.strict)
-    accountant = Accountant(ruleset) if tally is not None else None
     with fewer_collections():
         for raw in medications:
             grouper.add(raw)
@@ -56,21 +55,17 @@ def evaluate_group(records: Iterable[RawResource | Skipped], medications: Iterab
                 grouper.note_skipped(record.key, record.count, record.source, record.entry,
                                      record.latest)
             else:
-                if accountant is not None:
-                    accountant.note(record)
                 grouper.add(record)
     result = grouper.finish()
-    outcomes = assess_all(result, ruleset, settings.as_of,
-                          assume_presentation=settings.assume_presentation)
-    if accountant is None or tally is None:
-        return list(outcomes)
-    kept = []
-    for outcome, coverage in accounted(accountant, result, outcomes):
-        if coverage is not None:
-            tally.add_coverage(coverage)
-        if outcome is not None:
-            kept.append(outcome)
-    return kept
+    outcomes = list(assess_all(result, ruleset, settings.as_of,
+                               assume_presentation=settings.assume_presentation))
+    if tally is not None:
+        accountant = Accountant(ruleset)
+        assessed = {o.patient.reference: o for o in outcomes if isinstance(o, Assessment)}
+        for patient in result.patients:
+            tally.add_coverage(accountant.record_codings(patient,
+                                                         assessed.get(patient.reference)))
+    return outcomes
 
 
 def run_shard(shard: int, work: str, parts: str, settings: Settings) -> ShardResult:
