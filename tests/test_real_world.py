@@ -38,11 +38,11 @@ def _manifest_files() -> list[str]:
 
 
 def _is_bundle(path: Path) -> bool:
-    opener = gzip.open if path.name.endswith(".gz") else open
     if not path.name.endswith((".json", ".json.gz")):
         return False
-    with opener(path, "rt", encoding="utf-8") as handle:  # type: ignore[operator]
-        return bool(json.load(handle).get("resourceType") == "Bundle")
+    data = path.read_bytes()
+    document = json.loads(gzip.decompress(data) if path.name.endswith(".gz") else data)
+    return bool(document.get("resourceType") == "Bundle")
 
 
 def units() -> list[str]:
