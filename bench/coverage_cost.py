@@ -34,8 +34,7 @@ from fasciculation_cds.batch import partition, worker
 from fasciculation_cds.batch.keys import UNOWNED, patient_key
 from fasciculation_cds.batch.options import Settings
 from fasciculation_cds.batch.partition import PartitionTask, partition_file, read_records
-from fasciculation_cds.batch.unrecognized import PartitionTally, Tally
-from fasciculation_cds.coverage import Accountant
+from fasciculation_cds.batch.unrecognized import PartitionTally, Tally, accountant_for
 from fasciculation_cds.evaluate import assess_all, evaluator_for, fix_as_of, new_grouper
 from fasciculation_cds.ruleset import load_rules
 from fasciculation_cds.sources import RawResource, expand_paths
@@ -109,7 +108,7 @@ def _counting_alone(files: list[Path], settings: Settings, shards: int,
             result, ruleset, settings.as_of, assume_presentation=False)
             if isinstance(o, Assessment)}
         started = time.process_time()
-        accountant, counts = Accountant(ruleset), Tally()
+        accountant, counts = accountant_for(ruleset), Tally()
         for patient in result.patients:
             counts.add_coverage(accountant.record_codings(patient,
                                                           assessed.get(patient.reference)))

@@ -9,6 +9,7 @@ kept a recognized resource out). Each writes a tally file; the run merges them.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,8 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import ingest
-from ..coverage import CODED, PatientCoverage, coded_element
-from ..ruleset import load_rules
+from ..coverage import CODED, Accountant, PatientCoverage, coded_element
+from ..ruleset import RuleSet, load_rules
 from ..unrecognized import CodingClassifier, CodingKey
 from .options import Settings
 
@@ -75,7 +76,7 @@ class PartitionTally(Tally):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__()
-        self.classifier = CodingClassifier(load_rules(settings.rules_dir))
+        self.classifier = classifier_for(load_rules(settings.rules_dir))
         self.other_types = ingest.READ_TYPES - CODED - {"Patient"}
         self.seen: dict[bytes, dict[str, int]] = {}
         self.medications: dict[bytes, int] = {}
@@ -124,6 +125,18 @@ class PartitionTally(Tally):
                     into[patient] = into.get(patient, 0) + count
         self.seen.clear()
         super().write(path)
+
+
+@functools.lru_cache(maxsize=4)
+def classifier_for(ruleset: RuleSet) -> CodingClassifier:
+    """One per process: every file of an export repeats the same elements."""
+    return CodingClassifier(ruleset)
+
+
+@functools.lru_cache(maxsize=4)
+def accountant_for(ruleset: RuleSet) -> Accountant:
+    """One per process, for `record_codings` (which keeps no state but its memos)."""
+    return Accountant(ruleset)
 
 
 def tally_files(work: Path) -> list[Path]:

@@ -12,7 +12,6 @@ from pathlib import Path
 from fhir.resources.R4B import get_fhir_model_class
 
 from ..assessment import Assessment
-from ..coverage import Accountant
 from ..evaluate import InputProblem, Outcome, assess_all, evaluator_for, new_grouper
 from ..ingest import READ_TYPES
 from ..parent_watch import watch_parent
@@ -22,7 +21,7 @@ from .options import Settings
 from .outputs import write_part
 from .partition import Skipped, medication_files, read_records, shard_files, shard_name
 from .rows import assessment_row, finding_rows
-from .unrecognized import TABLE, Tally
+from .unrecognized import TABLE, Tally, accountant_for
 
 
 @dataclass
@@ -60,7 +59,7 @@ def evaluate_group(records: Iterable[RawResource | Skipped], medications: Iterab
     outcomes = list(assess_all(result, ruleset, settings.as_of,
                                assume_presentation=settings.assume_presentation))
     if tally is not None:
-        accountant = Accountant(ruleset)
+        accountant = accountant_for(ruleset)
         assessed = {o.patient.reference: o for o in outcomes if isinstance(o, Assessment)}
         for patient in result.patients:
             tally.add_coverage(accountant.record_codings(patient,
