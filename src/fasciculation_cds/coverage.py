@@ -22,7 +22,7 @@ import functools
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -81,8 +81,7 @@ class Seen:
     """A Patient's or Medication's own keys (Type/id, fullUrl and its canonical form)."""
 
 
-@dataclass(frozen=True)
-class Accounted:
+class Accounted(NamedTuple):
     seen: Seen
     outcome: str
     reason: str | None = None

@@ -14,7 +14,7 @@ import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -34,9 +34,9 @@ _NAME_SEPARATOR = re.compile(r"[()/,;]")
 _MEMO_LIMIT = 1 << 16
 
 
-@dataclass(frozen=True, order=True)
-class CodingKey:
-    """One row of the table: what was not understood, where, and what it looks like."""
+class CodingKey(NamedTuple):
+    """One row of the table: what was not understood, where, and what it looks like (a tuple:
+    counted per resource, so hashed in C)."""
 
     reason: str
     resource_type: str
