@@ -31,7 +31,7 @@ from fasciculation_cds.coverage import (
 )
 from fasciculation_cds.coverage_report import CoverageReport
 from fasciculation_cds.evaluate import assess_all, coverage_of, new_grouper
-from fasciculation_cds.ingest import READ_TYPES
+from fasciculation_cds.ingest import READ_TYPES, SourcedResource, is_relevant, validate
 from fasciculation_cds.normalize.common import Content
 from fasciculation_cds.normalize.medications import ingredient_matches
 from fasciculation_cds.ruleset import RuleSet
@@ -194,6 +194,15 @@ def test_a_medication_is_used_through_the_use_that_names_it(ruleset: RuleSet) ->
     assert outcomes["Medication/d1"] == (USED, None)
     assert outcomes["Medication/d2"] == (SKIPPED, "not-counted")
     assert outcomes["MedicationRequest/m1"] == (USED, None)
+
+
+def test_the_first_resource_of_a_record_without_a_patient_is_not_unreadable(
+        ruleset: RuleSet) -> None:
+    document = bundle(observation(BODY_HEIGHT, unit="cm"), observation(POTASSIUM, rid="o2"))
+    del document["entry"][0]
+    assert outcomes_of(document, ruleset) == {
+        "Observation/o1": (NOT_RELEVANT, None),
+        "Observation/o2": (SKIPPED, "patient-not-evaluated")}
 
 
 def test_an_observation_older_than_every_look_back_is_skipped_for_that(
@@ -397,6 +406,11 @@ def test_every_resource_of_a_read_type_is_accounted_for_exactly_once(
         for item in coverage.accounted:
             seen = item.seen
             event(f"{item.outcome} {item.reason or ''}".strip())
+            resource = document["entry"][int(seen.entry[6:-1])]["resource"]
+            # unreadable exactly when it was validated and failed (a Patient never fails here)
+            failed = validate(SourcedResource(resource, "b.json", seen.entry)) is not None
+            relevant = is_relevant(resource, ruleset.terminology)
+            assert (item.outcome == UNREADABLE) == (failed and relevant)
             if seen.resource_type in ("Patient", "Medication") or item.outcome == UNREADABLE:
                 continue
             # used exactly when a fact of its patient cites it

@@ -201,7 +201,8 @@ class Accountant:
         for record in result.patients:
             for sourced in record.resources:
                 kept[(sourced.source, sourced.entry)] = sourced
-            errors |= {(e.source, e.entry) for e in [*record.errors, *record.unreadable]}
+            errors |= {(e.source, e.entry) for e in [*record.errors, *record.unreadable]
+                       if not _about_the_record(e)}
             assessment = outcomes.get(record.reference)
             if assessment is not None:
                 for fact in assessment.facts:
@@ -396,6 +397,12 @@ class Accountant:
         return CodingKey(UNIT_NOT_CONVERTIBLE, seen.resource_type, "valueQuantity",
                          _text(quantity.get("system")), _text(quantity.get("code")),
                          _text(quantity.get("unit")), " ".join(sorted(concepts)))
+
+
+def _about_the_record(error: InputError) -> bool:
+    """The error of a record with no Patient names its first resource (ingest.Grouper.finish):
+    that resource was read, whatever else it is."""
+    return error.path is None and "no Patient resource for it was found" in error.message
 
 
 @functools.lru_cache(maxsize=8)
