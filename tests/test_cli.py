@@ -76,7 +76,8 @@ def test_json_output_is_dumps_assessments(ruleset: RuleSet) -> None:
     second = cli("evaluate", str(EXAMPLES), "--as-of", AS_OF)
     assert first.exit_code == 0, first.stderr
     assert first.stdout_bytes == second.stdout_bytes
-    expected = dumps_assessments(evaluate(EXAMPLES, as_of=AS_OF, rules=ruleset)) + b"\n"
+    expected = dumps_assessments(evaluate(EXAMPLES, as_of=AS_OF, rules=ruleset,
+                                          unrecognized=True)) + b"\n"
     assert first.stdout_bytes == expected
     records = json.loads(first.stdout)
     assert {"patient", "as_of", "presentation", "findings", "notices", "rules_version"} <= set(
@@ -89,8 +90,8 @@ def test_ndjson_output_one_line_per_patient(tmp_path: Path, ruleset: RuleSet) ->
                  "--output", str(out))
     assert result.exit_code == 0, result.stderr
     assert len(out.read_text().splitlines()) == len(list(EXAMPLES.glob("*.json")))
-    assert out.read_bytes() == dumps_assessments(evaluate(EXAMPLES, as_of=AS_OF, rules=ruleset),
-                                                 lines=True)
+    assert out.read_bytes() == dumps_assessments(evaluate(EXAMPLES, as_of=AS_OF, rules=ruleset,
+                                                          unrecognized=True), lines=True)
 
 
 def test_text_summary_lists_most_severe_first(tmp_path: Path) -> None:

@@ -151,6 +151,20 @@ class Checked(_Out):
         "`resource-unreadable`): what they held was not checked.")
     text: str = Field(description="The one-line summary: `checked: K 4.1 mmol/L (2026-11-02), "
                       "Mg 0.85 mmol/L (2026-11-02), …; no MND signs recorded`.")
+class UnrecognizedCoding(_Out):
+    """A coding of this patient's record the rules did not understand (docs/coverage.md)."""
+
+    reason: str = Field(description="`no-value-set` (the coding matched no value set), "
+                        "`unit-not-convertible` or `status-not-counted` (a recognized resource "
+                        "kept out by its unit or status).")
+    resource_type: str
+    element: str
+    system: str | None = None
+    code: str | None = None
+    display: str | None = None
+    looks_like: str | None = Field(default=None, description="Concept ids (space-separated) "
+                                   "the display or text names: a hint, never a match.")
+    resources: int
 
 
 class Assessment(_Out):
@@ -165,6 +179,9 @@ class Assessment(_Out):
     partial: bool | None = Field(
         default=None, description="True when a resource that could hold this patient's data was "
         "unreadable (named in `notices`, code `resource-unreadable`); absent otherwise.")
+    unrecognized: list[UnrecognizedCoding] | None = Field(
+        default=None, description="What the rules did not understand in this patient's record "
+        "(docs/coverage.md); present when asked for (`evaluate`, `unrecognized=True`).")
     # The normalized facts the assessment was made from (not part of the JSON contract): the
     # clinician summaries draw lab trends and medication lists from them, never from FHIR again.
     _facts: tuple[ClinicalFact, ...] = PrivateAttr(default=())

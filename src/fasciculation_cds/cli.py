@@ -110,6 +110,10 @@ def evaluate(
         "--output", "-o", help="Write to this file instead of standard output.")] = None,
     strict: Annotated[bool, typer.Option(
         "--strict", help="Validate every resource, not only those the rules use.")] = False,
+    unrecognized: Annotated[bool, typer.Option(
+        "--unrecognized/--no-unrecognized",
+        help="List per patient the codings the rules did not understand (JSON formats; "
+        "docs/coverage.md).")] = True,
 ) -> None:
     """Evaluate the patients in PATHS and print one assessment per patient."""
     ruleset = _load(rules_dir)
@@ -119,7 +123,8 @@ def evaluate(
     try:
         source = _stdin_items(strict) if paths == [Path("-")] else paths
         for outcome in evaluate_each(source, as_of=as_of, assume_presentation=assume_presentation,
-                                     rules=ruleset, strict=strict):
+                                     rules=ruleset, strict=strict,
+                                     unrecognized=unrecognized and output_format.value != "text"):
             if not isinstance(outcome, Assessment):
                 errors.append(outcome)
                 who = f"{outcome.patient}: " if isinstance(outcome, PatientError) else ""
@@ -166,6 +171,52 @@ def _emit(data: bytes, output: Path | None) -> None:
     else:
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
+
+
+class CoverageFormat(str, Enum):
+    text = "text"
+    csv = "csv"
+    json = "json"
+
+
+@app.command()
+def coverage(
+    paths: Annotated[list[Path], typer.Argument(
+        help="Bundles, resources, NDJSON(.gz), folders or Bulk Data exports.")],
+    output_format: Annotated[CoverageFormat, typer.Option(
+        "--format", help="text: counts and a table; csv: the table; json: both.")] = (
+        CoverageFormat.text),
+    as_of: Annotated[str | None, typer.Option(
+        "--as-of", help="Evaluation instant, as for `evaluate` (decides what is too old to "
+        "count).")] = None,
+    assume_presentation: Annotated[bool, typer.Option(
+        "--assume-presentation", help="Evaluate every patient as presenting.")] = False,
+    limit: Annotated[int | None, typer.Option(
+        "--limit", min=1, help="Only the first N codings.")] = None,
+    rules_dir: Annotated[Path | None, typer.Option("--rules", help="Rules folder.")] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Write to a file instead of standard output.")] = None,
+) -> None:
+    """What the rules did not understand in PATHS: every resource of a type the rules read
+    accounted for (used, skipped, unrecognized, not relevant, unreadable), and the codings no
+    value set matched, most patients first."""
+    from .coverage_report import render
+    from .evaluate import coverage_of
+
+    ruleset = _load(rules_dir)
+    _check_as_of(as_of)
+    try:
+        report = coverage_of(paths, as_of=as_of, assume_presentation=assume_presentation,
+                             rules=ruleset)
+    except InputError as exc:
+        err.print(f"error: {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    if report.totals()["read"] == 0:
+        names = ", ".join(str(p) for p in paths)
+        err.print(f"error: {names}: no resource of a type the rules read was found",
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_BAD_INPUT)
+    _emit(render(report, output_format.value, limit).encode(), output)
 
 
 class ReportFormat(str, Enum):

@@ -22,6 +22,8 @@ from .compiler import (
     encode_fact,
     encode_result,
 )
+from .coverage import Accountant
+from .coverage_report import CoverageReport, accounted, with_section
 from .engine import RuleEngine
 from .errors import InputError
 from .evidence_dates import mark_condition_dates
@@ -295,22 +297,57 @@ def evaluate_each(
     strict: bool = False,
     full_history: bool = False,
     draft_orders: Iterable[Mapping[str, Any]] = (),
+    unrecognized: bool = False,
 ) -> Iterator[Outcome]:
     """Assess every patient in `source`; bad input yields PatientError items, never an exception.
 
     `full_history` keeps every lab result in `Assessment.facts` (for trend charts); findings
     are the same either way. `draft_orders` are orders being written (CDS Hooks order hooks):
-    they become DraftOrder facts of their patient, never part of the record.
+    they become DraftOrder facts of their patient, never part of the record. `unrecognized`
+    adds each Assessment's `unrecognized` section (docs/coverage.md).
     """
     ruleset = rules if isinstance(rules, RuleSet) else load_rules(rules)
     as_of = fix_as_of(as_of)
     grouper = new_grouper(ruleset, as_of, strict=strict, full_history=full_history)
+    accountant = Accountant(ruleset) if unrecognized else None
+    items = _raw_items(source, strict)
     with fewer_collections():
-        grouper.add_all(_raw_items(source, strict))
+        grouper.add_all(accountant.watch(items) if accountant else items)
     for index, order in enumerate(draft_orders):
         grouper.add(RawResource(dict(order), "draftOrders", f"entry[{index}]", draft_order=True))
-    yield from assess_all(grouper.finish(), ruleset, as_of,
-                          assume_presentation=assume_presentation)
+    result = grouper.finish()
+    outcomes = assess_all(result, ruleset, as_of, assume_presentation=assume_presentation)
+    if accountant is None:
+        yield from outcomes
+        return
+    for outcome, coverage in accounted(accountant, result, outcomes):
+        if outcome is not None:
+            yield with_section(outcome, coverage)
+
+
+def coverage_of(
+    source: Source,
+    *,
+    as_of: AsOf | Literal["auto"] = None,
+    assume_presentation: bool = False,
+    rules: RuleSet | str | Path | None = None,
+    strict: bool = False,
+) -> CoverageReport:
+    """The coverage report of `source`: every resource of a type the rules read, accounted
+    for, and the codings the rules did not understand (docs/coverage.md)."""
+    ruleset = rules if isinstance(rules, RuleSet) else load_rules(rules)
+    as_of = fix_as_of(as_of)
+    grouper = new_grouper(ruleset, as_of, strict=strict)
+    accountant = Accountant(ruleset)
+    with fewer_collections():
+        grouper.add_all(accountant.watch(_raw_items(source, strict)))
+    result = grouper.finish()
+    report = CoverageReport()
+    for _, coverage in accounted(accountant, result, assess_all(
+            result, ruleset, as_of, assume_presentation=assume_presentation)):
+        if coverage is not None:
+            report.add(coverage)
+    return report
 
 
 def fix_as_of(as_of: AsOf | Literal["auto"]) -> AsOf | Literal["auto"]:
@@ -357,6 +394,7 @@ def evaluate(
     strict: bool = False,
     full_history: bool = False,
     draft_orders: Iterable[Mapping[str, Any]] = (),
+    unrecognized: bool = False,
 ) -> list[Assessment]:
     """Assess every patient in `source`, most useful entry point for Python callers.
 
@@ -367,7 +405,7 @@ def evaluate(
     errors: list[PatientError | InputProblem] = []
     for outcome in evaluate_each(source, as_of=as_of, assume_presentation=assume_presentation,
                                  rules=rules, strict=strict, full_history=full_history,
-                                 draft_orders=draft_orders):
+                                 draft_orders=draft_orders, unrecognized=unrecognized):
         if isinstance(outcome, Assessment):
             assessments.append(outcome)
         else:

@@ -95,6 +95,8 @@ class IngestResult:
     medications: dict[str, dict[str, Any]]
     errors: list[InputError]
     counts: dict[str, int]
+    bad_medications: list[InputError] = field(default_factory=list)
+    """Medication resources that could not be read (named on each use that refers to one)."""
 
 
 @functools.lru_cache(maxsize=1 << 16)  # every resource of a patient names the same reference
@@ -667,4 +669,6 @@ class Grouper:
                     "was found in the input",
                     source=first.source if first else None, entry=first.entry if first else None))
         patients = sorted(records.values(), key=lambda r: r.reference)
-        return IngestResult(patients, self.medications, self.errors, dict(self.counts))
+        bad = list({(e.source, e.entry): e for e in self._bad_medications.values()}.values())
+        return IngestResult(patients, self.medications, self.errors, dict(self.counts),
+                            bad_medications=bad)

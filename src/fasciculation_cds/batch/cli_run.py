@@ -7,6 +7,7 @@ import signal
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ..errors import EXIT_INTERNAL, EXIT_OK, InputError
 from .options import (
@@ -75,6 +76,22 @@ def _report(options: BatchOptions, summary: BatchSummary, err: Console) -> int:
         for rule_id, count in summary.top_rules:
             rules.add_row(rule_id, str(count))
         err.print(rules)
+    if summary.unrecognized:
+        codings = Table("patients", "resources", "coding", "display", "looks like / reason",
+                        title=f"not understood: top {len(summary.unrecognized)} of "
+                        f"{summary.unrecognized_codings} codings (unrecognized.*, "
+                        "docs/coverage.md)")
+        for row in summary.unrecognized:
+            reason = "" if row["reason"] == "no-value-set" else f" ({row['reason']})"
+            cells = [str(row["patients"]), str(row["resources"]),
+                     f"{row['resource_type']}.{row['element']} {row['code'] or '-'}",
+                     _clip(row["display"] or "-"), f"{row['looks_like'] or ''}{reason}"]
+            codings.add_row(*(Text(cell) for cell in cells))  # displays hold [brackets]
+        err.print(codings)
     err.print(f"wrote {', '.join(summary.outputs.values())} and {options.out / 'run.json'}",
               highlight=False, soft_wrap=True)
     return EXIT_INCOMPLETE if summary.errors or summary.problems else EXIT_OK
+
+
+def _clip(text: str, width: int = 40) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"

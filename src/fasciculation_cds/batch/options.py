@@ -49,6 +49,10 @@ class BatchSummary:
     inputs: list[dict[str, Any]] = field(default_factory=list)
     resources: int = 0
     skipped_unowned: int = 0
+    unrecognized: list[dict[str, Any]] = field(default_factory=list)
+    """The codings the rules did not understand that affect the most patients (local engine;
+    all of them are in unrecognized.parquet)."""
+    unrecognized_codings: int | None = None
 
 
 @dataclass(frozen=True)

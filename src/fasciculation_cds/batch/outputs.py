@@ -19,6 +19,7 @@ from .rows import ASSESSMENTS_SCHEMA, FINDINGS_SCHEMA, Row, mark_partial, sort_k
 TABLES = {"assessments": ASSESSMENTS_SCHEMA, "findings": FINDINGS_SCHEMA}
 RUN_REPORT = "run.json"
 PROBLEMS = "problems.ndjson"
+UNRECOGNIZED = "unrecognized"  # written by the local engine only (docs/coverage.md)
 
 
 def extension(output_format: str) -> str:
@@ -35,7 +36,8 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
 
 
 def final_names(output_format: str) -> list[str]:
-    return [f"{table}.{extension(output_format)}" for table in TABLES] + [PROBLEMS]
+    return [f"{table}.{extension(output_format)}" for table in TABLES] + [
+        PROBLEMS, f"{UNRECOGNIZED}.{extension(output_format)}"]
 
 
 def clear_outputs(out: Path) -> None:
@@ -54,9 +56,11 @@ def publish(staging: Path, out: Path, output_format: str) -> dict[str, Path]:
     """Move the staged tables and problems into `out` (renames on one file system)."""
     placed = {}
     for name in final_names(output_format):
+        if name.startswith(UNRECOGNIZED) and not (staging / name).exists():
+            continue  # a Spark run does not count them
         (staging / name).replace(out / name)
         placed[name.split(".")[0]] = out / name
-    return {table: placed[table] for table in TABLES}
+    return {table: placed[table] for table in [*TABLES, UNRECOGNIZED] if table in placed}
 
 
 def write_part(parts: Path, stem: str, assessments: list[Row], findings: list[Row],

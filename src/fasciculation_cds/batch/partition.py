@@ -32,7 +32,7 @@ from ..fhir_time import (
     valid_times,
 )
 from ..fhir_version import other_version_in
-from ..ingest import AS_OF_CLOCK_MARGIN, READ_TYPES, is_relevant
+from ..ingest import AS_OF_CLOCK_MARGIN, CODED_TYPES, READ_TYPES, is_relevant
 from ..ruleset import load_rules
 from ..sources import (
     READ_ERRORS,
@@ -48,6 +48,7 @@ from ..sources import (
 from ..terminology import Terminology
 from .keys import MEDICATION, UNOWNED, keyed, patient_key
 from .options import OutputError, Settings
+from .unrecognized import TALLY_FILE, PartitionTally
 
 MEDICATIONS_FILE = "medications.ndjson"
 SPILL_FILE = "summaries.spill"  # a task's summaries until its shard files are complete
@@ -143,6 +144,7 @@ class _HashingReader(io.RawIOBase):
 
 
 TIMED_FIELDS = (*TIME_FIELDS, *PERIOD_FIELDS)  # all that latest_recorded_time reads
+BY_CODE = frozenset(t for t, element in CODED_TYPES.items() if element == "code")
 RECENT_MEMO_LIMIT = 1 << 16
 
 
@@ -162,15 +164,38 @@ class Relevance:
         # the answer for each distinct set of time elements: the Observations of one panel
         # or visit share theirs, so most are decided by one dictionary look-up
         self.recent: dict[bytes, bool] = {}
+        self.by_code: dict[bytes, bool] = {}
 
     def keeps(self, resource: dict[str, Any]) -> bool:
+        return self.decide(resource)[0]
+
+    def decide(self, resource: dict[str, Any]) -> tuple[bool, bytes | None]:
+        """Whether the shard keeps the resource; and for a type whose relevance ingest decides
+        by its `code` alone (`ingest.CODED_TYPES`), that element serialized: the key of this
+        memo of `is_relevant`, and of the unrecognized tally (one serialization serves both)."""
         if self.terminology is None:
-            return True
-        if not is_relevant(resource, self.terminology):
-            return False
-        if self.since is not None and resource.get("resourceType") == "Observation":
-            return self._recent(resource)  # else the grouper would skip it unvalidated too
-        return True
+            return True, None
+        resource_type = resource.get("resourceType")
+        found = None
+        if resource_type in BY_CODE:
+            try:
+                found = orjson.dumps((resource_type, "code", resource.get("code")))
+            except TypeError:  # not JSON (a caller's own objects): no memo
+                found = None
+        if found is None:
+            relevant = is_relevant(resource, self.terminology)
+        else:
+            known = self.by_code.get(found)
+            if known is None:
+                known = is_relevant(resource, self.terminology)
+                if len(self.by_code) < RECENT_MEMO_LIMIT:
+                    self.by_code[found] = known
+            relevant = known
+        if not relevant:
+            return False, found
+        if self.since is not None and resource_type == "Observation":
+            return self._recent(resource), found  # else the grouper would skip it unvalidated
+        return True, found
 
     def _recent(self, resource: dict[str, Any]) -> bool:
         try:
@@ -204,10 +229,13 @@ class Router:
     """
 
     def __init__(self, settings: Settings, emit: Callable[[str, bytes], None],
-                 emit_summary: Callable[[str, bytes], None]) -> None:
+                 emit_summary: Callable[[str, bytes], None], *, count: bool = True) -> None:
         self.relevance = Relevance(settings)
         self.emit, self.emit_summary = emit, emit_summary
-        self.skipped: dict[str, list[Any]] = {}  # key -> [source, entry, count, latest]
+        # what is not kept, by coding (docs/coverage.md); with --strict everything is kept
+        self.tally = PartitionTally(settings) if count and not settings.strict else None
+        # key -> [source, entry, count, latest, {element: count}]
+        self.skipped: dict[str, list[Any]] = {}
         self.result = FilePartition()
 
     def route(self, key: str, resource: dict[str, Any], source: str, entry: str,
@@ -224,8 +252,10 @@ class Router:
                 self.result.problems.append(InputError(what, source=source,
                                                        entry=entry).describe())
             return
-        relevant = self.relevance.keeps(resource)
+        relevant, found = self.relevance.decide(resource)
         if key == MEDICATION and not relevant:
+            if self.tally is not None:
+                self.tally.note(self.tally.medications, resource, found)
             return
         if relevant:
             self.emit(key, encode_record(key, source, entry, full_url,
@@ -244,18 +274,21 @@ class Router:
         if seen is None:
             if len(self.skipped) == SUMMARIES_HELD:
                 self.close()
-            self.skipped[key] = [source, entry, 1, latest, refused[:3]]
-            return
-        seen[2] += 1
-        if latest is not None and (seen[3] is None or latest > seen[3]):
+            seen = self.skipped[key] = [source, entry, 0, latest, [], {}]
+        elif latest is not None and (seen[3] is None or latest > seen[3]):
             seen[3] = latest
+        seen[2] += 1
         if refused and len(seen[4]) < 3:
             seen[4] += refused[:3 - len(seen[4])]
+        if self.tally is not None:  # by element, in the patient's summary (docs/coverage.md)
+            self.tally.note(seen[5], resource, found)
 
     def close(self) -> None:
         """Write out the summaries held (at the end of the file, or to make room)."""
-        for key, (source, entry, count, latest, refused) in self.skipped.items():
+        for key, (source, entry, count, latest, refused, elements) in self.skipped.items():
             self.emit_summary(key, encode_skipped(key, source, entry, count, latest, refused))
+            if self.tally is not None:
+                self.tally.add(key, elements)
         self.skipped.clear()
 
 
@@ -423,6 +456,8 @@ def partition_file(task: PartitionTask) -> FilePartition:
             router.result.sha256 = route_file(Path(task.path), router)
         router.close()
         writer.finish()
+        if router.tally is not None:
+            router.tally.write(folder / TALLY_FILE)
     except OSError as exc:
         raise OutputError(f"cannot write {folder}: {exc}") from None
     finally:

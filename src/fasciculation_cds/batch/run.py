@@ -34,8 +34,10 @@ from .options import (
 )
 from .outputs import (
     RUN_REPORT,
+    UNRECOGNIZED,
     atomic_write,
     clear_outputs,
+    extension,
     iter_rows,
     merge_parts,
     part_problems,
@@ -55,6 +57,7 @@ from .partition import (
 from .pool import Workers, sigterm_stops, workers_of
 from .progress import ShardProgress
 from .rows import incomplete_note
+from .unrecognized import TOP, merged_rows, tally_files, write_table
 from .worker import run_shard as run_shard  # re-exported: tests stand in for it
 
 WORK = "_work"
@@ -204,11 +207,17 @@ def _run(options: BatchOptions, files: list[Path], state: dict[str, Any], finger
         timings["evaluate"] = time.perf_counter() - t1
         problems = parted.problems + part_problems(work / "parts")
         merge_parts(work / "parts", staging, options.output_format, incomplete_note(problems))
+        unrecognized = merged_rows(tally_files(work))
+        write_table(staging / f"{UNRECOGNIZED}.{extension(options.output_format)}",
+                    unrecognized, options.output_format)
     write_problems(staging / "problems.ndjson", problems)
     outputs = publish(staging, options.out, options.output_format)
     timings["merge" if options.engine == "local" else "evaluate"] = (
         time.perf_counter() - t1 - timings.get("evaluate", 0.0))
     summary = _summarize(outputs, options.output_format, problems)
+    if options.engine == "local":
+        summary.unrecognized = unrecognized[:TOP]
+        summary.unrecognized_codings = len(unrecognized)
     summary.seconds = timings
     summary.inputs = parted.inputs
     summary.resources, summary.skipped_unowned = parted.resources, parted.skipped_unowned
@@ -320,6 +329,7 @@ def _write_report(options: BatchOptions, summary: BatchSummary, rules_version: s
                    "resources": summary.resources,
                    "skipped_unowned": summary.skipped_unowned,
                    "by_highest_severity": summary.severities,
+                   "unrecognized_codings": summary.unrecognized_codings,
                    "top_rules": dict(summary.top_rules)},
         "rules_version": rules_version, "as_of": as_of, "engine": options.engine,
         "workers": workers, "format": options.output_format,

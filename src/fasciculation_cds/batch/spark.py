@@ -36,7 +36,8 @@ def _keyed_file(settings: Settings, path: str) -> list[tuple[str, Any]]:
     records: list[tuple[str, Any]] = []
     summaries: list[tuple[str, Any]] = []
     router = Router(settings, lambda key, record: records.append((key, record)),
-                    lambda key, record: summaries.append((key, record)))
+                    lambda key, record: summaries.append((key, record)),
+                    count=False)  # a Spark run writes no unrecognized table
     route_file(Path(path), router)
     router.close()
     # the summaries after the kept resources, as the local engine reads them
