@@ -45,7 +45,7 @@ SCHEMES: dict[str, tuple[str, str | None]] = {
     "abfs": ("adlfs", "azure"), "abfss": ("adlfs", "azure"), "az": ("adlfs", "azure"),
     "hdfs": ("pyarrow", None),
 }
-_PROTOCOL = {"s3a": "s3", "abfss": "abfs"}  # fsspec's name for the same file system
+_PROTOCOL = {"abfss": "abfs"}  # fsspec's name for the same file system
 # what a credential looks like in an option: refused, so that none reaches a log or run.json
 _SECRET = re.compile(r"key$|secret|token|password|credential|connection_string|sas",
                      re.IGNORECASE)
@@ -160,13 +160,18 @@ def filesystem(uri: str) -> tuple[Any, str]:
         install = (f"pip install 'fasciculation-cds[{extra}]'" if extra else
                    "install Hadoop's libhdfs and set HADOOP_HOME and CLASSPATH")
         raise MissingDependencyError(f"{scheme}:// needs {module}: {install}") from None
-    protocol = _PROTOCOL.get(scheme, scheme)
-    fs = fsspec.filesystem(protocol, **_fs_options(scheme, _current))
-    return fs, fs._strip_protocol(f"{protocol}://{uri.split('://', 1)[1]}")
+    # the URI's own parts (an Azure account, an HDFS name node) become options of the file
+    # system, as fsspec reads them
+    target = f"{_PROTOCOL.get(scheme, scheme)}://{uri.split('://', 1)[1]}"
+    fs, path = fsspec.core.url_to_fs(target, **_fs_options(scheme, _current))
+    return fs, path
 
 
-def _uri(scheme: str, path: str) -> str:
-    return f"{scheme}://{path.lstrip('/') if scheme != 'hdfs' else path}"
+def _children(where: str, fs: Any, path: str) -> list[str]:
+    """Every file under a folder (a prefix), as locations under `where`, in sorted order."""
+    base = path.rstrip("/")
+    return [join(where, found[len(base) + 1:]) for found in sorted(fs.find(path))
+            if found.startswith(base + "/")]
 
 
 _CREDENTIAL_ERRORS = frozenset({"NoCredentialsError", "PartialCredentialsError",
@@ -282,12 +287,9 @@ def expand(inputs: Iterable[str]) -> list[str]:
 
 def _expand_uri(where: str) -> list[str]:
     fs, path = filesystem(where)
-    scheme = scheme_of(where)
     if fs.isdir(path):
-        found = sorted(fs.find(path))
-        return [_uri(scheme, p) for p in found
-                if PurePosixPath(p).name.lower() not in SKIPPED_IN_FOLDERS
-                and _is_data_file(PurePosixPath(p).name)]
+        return [child for child in _children(where, fs, path)
+                if name(child).lower() not in SKIPPED_IN_FOLDERS and _is_data_file(name(child))]
     if not fs.exists(path):
         raise InputError("no such file or folder", source=where)
     if name(where).lower() == "manifest.json":
@@ -341,10 +343,9 @@ def declared(inputs: Iterable[str]) -> dict[str, str]:
             types.update({str(p): t for p, t in declared_types([where]).items()})
             continue
         fs, path = filesystem(where)
-        scheme = scheme_of(where)
         if fs.isdir(path):
-            manifests = [_uri(scheme, p) for p in sorted(fs.find(path))
-                         if PurePosixPath(p).name.lower() == "manifest.json"]
+            manifests = [child for child in _children(where, fs, path)
+                         if name(child).lower() == "manifest.json"]
         else:
             manifests = [where] if name(where).lower() == "manifest.json" else []
         for manifest in manifests:
@@ -410,7 +411,11 @@ def move_remote(source: str, out: str) -> None:
     object stores, which cannot rename)."""
     fs, path = filesystem(source)
     _, target = filesystem(out)
-    fs.mv(path, f"{target.rstrip('/')}/{name(source)}", recursive=True)
+    target = f"{target.rstrip('/')}/{name(source)}"
+    # file by file: a recursive move would also copy the folder's own (absent) key
+    for found in sorted(fs.find(path)):
+        fs.copy(found, target + found[len(path.rstrip("/")):])
+    fs.rm(path, recursive=True)
 
 
 def write_remote(where: str, payload: bytes) -> None:
@@ -430,9 +435,8 @@ def remote_files(where: str, suffix: str) -> list[str]:
     fs, path = filesystem(where)
     if not fs.isdir(path):
         return [where]
-    scheme = scheme_of(where)
-    return [_uri(scheme, p) for p in sorted(fs.find(path))
-            if p.endswith(suffix) and not PurePosixPath(p).name.startswith(("_", "."))]
+    return [child for child in _children(where, fs, path)
+            if child.endswith(suffix) and not name(child).startswith(("_", "."))]
 
 
 def remote_staging(out: str, work: str) -> str:
