@@ -82,14 +82,15 @@ def _role(pid: int, root: int) -> str:
     if pid == root:
         return "driver"
     try:
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
         command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return "other"
-    if "java" in command.split(" ")[0]:
+    if name == "java":
         return "jvm"
-    if "pyspark" in command:
-        return "spark python worker"
-    return "worker" if "python" in command else "other"
+    if not name.startswith("python"):
+        return "other"  # a launcher script
+    return "spark python worker" if "pyspark" in command else "worker"
 
 
 class PeakSampler(threading.Thread):
@@ -115,14 +116,17 @@ class PeakSampler(threading.Thread):
                 family |= more
                 grew = bool(more)
             for pid in family & statuses.keys():
-                role, peak = self.peaks.get(pid, (_role(pid, self.root), 0))
+                role, peak = self.peaks.get(pid, ("other", 0))
+                if role == "other":  # a launcher script may exec the JVM in the same process
+                    role = _role(pid, self.root)
                 self.peaks[pid] = (role, max(peak, statuses[pid][1]))
             self.done.wait(self.every)
 
     def by_role(self) -> dict[str, list[float]]:
         roles: dict[str, list[float]] = {}
         for role, peak in self.peaks.values():
-            roles.setdefault(role, []).append(round(peak / 1024, 1))
+            if role != "other":
+                roles.setdefault(role, []).append(round(peak / 1024, 1))
         return {role: sorted(peaks, reverse=True) for role, peaks in sorted(roles.items())}
 
 

@@ -201,7 +201,8 @@ def _run(options: BatchOptions, files: list[str], state: dict[str, Any], fingerp
 
         out = storage.location(options.out)
         problems = run_spark(options, settings, work, staging, read, console,
-                             storage.remote_staging(out, WORK) if storage.is_uri(out) else None)
+                             storage.remote_staging(out, WORK) if storage.is_uri(out) else None,
+                             timings)
         parted.problems = problems
     else:
         _run_local(work, settings, shards, pool, console)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -125,9 +126,13 @@ def _write_part(target: str, table: str, output_format: str, settings: Settings,
 
 
 def run_spark(options: BatchOptions, settings: Settings, work: Path, staging: Path,
-              files: list[str], console: Console, remote: str | None = None) -> list[str]:
+              files: list[str], console: Console, remote: str | None = None,
+              timings: dict[str, float] | None = None) -> list[str]:
     """Write the tables to `staging` (to be moved into place by the caller), or with `remote`
-    (an object-storage `--out`) as parts written by the executors there; the problems."""
+    (an object-storage `--out`) as parts written by the executors there; the problems. The
+    time of each stage goes to `timings` (read, group_evaluate, write)."""
+    timings = {} if timings is None else timings
+    started = time.perf_counter()
     from pyspark.sql import SparkSession
 
     workers = options.workers or os.cpu_count() or 1
@@ -142,6 +147,7 @@ def run_spark(options: BatchOptions, settings: Settings, work: Path, staging: Pa
                   if paths else context.emptyRDD())
     everything.cache()
     medications = everything.filter(lambda kv: kv[0] == MEDICATION).values().collect()
+    timings["read"] = time.perf_counter() - started  # the collect above read every input
     shared = context.broadcast(medications)
     problems = everything.filter(lambda kv: kv[0] == PROBLEM).values().collect()
     patients = everything.filter(lambda kv: kv[0] not in (MEDICATION, PROBLEM))
@@ -151,6 +157,7 @@ def run_spark(options: BatchOptions, settings: Settings, work: Path, staging: Pa
     problems += [p["problem"] for p in rows.filter(lambda kv: kv[0] == "problem").values()
                  .collect()]
     note = incomplete_note(problems)
+    timings["group_evaluate"] = time.perf_counter() - started - timings["read"]
     staging.mkdir(parents=True, exist_ok=True)
     for table in TABLES:
         if remote is not None:
@@ -175,5 +182,6 @@ def run_spark(options: BatchOptions, settings: Settings, work: Path, staging: Pa
             writer.write.mode("overwrite").option("ignoreNullFields", "false").json(str(target))
     everything.unpersist()
     rows.unpersist()
+    timings["write"] = time.perf_counter() - started - timings["read"] - timings["group_evaluate"]
     console.log(f"spark: evaluated on {context.master}")
     return problems
