@@ -197,9 +197,9 @@ def scale_report(runs: list[dict[str, Any]]) -> list[str]:
             peak = max(max(p) for p in b["peak_rss_mb_by_process"].values()) / \
                 max(max(p) for p in a["peak_rss_mb_by_process"].values())
             lines.append(f"- {engine}: the largest process's peak RSS at {large:,} patients is "
-                         f"{peak:.2f}x that at {small:,} (aim ≤ 1.2x); throughput "
-                         f"{b['patients_per_s'] / a['patients_per_s']:.0%} of linear "
-                         "(aim ≥ 90%).")
+                         f"{peak:.2f}x that at {small:,} (aim ≤ 1.2x); throughput at "
+                         f"{large:,} is {b['patients_per_s'] / a['patients_per_s']:.0%} of that "
+                         f"at {small:,} (linear: 100%; aim ≥ 90%).")
         local, spark = by.get((large, "local")), by.get((large, "spark"))
         if local and spark:
             lines.append(f"- {large:,} patients: Spark local[2] at "

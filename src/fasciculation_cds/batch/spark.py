@@ -130,9 +130,10 @@ def run_spark(options: BatchOptions, settings: Settings, work: Path, staging: Pa
               timings: dict[str, float] | None = None) -> list[str]:
     """Write the tables to `staging` (to be moved into place by the caller), or with `remote`
     (an object-storage `--out`) as parts written by the executors there; the problems. The
-    time of each stage goes to `timings` (read, group_evaluate, write)."""
+    time of each stage goes to `timings` (session, read, group_evaluate, write)."""
     timings = {} if timings is None else timings
     started = time.perf_counter()
+    from pyspark import StorageLevel
     from pyspark.sql import SparkSession
 
     workers = options.workers or os.cpu_count() or 1
@@ -141,11 +142,15 @@ def run_spark(options: BatchOptions, settings: Settings, work: Path, staging: Pa
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     spark = SparkSession.getActiveSession() or _session(workers)
     context = spark.sparkContext
+    timings["session"] = time.perf_counter() - started  # starting the JVM, in local mode
+    started = time.perf_counter()
     paths = [str(p) for p in files]
     everything = (context.parallelize(paths, max(1, min(len(paths), 4 * workers)))
                   .flatMap(functools.partial(_keyed_file, settings))
                   if paths else context.emptyRDD())
-    everything.cache()
+    # read once, used three times; at scale what does not fit in memory spills to the
+    # executors' disks instead of being read from the inputs again
+    everything.persist(StorageLevel.MEMORY_AND_DISK)
     medications = everything.filter(lambda kv: kv[0] == MEDICATION).values().collect()
     timings["read"] = time.perf_counter() - started  # the collect above read every input
     shared = context.broadcast(medications)
@@ -153,7 +158,7 @@ def run_spark(options: BatchOptions, settings: Settings, work: Path, staging: Pa
     patients = everything.filter(lambda kv: kv[0] not in (MEDICATION, PROBLEM))
     rows = patients.groupByKey(numPartitions=max(1, 4 * workers)).mapPartitions(
         lambda groups: _evaluate_partition(groups, shared.value, settings))
-    rows.cache()
+    rows.persist(StorageLevel.MEMORY_AND_DISK)
     problems += [p["problem"] for p in rows.filter(lambda kv: kv[0] == "problem").values()
                  .collect()]
     note = incomplete_note(problems)
