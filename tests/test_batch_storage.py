@@ -67,6 +67,14 @@ def endpoint() -> Iterator[str]:
             server.stop()
 
 
+@pytest.fixture(autouse=True)
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The user's cache, where the working folder of an object-storage --out goes by
+    default."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
 @pytest.fixture
 def bucket(endpoint: str) -> str:
     import boto3
@@ -197,7 +205,7 @@ def test_damaged_object_gives_partial_rows_and_a_problem(endpoint: str, bucket: 
 
 
 def test_missing_object_is_refused_before_any_work(endpoint: str, bucket: str, export: Path,
-                                                   tmp_path: Path) -> None:
+                                                   tmp_path: Path, cache: Path) -> None:
     copy = tmp_path / "export"
     shutil.copytree(export, copy)
     gone = next(copy.glob("Condition.*.ndjson.gz"))
@@ -211,6 +219,7 @@ def test_missing_object_is_refused_before_any_work(endpoint: str, bucket: str, e
     assert nowhere.exit_code == EXIT_UNREADABLE_INPUT
     assert f"s3://{bucket}/no-such-export: no such file or folder" in nowhere.output
     assert _keys(endpoint, bucket, "out/") == []
+    assert not (cache / "fasciculation-cds").exists()  # no working folder was made
 
 
 @pytest.fixture
@@ -310,7 +319,7 @@ def test_resume_after_an_interrupted_run_to_s3(endpoint: str, bucket: str, expor
 
 @pytest.mark.spark
 def test_spark_reads_and_writes_s3_with_the_local_engines_rows(
-        endpoint: str, bucket: str, export: Path, tmp_path: Path) -> None:
+        endpoint: str, bucket: str, export: Path, tmp_path: Path, cache: Path) -> None:
     pytest.importorskip("pyspark")
     source = _upload(endpoint, bucket, export)
     copy = tmp_path / "export"
@@ -333,5 +342,6 @@ def test_spark_reads_and_writes_s3_with_the_local_engines_rows(
         keys = _keys(endpoint, bucket, f"{out}/")
         assert f"{out}/run.json" in keys
         assert not [k for k in keys if "/_work" in k]
+    assert not list((cache / "fasciculation-cds" / "batch").iterdir())  # done: cleaned
     problems = _object(endpoint, bucket, "spark-damaged/problems.ndjson").decode()
     assert f"s3://{bucket}/damaged/{damaged.name}: cannot read" in problems

@@ -375,7 +375,7 @@ def work_folder(out: str, scratch: Path | None, work: str) -> Path:
     from platformdirs import user_cache_dir
 
     digest = hashlib.sha256(out.rstrip("/").encode()).hexdigest()[:16]
-    return Path(user_cache_dir("fasciculation-cds")) / "batch" / digest / work
+    return Path(user_cache_dir("fasciculation-cds")) / "batch" / f"{digest}{work}"
 
 
 def output_error(exc: BaseException, out: str) -> OutputError:
