@@ -43,12 +43,14 @@ typecheck: venv
 	$(VENV)/bin/mypy
 
 ## bench: throughput and memory report in bench/results.md, bench/results.json, bench/batch.{md,json}
-##        (batch against a polars query on the same export, scaling, memory, Spark)
+##        (batch against a polars query on the same export, scaling, memory, Spark),
+##        bench/scale.{md,json} (100,000 patients, local and Spark local[2], peak RSS per process)
 ##        and CDS Hooks service latency in bench/service.{md,json}
 bench: venv
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) bench/run_bench.py --patients 2000 --out bench
 	$(PY) bench/batch_bench.py --sizes 2000 20000 --out bench
+	$(PY) bench/batch_bench.py --scale 100000 --out bench
 	$(PY) bench/service_bench.py --out bench
 
 ## docs: regenerate docs/rules/ from the rule files

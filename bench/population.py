@@ -2,7 +2,7 @@
 """A synthetic population for tests and benchmarks, made from the Synthea records in the repository.
 
     python bench/population.py --patients N --out DIR [--format ndjson|bundles] [--gzip]
-                               [--seed S] [--jitter [FRAC]] [--source DIR]
+                               [--seed S] [--jitter [FRAC]] [--source DIR] [--types T,T|read]
 
 Output patient n copies source patient n mod (number of sources), with new identifiers: every
 id in the source record is replaced by a deterministic UUID derived from (seed, n, old id), in
@@ -16,6 +16,9 @@ transaction Bundles in `tests/data/synthea/` (`.json` or `.json.gz`).
 `--jitter FRAC` multiplies each laboratory value (`valueQuantity.value` of an Observation in
 category laboratory, and of its components) by a factor in [1 - FRAC, 1 + FRAC], kept to the
 source value's number of decimals, so that copies differ in their results as real patients do.
+
+`--types` keeps only resources of the types named (`read`: the types the rules read, and
+Patient), as an export requested with `_type` would: a large population then costs less disk.
 
 Everything is a function of the arguments: the same command writes the same bytes.
 """
@@ -193,8 +196,12 @@ class NdjsonWriter:
 
 def write_population(patients: int, out: Path, *, fmt: str = "ndjson", gz: bool = False,
                      seed: int = 1, jitter: float = 0.0,
-                     source: Path = DEFAULT_SOURCE) -> None:
+                     source: Path = DEFAULT_SOURCE, types: frozenset[str] | None = None) -> None:
     sources = read_sources(source, as_ndjson=fmt == "ndjson", keep_labs=jitter > 0)
+    if types is not None:
+        sources = [SourcePatient(s.name, s.ids, tuple(t for t in s.resources
+                                                      if t.resource_type in types))
+                   for s in sources]
     renderer = Renderer(seed, jitter)
     out.mkdir(parents=True, exist_ok=True)
     if fmt == "ndjson":
@@ -226,9 +233,21 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--jitter", type=float, nargs="?", const=0.05, default=0.0)
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
+    parser.add_argument("--types", default=None,
+                        help="comma-separated resource types to keep, or 'read'")
     args = parser.parse_args()
     write_population(args.patients, args.out, fmt=args.format, gz=args.gzip, seed=args.seed,
-                     jitter=args.jitter, source=args.source)
+                     jitter=args.jitter, source=args.source, types=_types(args.types))
+
+
+def _types(named: str | None) -> frozenset[str] | None:
+    if named is None:
+        return None
+    if named == "read":
+        from fasciculation_cds.ingest import READ_TYPES
+
+        return frozenset({*READ_TYPES, "Patient"})
+    return frozenset(t.strip() for t in named.split(",") if t.strip())
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ is wrong), 1 internal error. Bad input never shows a traceback.
 from __future__ import annotations
 
 import json
-import re
 import sys
 from enum import Enum
 from pathlib import Path
@@ -322,16 +321,15 @@ def serve(
     server.run()
 
 
-_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
+def _batch_location(word: str) -> str:
+    """A path or a URI of a supported object store, before any work (an unsupported scheme
+    would otherwise become a local folder of that name)."""
+    from .batch import storage
 
-
-def _refuse_uri(path: Path) -> None:
-    """`s3://bucket/x` arrives as the path `s3:/bucket/x`: refuse it before any work rather than
-    write a local folder of that name."""
-    if _URI.match(str(path)):
-        scheme = str(path).split(":", 1)[0]
-        _fail(f"{scheme}:// URIs are not supported by batch: give a local path (or a mounted "
-              "file system) for inputs and --out")
+    try:
+        return storage.location(word)
+    except InputError as exc:
+        _fail(str(exc))
 
 
 def _fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
@@ -457,9 +455,11 @@ class BatchEngine(str, Enum):
 
 @app.command()
 def batch(
-    inputs: Annotated[list[Path], typer.Argument(
-        help="Bulk Data export folders, folders of Bundles, or a manifest.json.")],
-    out: Annotated[Path, typer.Option("--out", help="Output folder.")],
+    inputs: Annotated[list[str], typer.Argument(
+        help="Bulk Data export folders, folders of Bundles, or a manifest.json: paths or "
+        "URIs (s3://, s3a://, gs://, abfs://, abfss://, hdfs://, file://).")],
+    out: Annotated[str, typer.Option(
+        "--out", help="Output folder: a path or a URI, as for the inputs.")],
     output_format: Annotated[BatchFormat, typer.Option(
         "--format", help="parquet (columnar files) or ndjson (a line per row).")]
     = BatchFormat.parquet,
@@ -477,19 +477,42 @@ def batch(
     strict: Annotated[bool, typer.Option(
         "--strict", help="Validate every resource; a patient with an unreadable resource "
         "becomes an error row.")] = False,
+    scratch: Annotated[Path | None, typer.Option(
+        "--scratch", help="Local folder for the working files when --out is object storage "
+        "(default: in the user's cache).")] = None,
+    storage_region: Annotated[str | None, typer.Option(
+        "--storage-region", help="Object storage region (S3).")] = None,
+    storage_endpoint: Annotated[str | None, typer.Option(
+        "--storage-endpoint", help="Object storage endpoint URL (S3-compatible stores, GCS).")]
+    = None,
+    storage_sse: Annotated[str | None, typer.Option(
+        "--storage-sse", help="Server-side encryption of written objects (S3: AES256 or "
+        "aws:kms).")] = None,
+    storage_kms_key: Annotated[str | None, typer.Option(
+        "--storage-kms-key", help="KMS key id or ARN for aws:kms encryption (not key "
+        "material).")] = None,
 ) -> None:
-    """Evaluate whole extracts: one assessment row per input patient, plus findings rows."""
+    """Evaluate whole extracts: one assessment row per input patient, plus findings rows.
+
+    Credentials for object storage come only from each cloud's own chain (environment,
+    profile, instance or workload identity); FASCICULATION_CDS_STORAGE may hold the storage
+    options as JSON."""
     from .batch import BatchOptions
     from .batch.cli_run import run_batch_command  # pyarrow is only needed here
+    from .batch.storage import storage_options
 
-    for where in (out, *inputs):
-        _refuse_uri(where)
+    places = [_batch_location(where) for where in (out, *inputs)]
+    try:
+        stored = storage_options(region=storage_region, endpoint_url=storage_endpoint,
+                                 sse=storage_sse, kms_key_id=storage_kms_key)
+    except ValueError as exc:
+        _fail(str(exc))
     _load(rules_dir)
     _check_as_of(as_of)
-    options = BatchOptions(inputs=inputs, out=out, output_format=output_format.value,
+    options = BatchOptions(inputs=places[1:], out=places[0], output_format=output_format.value,
                            workers=workers, engine=engine.value, as_of=as_of,
                            assume_presentation=assume_presentation, rules_dir=rules_dir,
-                           resume=resume, strict=strict)
+                           resume=resume, strict=strict, scratch=scratch, storage=stored)
     raise typer.Exit(run_batch_command(options, err))
 
 

@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import EXIT_INTERNAL, EXIT_OK, InputError
+from . import storage
 from .options import (
     EXIT_INCOMPLETE,
     EXIT_INTERRUPTED,
@@ -32,7 +33,11 @@ def run_batch_command(options: BatchOptions, err: Console) -> int:
         err.print(f"error: {message}", highlight=False, soft_wrap=True, markup=False)
         return code
 
-    resume = (f"; finished shards are kept in {options.out / WORK}: run the same command with "
+    try:
+        work = storage.work_folder(storage.location(options.out), options.scratch, WORK)
+    except InputError as exc:
+        return fail(str(exc), EXIT_UNREADABLE_INPUT)
+    resume = (f"; finished shards are kept in {work}: run the same command with "
               "--resume to continue")
     try:
         summary = run_batch(options, console=err)
@@ -88,7 +93,8 @@ def _report(options: BatchOptions, summary: BatchSummary, err: Console) -> int:
                      _clip(row["display"] or "-"), f"{row['looks_like'] or ''}{reason}"]
             codings.add_row(*(Text(cell) for cell in cells))  # displays hold [brackets]
         err.print(codings)
-    err.print(f"wrote {', '.join(summary.outputs.values())} and {options.out / 'run.json'}",
+    report = storage.join(storage.location(options.out), "run.json")
+    err.print(f"wrote {', '.join(summary.outputs.values())} and {report}",
               highlight=False, soft_wrap=True)
     return EXIT_INCOMPLETE if summary.errors or summary.problems else EXIT_OK
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,9 +22,24 @@ EXIT_TERMINATED = 143  # SIGTERM
 
 
 @dataclass(frozen=True)
+class StorageOptions:
+    """Non-secret options of object storage (docs/batch.md, "Object storage"); credentials
+    come only from each cloud's own chain, never from here."""
+
+    region: str | None = None
+    endpoint_url: str | None = None
+    sse: str | None = None  # server-side encryption: AES256 or aws:kms
+    kms_key_id: str | None = None  # an identifier (ARN or alias), not key material
+
+    def describe(self) -> dict[str, str]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name)}
+
+
+@dataclass(frozen=True)
 class BatchOptions:
-    inputs: list[Path]
-    out: Path
+    # paths, or URIs of object storage (s3://, abfss://, ...: see storage.location)
+    inputs: Sequence[Path | str]
+    out: Path | str
     output_format: Literal["parquet", "ndjson"] = "parquet"
     workers: int | None = None
     engine: Engine = "local"
@@ -33,6 +49,8 @@ class BatchOptions:
     resume: bool = False
     strict: bool = False
     shards: int | None = None
+    scratch: Path | None = None  # the working folder's parent when --out is object storage
+    storage: StorageOptions = field(default_factory=StorageOptions)
 
 
 @dataclass
@@ -65,6 +83,7 @@ class Settings:
     assume_presentation: bool
     strict: bool
     output_format: str
+    storage: StorageOptions | None = None
 
 
 class OutputError(Exception):

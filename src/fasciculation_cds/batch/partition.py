@@ -46,6 +46,7 @@ from ..sources import (
     read_file,
 )
 from ..terminology import Terminology
+from . import storage
 from .keys import MEDICATION, UNOWNED, keyed, patient_key
 from .options import OutputError, Settings
 from .unrecognized import TALLY_FILE, PartitionTally
@@ -340,31 +341,33 @@ class ShardWriter:
             self.spill.close()
 
 
-def route_file(path: Path, router: Router) -> str | None:
-    """Route every resource of one input file; its SHA-256. A file that cannot be read to its
-    end is a problem of the run (whose lines were lost is unknown), never a silent gap."""
+def route_file(path: Path | str, router: Router) -> str | None:
+    """Route every resource of one input file (a path or an object's URI: give a URI as a
+    string); its SHA-256. A file that cannot be read to its end is a problem of the run (whose
+    lines were lost is unknown), never a silent gap."""
+    where = str(path)
     try:
-        if is_ndjson(path):
-            return _ndjson(path, router, str(path))
-        _bundle(path, router, str(path))
-        return _sha256(path)
+        if is_ndjson(Path(storage.name(where))):
+            return _ndjson(where, router, where)
+        _bundle(where, router, where)
+        return storage.sha256(where) if storage.is_uri(where) else _sha256(Path(where))
     except InputError as exc:
         router.result.problems.append(exc.describe())
         return None
 
 
-def _ndjson(path: Path, router: Router, source: str) -> str:
+def _ndjson(path: str, router: Router, source: str) -> str:
     """Route every line of an NDJSON file; the file's SHA-256 (raises InputError on a read
     error, after the lines before it were routed)."""
     try:
-        with path.open("rb") as file:
+        with storage.open_input(path) as file:
             hashing = _HashingReader(file)
             buffered = io.BufferedReader(hashing, 1 << 20)
             # lines split by a buffer in C over large reads of the decompressed stream (a
             # GzipFile's own line iteration costs a Python call per line)
             handle: IO[bytes] = (io.BufferedReader(gzip.GzipFile(
                 fileobj=buffered, mode="rb"), 1 << 20)
-                if path.name.lower().endswith(".gz") else buffered)
+                if path.lower().endswith(".gz") else buffered)
             for number, line in enumerate(handle, start=1):
                 try:
                     resource = loads_exact(line)
@@ -413,9 +416,11 @@ def _line_problem(line: bytes, source: str, number: int) -> InputError:
         "not a FHIR resource", source=source, entry=f"line {number}")
 
 
-def _bundle(path: Path, router: Router, source: str) -> None:
+def _bundle(path: str, router: Router, source: str) -> None:
     items: list[RawResource] = []
-    for item in read_file(path, strict=router.relevance.terminology is None):
+    strict = router.relevance.terminology is None
+    for item in (storage.read_document(path, strict=strict) if storage.is_uri(path)
+                 else read_file(Path(path), strict=strict)):
         if isinstance(item, InputError):
             router.result.problems.append(item.describe())
         else:
@@ -451,9 +456,10 @@ def partition_file(task: PartitionTask) -> FilePartition:
     except OSError as exc:
         raise OutputError(f"cannot write {folder}: {exc}") from None
     router = Router(task.settings, writer, writer.summary)
+    storage.use(task.settings.storage)
     try:
         with fewer_collections():
-            router.result.sha256 = route_file(Path(task.path), router)
+            router.result.sha256 = route_file(task.path, router)
         router.close()
         writer.finish()
         if router.tally is not None:

@@ -24,12 +24,12 @@ from ..evaluate import fix_as_of
 from ..fhir_time import iso_instant
 from ..ingest import READ_TYPES
 from ..ruleset import load_rules
-from ..sources import declared_types, expand_paths, type_from_name
+from ..sources import type_from_name
+from . import storage
 from .options import (
     BatchOptions,
     BatchSummary,
     MissingDependencyError,
-    OutputError,
     Settings,
 )
 from .outputs import (
@@ -38,6 +38,7 @@ from .outputs import (
     atomic_write,
     clear_outputs,
     extension,
+    final_names,
     iter_rows,
     merge_parts,
     part_problems,
@@ -64,16 +65,12 @@ WORK = "_work"
 SHARD_TARGET_BYTES = 32 << 20  # of input per shard; a worker holds one shard at a time
 
 
-def _fingerprint(files: list[Path], options: BatchOptions, rules_version: str) -> str:
+def _fingerprint(files: list[str], options: BatchOptions, rules_version: str) -> str:
     """What must not change between a run and its resumption (the requested as_of included;
     "now" resumes at the interrupted run's instant)."""
     digest = hashlib.sha256()
-    for path in files:
-        try:
-            stat = path.stat()
-            digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-        except OSError as exc:  # read later, and then a problem of the run
-            digest.update(f"{path}|{exc.errno}\n".encode())
+    for path in files:  # size and modification time (an object's ETag)
+        digest.update(f"{path}|{storage.version(path)}\n".encode())
     digest.update(f"{options.as_of or 'now'}|{options.assume_presentation}|{options.strict}|"
                   f"{options.output_format}|{rules_version}|{options.engine}".encode())
     return digest.hexdigest()
@@ -85,35 +82,32 @@ def _as_of_label(as_of: Any) -> str:
     return iso_instant(as_of) if isinstance(as_of, datetime) else str(as_of)
 
 
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
+def _size(path: str) -> int:
+    return storage.size(path)
 
 
-def _shard_count(options: BatchOptions, read: list[Path], workers: int) -> int:
+def _shard_count(options: BatchOptions, read: list[str], workers: int) -> int:
     if options.shards:
         return options.shards
     # uncompressed size, roughly: FHIR NDJSON gzips about 8 to 1
-    size = sum(_size(p) * (8 if p.name.endswith(".gz") else 1) for p in read)
+    size = sum(_size(p) * (8 if p.endswith(".gz") else 1) for p in read)
     return max(4 * workers, -(-size // SHARD_TARGET_BYTES))
 
 
-def plan_inputs(files: list[Path], options: BatchOptions, as_of: Any) -> list[dict[str, Any]]:
+def plan_inputs(files: list[str], options: BatchOptions, as_of: Any) -> list[dict[str, Any]]:
     """Each input file, its declared resource type, and whether it is read.
 
     A file declared (by its Bulk Data manifest, else its name) to hold a type no rule reads is
     not read, unless a patient's "now" comes from every resource (`--as-of auto`) or every
     resource is validated (`--strict`).
     """
-    manifest = declared_types(options.inputs)
+    manifest = storage.declared(storage.location(i) for i in options.inputs)
     every_file = as_of == "auto" or options.strict
     planned = []
     for path in files:
-        declared = manifest.get(path.resolve()) or type_from_name(path)
+        declared = manifest.get(storage.key(path)) or type_from_name(Path(storage.name(path)))
         read = every_file or declared is None or declared in READ_TYPES
-        planned.append({"path": str(path), "bytes": _size(path), "type": declared,
+        planned.append({"path": path, "bytes": _size(path), "type": declared,
                         "read": read})
     return planned
 
@@ -140,11 +134,12 @@ def run_batch(options: BatchOptions, console: Console | None = None) -> BatchSum
     workers = options.workers or os.cpu_count() or 1
     rules_dir = str(options.rules_dir) if options.rules_dir else None
     # the worker processes start (and warm up) now, while the inputs are being planned
+    storage.use(options.storage)
+    out = storage.location(options.out)
     with sigterm_stops(), workers_of(workers if options.engine == "local" else 1,
                                      rules_dir) as pool:
-        files = expand_paths(options.inputs)
-        out = options.out
-        work = out / WORK
+        files = storage.expand(storage.location(i) for i in options.inputs)
+        work = storage.work_folder(out, options.scratch, WORK)
         state_file = work / "state.json"
         state: dict[str, Any] = {}
         if options.resume and state_file.exists():
@@ -156,25 +151,32 @@ def run_batch(options: BatchOptions, console: Console | None = None) -> BatchSum
             raise ValueError(f"{out}: --resume refused: the inputs or options differ from the "
                              "interrupted run (start afresh without --resume)")
         settings = Settings(rules_dir, as_of, label, options.assume_presentation,
-                            options.strict, options.output_format)
+                            options.strict, options.output_format, options.storage)
         try:
-            out.mkdir(parents=True, exist_ok=True)
-            clear_outputs(out)
+            if storage.is_uri(out):
+                storage.clear_remote(out, [RUN_REPORT, *final_names("parquet"),
+                                           *final_names("ndjson"), WORK])
+            else:
+                Path(out).mkdir(parents=True, exist_ok=True)
+                clear_outputs(Path(out))
             summary = _run(options, files, state, fingerprint, settings, work, pool, console)
         except OSError as exc:
-            raise OutputError(f"{out}: cannot write the output: {exc.strerror or exc}"
-                              ) from None
+            raise storage.output_error(exc, out) from None
+        except Exception as exc:  # a cloud SDK's own errors (refused credentials)
+            if storage.denied(exc) is None:
+                raise
+            raise storage.output_error(exc, out) from None
     summary.seconds["total"] = time.perf_counter() - started
     _write_report(options, summary, ruleset.version, label, workers)
     shutil.rmtree(work, ignore_errors=True)  # finished: the shards are no longer needed
     return summary
 
 
-def _run(options: BatchOptions, files: list[Path], state: dict[str, Any], fingerprint: str,
+def _run(options: BatchOptions, files: list[str], state: dict[str, Any], fingerprint: str,
          settings: Settings, work: Path, pool: Workers, console: Console) -> BatchSummary:
     timings: dict[str, float] = {}
     planned = plan_inputs(files, options, settings.as_of)
-    read = [Path(p["path"]) for p in planned if p["read"]]
+    read = [str(p["path"]) for p in planned if p["read"]]
     if state.get("partition"):
         shards = int(state["shards"])
         parted = _partition_result(state["partition"])
@@ -200,7 +202,10 @@ def _run(options: BatchOptions, files: list[Path], state: dict[str, Any], finger
     if options.engine == "spark":
         from .spark import run_spark
 
-        problems = run_spark(options, settings, work, staging, read, console)
+        out = storage.location(options.out)
+        problems = run_spark(options, settings, work, staging, read, console,
+                             storage.remote_staging(out, WORK) if storage.is_uri(out) else None,
+                             timings)
         parted.problems = problems
     else:
         _run_local(work, settings, shards, pool, console)
@@ -211,9 +216,17 @@ def _run(options: BatchOptions, files: list[Path], state: dict[str, Any], finger
         write_table(staging / f"{UNRECOGNIZED}.{extension(options.output_format)}",
                     unrecognized, options.output_format)
     write_problems(staging / "problems.ndjson", problems)
-    outputs = publish(staging, options.out, options.output_format)
+    out = storage.location(options.out)
+    if storage.is_uri(out):
+        t2 = time.perf_counter()
+        outputs = {k: str(v) for k, v in storage.publish_remote(
+            staging, out, final_names(options.output_format), WORK).items()}
+        timings["upload"] = time.perf_counter() - t2
+    else:
+        outputs = {k: str(v) for k, v in
+                   publish(staging, Path(out), options.output_format).items()}
     timings["merge" if options.engine == "local" else "evaluate"] = (
-        time.perf_counter() - t1 - timings.get("evaluate", 0.0))
+        time.perf_counter() - t1 - timings.get("evaluate", 0.0) - timings.get("upload", 0.0))
     summary = _summarize(outputs, options.output_format, problems)
     if options.engine == "local":
         summary.unrecognized = unrecognized[:TOP]
@@ -243,12 +256,12 @@ def _jsonable(parted: PartitionResult) -> dict[str, Any]:
     return data
 
 
-def _partition(files: list[Path], work: Path, shards: int, pool: Workers,
+def _partition(files: list[str], work: Path, shards: int, pool: Workers,
                settings: Settings, console: Console) -> PartitionResult:
     tasks = [(PartitionTask(str(path), str(work), task, shards, settings),)
              for task, path in enumerate(files)]
     # largest first, so that no big file starts last while the other workers wait
-    weight = {str(p): _size(p) * (8 if p.name.endswith(".gz") else 1) for p in files}
+    weight = {p: _size(p) * (8 if p.endswith(".gz") else 1) for p in files}
     tasks.sort(key=lambda call: -weight[call[0].path])
     results = {}
     with ShardProgress(console, len(tasks), unit="input files") as progress:
@@ -287,10 +300,12 @@ def run_shard_task(shard: int, work: str, parts: str, settings: Settings) -> Any
     return run_shard(shard, work, parts, settings)
 
 
-def _summarize(outputs: dict[str, Path], output_format: str,
+def _summarize(outputs: dict[str, str], output_format: str,
                problems: list[str]) -> BatchSummary:
-    rows = iter_rows([outputs["assessments"]], output_format,
-                     columns=["status", "highest_severity", "rule_ids"])
+    columns = ["status", "highest_severity", "rule_ids"]
+    rows = (storage.iter_remote_rows(outputs["assessments"], output_format, columns)
+            if storage.is_uri(outputs["assessments"]) else
+            iter_rows([Path(outputs["assessments"])], output_format, columns=columns))
     severities: Counter[str] = Counter()
     rules: Counter[str] = Counter()
     patients = errors = partial = 0
@@ -305,7 +320,7 @@ def _summarize(outputs: dict[str, Path], output_format: str,
     return BatchSummary(patients=patients, evaluated=patients - errors, errors=errors,
                         severities=dict(sorted(severities.items())),
                         top_rules=rules.most_common(10), problems=problems,
-                        outputs={k: str(v) for k, v in outputs.items()}, partial=partial)
+                        outputs=dict(outputs), partial=partial)
 
 
 def _versions() -> dict[str, str]:
@@ -337,9 +352,16 @@ def _write_report(options: BatchOptions, summary: BatchSummary, rules_version: s
         "timings_seconds": {k: round(v, 3) for k, v in summary.seconds.items()},
         "outputs": summary.outputs, "versions": _versions(),
     }
+    if options.storage.describe():  # non-secret by construction (StorageOptions)
+        report["storage"] = options.storage.describe()
     payload = json.dumps(report, indent=2) + "\n"
+    out = storage.location(options.out)
     try:
-        atomic_write(options.out / RUN_REPORT, lambda target: target.write_text(payload))
-    except OSError as exc:
-        raise OutputError(f"{options.out}: cannot write the output: {exc.strerror or exc}"
-                          ) from None
+        if storage.is_uri(out):
+            storage.write_remote(storage.join(out, RUN_REPORT), payload.encode())
+        else:
+            atomic_write(Path(out) / RUN_REPORT, lambda target: target.write_text(payload))
+    except Exception as exc:
+        if not isinstance(exc, OSError) and storage.denied(exc) is None:
+            raise
+        raise storage.output_error(exc, out) from None

@@ -3,7 +3,9 @@
 Each input file is read in an executor by the same router as the local partitioner (the same
 relevance, the same per-patient summaries of what no rule reads, the same problems for a file
 that cannot be read to its end), so files must be on a file system every executor sees at the
-same path. Each patient's group is evaluated with the package's own evaluation, one
+same path, or on object storage, which the executors read through fsspec. For an
+object-storage `--out` each partition writes its part with pyarrow, so no Hadoop connector is
+needed. Each patient's group is evaluated with the package's own evaluation, one
 durable-rules host per Python worker.
 """
 
@@ -12,20 +14,23 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 from rich.console import Console
 
 from ..evaluate import InputProblem
 from ..ruleset import load_rules
 from ..sources import RawResource
+from . import storage
 from .keys import MEDICATION
 from .options import BatchOptions, Settings
 from .outputs import TABLES, extension
 from .partition import Router, decode_record, route_file
-from .rows import assessment_row, finding_rows, incomplete_note, mark_partial
+from .rows import assessment_row, finding_rows, incomplete_note, mark_partial, sort_key
 from .worker import evaluate_group
 
 PROBLEM = "\x00problem"
@@ -38,7 +43,8 @@ def _keyed_file(settings: Settings, path: str) -> list[tuple[str, Any]]:
     router = Router(settings, lambda key, record: records.append((key, record)),
                     lambda key, record: summaries.append((key, record)),
                     count=False)  # a Spark run writes no unrecognized table
-    route_file(Path(path), router)
+    storage.use(settings.storage)
+    route_file(path, router)
     router.close()
     # the summaries after the kept resources, as the local engine reads them
     return [(PROBLEM, problem) for problem in router.result.problems] + records + summaries
@@ -102,9 +108,33 @@ def _stamped(note: str | None, row: dict[str, Any]) -> dict[str, Any]:
     return mark_partial([dict(row)], note)[0]
 
 
+def _write_part(target: str, table: str, output_format: str, settings: Settings, index: int,
+                rows: Iterable[dict[str, Any]]) -> Iterator[int]:
+    """One partition's rows (already in order) as one part of `target` on object storage."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    storage.use(settings.storage)
+    batch = list(rows)
+    fs, folder = storage.filesystem(target)
+    with fs.open(f"{folder}/part-{index:05d}.{'parquet' if output_format == 'parquet' else 'json'}",
+                 "wb") as handle:
+        if output_format == "parquet":
+            pq.write_table(pa.Table.from_pylist(batch, schema=TABLES[table]), handle)
+        else:
+            handle.write(b"".join(orjson.dumps(row) + b"\n" for row in batch))
+    yield len(batch)
+
+
 def run_spark(options: BatchOptions, settings: Settings, work: Path, staging: Path,
-              files: list[Path], console: Console) -> list[str]:
-    """Write the tables to `staging` (to be moved into place by the caller); the problems."""
+              files: list[str], console: Console, remote: str | None = None,
+              timings: dict[str, float] | None = None) -> list[str]:
+    """Write the tables to `staging` (to be moved into place by the caller), or with `remote`
+    (an object-storage `--out`) as parts written by the executors there; the problems. The
+    time of each stage goes to `timings` (session, read, group_evaluate, write)."""
+    timings = {} if timings is None else timings
+    started = time.perf_counter()
+    from pyspark import StorageLevel
     from pyspark.sql import SparkSession
 
     workers = options.workers or os.cpu_count() or 1
@@ -113,23 +143,38 @@ def run_spark(options: BatchOptions, settings: Settings, work: Path, staging: Pa
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     spark = SparkSession.getActiveSession() or _session(workers)
     context = spark.sparkContext
+    timings["session"] = time.perf_counter() - started  # starting the JVM, in local mode
+    started = time.perf_counter()
     paths = [str(p) for p in files]
     everything = (context.parallelize(paths, max(1, min(len(paths), 4 * workers)))
                   .flatMap(functools.partial(_keyed_file, settings))
                   if paths else context.emptyRDD())
-    everything.cache()
+    # read once, used three times; at scale what does not fit in memory spills to the
+    # executors' disks instead of being read from the inputs again
+    everything.persist(StorageLevel.MEMORY_AND_DISK)
     medications = everything.filter(lambda kv: kv[0] == MEDICATION).values().collect()
+    timings["read"] = time.perf_counter() - started  # the collect above read every input
     shared = context.broadcast(medications)
     problems = everything.filter(lambda kv: kv[0] == PROBLEM).values().collect()
     patients = everything.filter(lambda kv: kv[0] not in (MEDICATION, PROBLEM))
     rows = patients.groupByKey(numPartitions=max(1, 4 * workers)).mapPartitions(
         lambda groups: _evaluate_partition(groups, shared.value, settings))
-    rows.cache()
+    rows.persist(StorageLevel.MEMORY_AND_DISK)
     problems += [p["problem"] for p in rows.filter(lambda kv: kv[0] == "problem").values()
                  .collect()]
     note = incomplete_note(problems)
+    timings["group_evaluate"] = time.perf_counter() - started - timings["read"]
     staging.mkdir(parents=True, exist_ok=True)
     for table in TABLES:
+        if remote is not None:
+            parts = storage.join(remote, f"{table}.{extension(options.output_format)}")
+            (rows.filter(functools.partial(_is_table, table)).values()
+             .map(functools.partial(_stamped, note))
+             .sortBy(sort_key, numPartitions=max(1, 4 * workers))
+             .mapPartitionsWithIndex(functools.partial(
+                 _write_part, parts, table, options.output_format, settings))
+             .sum())
+            continue
         names = TABLES[table].names
         frame = spark.createDataFrame(
             rows.filter(functools.partial(_is_table, table)).values()
@@ -143,5 +188,6 @@ def run_spark(options: BatchOptions, settings: Settings, work: Path, staging: Pa
             writer.write.mode("overwrite").option("ignoreNullFields", "false").json(str(target))
     everything.unpersist()
     rows.unpersist()
+    timings["write"] = time.perf_counter() - started - timings["read"] - timings["group_evaluate"]
     console.log(f"spark: evaluated on {context.master}")
     return problems
