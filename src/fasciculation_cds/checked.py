@@ -97,9 +97,12 @@ def consulted_labs(ruleset: RuleSet) -> tuple[Consulted, ...]:
     family_of = {member: family for family, members in ruleset.lab_families.items()
                  for member in members}
     found: dict[str, dict[str, int | None]] = {}
+    derived = ruleset.derived.derived_concepts  # made from other results (an earlier eGFR)
     for rule in ruleset.active_rules():
         for _, concepts, days in lab_patterns(rule):
             for concept in concepts:
+                if concept in derived:
+                    continue
                 key = family_of.get(concept, concept)
                 lookbacks = found.setdefault(key, {})
                 known = lookbacks.get(rule.id)
