@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fasciculation_cds import evaluate
-from fasciculation_cds.rule_docs import rule_page
+from fasciculation_cds.rule_docs import rule_examples, rule_page
 from fasciculation_cds.rule_fixtures import (
     SEVERITIES,
     FixtureCase,
@@ -69,8 +69,9 @@ def test_a_summary_over_140_characters_is_an_error_in_checks_and_whole_words_at_
 
 
 def test_rule_pages_are_up_to_date(ruleset: RuleSet) -> None:
+    examples = rule_examples(ruleset)  # each page shows its rule's fixtures as cards
     for rule in ruleset.rules:
         page = REPO / "docs" / "rules" / f"{rule.id}.md"
         assert page.exists(), f"{page} is missing: run `fasciculation-cds rules docs`"
-        assert page.read_text(encoding="utf-8") == rule_page(rule), (
+        assert page.read_text(encoding="utf-8") == rule_page(rule, examples.get(rule.id)), (
             f"{page} is stale: run `fasciculation-cds rules docs --out docs/rules`")

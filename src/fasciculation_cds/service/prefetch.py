@@ -135,8 +135,9 @@ async def gather(prefetch: Mapping[str, Any] | None, patient_id: str, wanted: Ma
         else:
             jobs.append((key, client.read(fill(template, patient_id, today))))
     if unsent:
-        failed.append(f"prefetch {', '.join(unsent)} incomplete or missing, and "
-                      f"{no_client_reason}")
+        # the reason first: a long list of keys must never crowd it out of the card
+        failed.append(f"{no_client_reason}, and prefetch {', '.join(unsent)} incomplete or "
+                      "missing")
     if failed:
         for _, job in jobs:
             job.close()  # never started: the record is incomplete whatever they bring

@@ -11,6 +11,8 @@ from .prefetch import templates
 
 _RESOURCE_TYPE = re.compile(r"^([A-Z][A-Za-z]+)(?:/|\?|$)")
 _INCLUDE = re.compile(r"(?:^|&)_include=[A-Za-z]+:([a-z][A-Za-z]*)")
+# What an `_include` search parameter points at (FHIR R4 search parameters)
+INCLUDED_TYPE = {"medication": "Medication", "result": "Observation"}
 
 
 def record_templates(ruleset: RuleSet) -> dict[str, str]:
@@ -33,7 +35,7 @@ def resource_types(wanted: dict[str, str]) -> list[str]:
             types.add(found[1])
         query = template.partition("?")[2]
         for target in _INCLUDE.findall(query):
-            types.add(target[0].upper() + target[1:])
+            types.add(INCLUDED_TYPE.get(target, target[0].upper() + target[1:]))
     return sorted(types)
 
 
