@@ -14,6 +14,13 @@ from fasciculation_cds import load_rules
 from fasciculation_cds.ruleset import RuleSet, default_rules_dir
 
 REPO = Path(__file__).resolve().parents[1]
+# The S3 emulator's dummy credentials, set before any long-lived helper process starts: batch's
+# worker pool (a forkserver) and Spark's JVM keep the environment they started with, so a test
+# that set them later would leave those processes without any (tests/test_batch_storage.py).
+for _name, _value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                      ("AWS_DEFAULT_REGION", "us-east-1")):
+    os.environ.setdefault(_name, _value)
+os.environ.pop("AWS_PROFILE", None)
 # Real data made by other projects, copied into tests/data (see its README and MANIFEST.tsv);
 # FASCICULATION_CDS_SHARED_DATA names a fuller corpus of the same layout to read instead.
 SHARED_DATA = Path(os.environ.get("FASCICULATION_CDS_SHARED_DATA") or REPO / "tests" / "data")

@@ -148,10 +148,12 @@ def test_local_engine_gives_the_same_bytes_from_s3_as_from_disk(
                                 scratch=tmp_path / "scratch"))
     assert disk.patients == remote.patients == 20
     assert not remote.problems
-    for name in ("assessments.parquet", "findings.parquet", "problems.ndjson"):
+    for name in ("assessments.parquet", "findings.parquet", "problems.ndjson",
+                 "unrecognized.parquet"):
         assert _object(endpoint, bucket, f"out/{name}") == (tmp_path / "disk" / name).read_bytes()
     assert _keys(endpoint, bucket, "out/") == [
-        "out/assessments.parquet", "out/findings.parquet", "out/problems.ndjson", "out/run.json"]
+        "out/assessments.parquet", "out/findings.parquet", "out/problems.ndjson", "out/run.json",
+        "out/unrecognized.parquet"]
     report = orjson.loads(_object(endpoint, bucket, "out/run.json"))
     assert report["outputs"]["assessments"] == f"s3://{bucket}/out/assessments.parquet"
     assert all(entry["path"].startswith(f"s3://{bucket}/export/") for entry in report["inputs"])

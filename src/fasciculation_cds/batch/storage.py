@@ -448,15 +448,18 @@ def remote_staging(out: str, work: str) -> str:
 def publish_remote(staging: Path, out: str, names: list[str], work: str) -> dict[str, str]:
     """Each output into place on object storage: uploaded from `staging`, or moved from
     `remote_staging` where Spark wrote it. run.json is not among them: it comes last."""
+    placed: dict[str, str] = {}
     for item in names:
         local = staging / item
         if local.exists():
             upload(local, out)
-        else:
+        elif item.split(".")[0] in TABLES:  # the tables Spark's executors wrote
             move_remote(join(remote_staging(out, work), item), out)
+        else:
+            continue  # an output this engine does not write (Spark: no unrecognized table)
+        placed[item.split(".")[0]] = join(out, item)
     remove_remote(join(out, work))
-    placed = {item.split(".")[0]: join(out, item) for item in names}
-    return {table: placed[table] for table in TABLES}
+    return {table: placed[table] for table in (*TABLES, "unrecognized") if table in placed}
 
 
 def iter_remote_rows(where: str, output_format: str,
