@@ -273,8 +273,8 @@ def build_finding(
     variables["offered"] = [s.label for s in offered]
     is_child = _is_child(facts, child)
     variables["child"] = is_child
-    summary = _SPACES.sub(" ", render(rule.summary, _record_text_as(variables, plain), rule.id,
-                                      "summary")).strip()
+    as_plain = _record_text_as(variables, plain)  # summary and recommendations are plain text
+    summary = _SPACES.sub(" ", render(rule.summary, as_plain, rule.id, "summary")).strip()
     if len(summary) > SUMMARY_LIMIT:
         if _STRICT_SUMMARIES.get():
             raise SummaryTooLongError(
@@ -296,7 +296,7 @@ def build_finding(
                       "detail").strip(),
         evidence=sorted(evidence.values(), key=lambda e: (e.concept, e.effective or "",
                                                           e.reference)),
-        recommendations=_recommendations(rule, _record_text_as(variables, plain),
+        recommendations=_recommendations(rule, as_plain,
                                          evidence.values(), child, is_child),
         suggestions=[Suggestion(kind=s.kind, label=s.label, concepts=list(s.concepts))
                      for s in offered],
