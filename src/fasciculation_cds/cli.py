@@ -289,7 +289,7 @@ def serve(
     = None,
     dev_insecure: Annotated[bool, typer.Option(
         "--dev-insecure", help="No JWT check, and only for callers on loopback.")] = False,
-    log_format: Annotated[LogFormatChoice | None, typer.Option(
+    log_format: Annotated[TextOrJson | None, typer.Option(
         "--log-format", help="text, or json (one object per line, for log collectors); "
         "default: the log_format setting.")] = None,
 ) -> None:
@@ -548,7 +548,9 @@ def examples(
     err.print(f"wrote {len(files)} files to {out}", highlight=False, soft_wrap=True)
 
 
-class LogFormatChoice(str, Enum):
+class TextOrJson(str, Enum):
+    """`serve --log-format` and `hook --format`."""
+
     text = "text"
     json = "json"
 
@@ -563,11 +565,6 @@ class PrefetchChoice(str, Enum):
     full = "full"
     none = "none"
     paged = "paged"
-
-
-class CardFormat(str, Enum):
-    text = "text"
-    json = "json"
 
 
 @app.command()
@@ -590,9 +587,9 @@ def hook(
         "--iss", help="The JWT's issuer (with --key).")] = None,
     kid: Annotated[str | None, typer.Option("--kid", help="The JWT's key id (with --key).")]
     = None,
-    output_format: Annotated[CardFormat, typer.Option(
+    output_format: Annotated[TextOrJson, typer.Option(
         "--format", help="text (the cards as a summary) or json (the service's answer).")]
-    = CardFormat.text,
+    = TextOrJson.text,
 ) -> None:
     """Call a CDS Hooks service with a record from a FHIR file and show its cards: how an
     integrator checks a deployment. Exit 0 on 200, 2 on bad input, 4 when the service refuses."""
@@ -611,7 +608,7 @@ def hook(
                               prefetch=prefetch.value, signer=signer)
     except HookClientError as exc:
         _fail(str(exc))
-    if output_format is CardFormat.json:
+    if output_format is TextOrJson.json:
         sys.stdout.write(json.dumps(answer, indent=2) + "\n")
     else:
         from .render_cards import print_cards
