@@ -1,10 +1,12 @@
 """Reading free text: the package's own reader against medspaCy's ConText, on the phrase table
-of tests/data/text-context-cases.yaml and on the record texts of ../shared/data.
+of tests/data/text-context-cases.yaml and on the record texts of the test data (tests/data, or
+the fuller corpus FASCICULATION_CDS_SHARED_DATA names).
 
     # the package's reader (project venv)
     PYTHONPATH=src .venv/bin/python bench/text_context_eval.py own
-    # medspaCy (a scratch venv: python3.11 -m venv /tmp/medspacy-venv; pip install medspacy pyyaml)
-    /tmp/medspacy-venv/bin/python bench/text_context_eval.py medspacy
+    # medspaCy, in a scratch venv of its own (not a dependency of the package)
+    python3.11 -m venv medspacy-venv && medspacy-venv/bin/pip install medspacy pyyaml
+    medspacy-venv/bin/python bench/text_context_eval.py medspacy
 
 medspaCy is scored twice: with its bundled ConText rules, and with the cue lists of
 rules/text-matches.yaml turned into ConText rules. Its entity attributes (negated, uncertain,
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -29,9 +32,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 CASES = yaml.safe_load((ROOT / "tests/data/text-context-cases.yaml").read_text())
 MATCHES = yaml.safe_load((ROOT / "rules/text-matches.yaml").read_text())
-DATA = ROOT.parent.parent / "shared" / "data"
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data")
+DATA = Path(os.environ.get("FASCICULATION_CDS_SHARED_DATA") or ROOT / "tests" / "data")
 
 
 def record_texts() -> list[str]:
