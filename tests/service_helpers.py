@@ -156,3 +156,52 @@ def incomplete_detail(answer: Any) -> str:
     assert card["indicator"] == "warning"
     assert card["summary"].startswith("Twitching assessment not available: the record could not")
     return str(card["detail"])
+
+
+def free_port() -> int:
+    """A loopback port free now (for a `serve` started by a test)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class RunningServe:
+    """`fasciculation-cds serve ARGS` in its own process on a loopback port, its feedback
+    database under `folder`; `base` once /healthz answers, `stderr` once it has stopped."""
+
+    def __init__(self, folder: Path, *args: str, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.args = args
+        self.folder = folder
+        self.stderr = ""
+
+    def __enter__(self) -> RunningServe:
+        import os
+        import subprocess
+        import sys
+
+        import httpx
+        import pytest
+
+        env = {**os.environ, "XDG_DATA_HOME": str(self.folder / "data")}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "fasciculation_cds", "serve", "--port", str(self.port),
+             *self.args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        else:
+            self.__exit__()
+            pytest.fail(f"serve did not start: {self.stderr[-2000:]}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.terminate()
+        _, self.stderr = self.process.communicate(timeout=30)

@@ -4,15 +4,11 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -21,44 +17,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fasciculation_cds import evaluate
 
 from .conftest import REPO
+from .service_helpers import RunningServe, free_port
 
 pytestmark = pytest.mark.cli
 EXAMPLE = REPO / "fhir_examples" / "hypomagnesemia-omeprazole.json"
 ISSUER = "https://ehr.example.org"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _serve(tmp_path: Path, *args: str) -> Iterator[str]:
-    port = _free_port()
-    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data")}
-    process = subprocess.Popen([sys.executable, "-m", "fasciculation_cds", "serve", "--port",
-                                str(port), *args], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        else:
-            pytest.fail(f"serve did not start: {process.stderr}")
-        yield base
-    finally:
-        process.terminate()
-        process.communicate(timeout=30)
-
-
 @pytest.fixture(scope="module")
 def insecure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    yield from _serve(tmp_path_factory.mktemp("insecure"), "--dev-insecure")
+    with RunningServe(tmp_path_factory.mktemp("insecure"), "--dev-insecure") as serve:
+        yield serve.base
 
 
 def _hook(*args: str) -> subprocess.CompletedProcess[str]:
@@ -123,23 +92,13 @@ def test_a_signed_call_is_accepted_and_an_unsigned_one_refused(tmp_path: Path) -
     jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
     (tmp_path / "jwks.json").write_text(json.dumps(
         {"keys": [{**jwk, "kid": "ehr-1", "alg": "ES384", "use": "sig"}]}))
-    port = _free_port()
+    port = free_port()
     config = tmp_path / "service.yaml"
     config.write_text(
         f"public_base_url: http://127.0.0.1:{port}\n"
         f"issuers: [{{iss: '{ISSUER}', jwks_file: '{tmp_path / 'jwks.json'}'}}]\n")
-    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data")}
-    process = subprocess.Popen([sys.executable, "-m", "fasciculation_cds", "serve", "--port",
-                                str(port), "--config", str(config)], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                httpx.get(f"{base}/healthz", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+    with RunningServe(tmp_path, "--config", str(config), port=port) as serve:
+        base = serve.base
         signed = _hook("patient-view", "--patient", str(EXAMPLE), "--url", base, "--key",
                        str(pem), "--iss", ISSUER, "--kid", "ehr-1", "--format", "json")
         assert signed.returncode == 0, signed.stderr
@@ -147,6 +106,3 @@ def test_a_signed_call_is_accepted_and_an_unsigned_one_refused(tmp_path: Path) -
         unsigned = _hook("patient-view", "--patient", str(EXAMPLE), "--url", base)
         assert unsigned.returncode == 2  # discovery itself needs a token here
         assert "401" in unsigned.stderr
-    finally:
-        process.terminate()
-        process.communicate(timeout=30)

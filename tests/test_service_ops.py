@@ -5,11 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +16,7 @@ from fasciculation_cds.ruleset import RuleSet
 from fasciculation_cds.service import create_app
 
 from .conftest import REPO
-from .service_helpers import Keys, hook_request, prefetch_from_bundle
+from .service_helpers import Keys, RunningServe, hook_request, prefetch_from_bundle
 
 PV = "/cds-services/fasciculation-cds-patient-view"
 EXAMPLE = REPO / "fhir_examples" / "hypomagnesemia-omeprazole.json"
@@ -85,33 +80,12 @@ def test_one_log_line_per_call_names_hook_status_cards_and_time(
     assert not [line for line in lines if patient_id in line or token in line]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.mark.cli
 def test_serve_writes_json_log_lines(tmp_path: Path) -> None:
-    port = _free_port()
-    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fasciculation_cds", "serve", "--dev-insecure", "--port",
-         str(port), "--log-format", "json"], env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
     patient_id, body = _request()
-    try:
-        for _ in range(300):
-            try:
-                httpx.get(f"{base}/healthz", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        assert httpx.post(f"{base}{PV}", json=body, timeout=30).status_code == 200
-    finally:
-        process.terminate()
-        _, stderr = process.communicate(timeout=30)
+    with RunningServe(tmp_path, "--dev-insecure", "--log-format", "json") as serve:
+        assert httpx.post(f"{serve.base}{PV}", json=body, timeout=30).status_code == 200
+    stderr = serve.stderr
     records = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
     calls = [r for r in records if r.get("hook") == "patient-view"]
     assert calls, stderr[-2000:]
